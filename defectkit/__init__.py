@@ -1,0 +1,3 @@
+"""defectkit: pluggable visual-defect inspection pipelines."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Dataset readers (one module per format), splits, transforms and built-in data."""

@@ -1,0 +1,101 @@
+"""Deterministic, stratified, group-aware train/val/test splits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from defectkit.errors import DataError
+from defectkit.io.atomic import atomic_write_json
+from defectkit.sample import Record
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def default_stratum(record: Record) -> str:
+    """Stratify by the finest label a record has: its category, else its image label."""
+    return str(record.category if record.category is not None else record.label)
+
+
+def split_records(
+    records: Sequence[Record],
+    ratios: Sequence[float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    stratum: Callable[[Record], str] = default_stratum,
+) -> dict[str, list[Record]]:
+    """Split records into train/val/test with the same class mix in each part.
+
+    Records sharing a ``group`` move together: a group is assigned as a unit, stratified by the
+    stratum of its first record. The assignment depends only on the records' paths and ``seed``, not
+    on the order they are listed in.
+
+    Args:
+        records: Everything a reader returned.
+        ratios: Fractions for train, val and test; normalised to sum to 1.
+        seed: Changes the assignment; the same seed always gives the same split.
+        stratum: Key to stratify by.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``, each sorted by path.
+
+    Example:
+        >>> parts = split_records(records, ratios=(0.8, 0.1, 0.1), seed=0)  # doctest: +SKIP
+    """
+    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
+        raise ValueError(f"ratios must be three non-negative fractions for train/val/test, got {ratios}")
+    weights = np.asarray(ratios, dtype=float) / float(sum(ratios))
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        groups[record.group if record.group is not None else f"path:{record.path}"].append(record)
+
+    by_stratum: dict[str, list[str]] = defaultdict(list)
+    for key, members in groups.items():
+        by_stratum[stratum(min(members, key=lambda r: r.path))].append(key)
+
+    parts: dict[str, list[Record]] = {name: [] for name in SPLIT_NAMES}
+    for stratum_name in sorted(by_stratum):
+        keys = sorted(by_stratum[stratum_name], key=lambda k: _stable_hash(f"{seed}:{k}"))
+        sizes = [len(groups[k]) for k in keys]
+        targets = weights * sum(sizes)
+        filled = np.zeros(3)
+        for key, size in zip(keys, sizes):
+            # Give each group to the part furthest below its target share, so small strata still
+            # reach test and val before train takes everything.
+            part = int(np.argmax(targets - filled)) if targets.max() > 0 else 0
+            parts[SPLIT_NAMES[part]].extend(groups[key])
+            filled[part] += size
+    return {name: sorted(members, key=lambda r: r.path) for name, members in parts.items()}
+
+
+def _stable_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def save_split(path: str | Path, parts: dict[str, list[Record]]) -> None:
+    """Record which paths went where, so later commands evaluate on exactly the same images."""
+    atomic_write_json(path, {name: [r.path for r in members] for name, members in parts.items()})
+
+
+def load_split(path: str | Path, records: Sequence[Record]) -> dict[str, list[Record]]:
+    """Rebuild a saved split from freshly read records.
+
+    Raises:
+        DataError: The saved split names images the data root no longer has.
+    """
+    saved = json.loads(Path(path).read_text())
+    by_path = {r.path: r for r in records}
+    parts = {}
+    for name in SPLIT_NAMES:
+        missing = [p for p in saved.get(name, []) if p not in by_path]
+        if missing:
+            raise DataError(
+                f"{path}: the saved split lists {len(missing)} image(s) not in the data root, e.g. {missing[0]}; "
+                "use the same --data-root as the run that trained, or a new --work-dir"
+            )
+        parts[name] = [by_path[p] for p in saved.get(name, [])]
+    return parts

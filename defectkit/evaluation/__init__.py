@@ -1,0 +1,1 @@
+"""Metrics, one module per family; importing this package registers them in METRICS."""

@@ -1,0 +1,1 @@
+"""Networks inside stages: backbones with offline weights, anomaly models, classifiers, segmenters."""

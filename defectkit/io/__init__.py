@@ -1,0 +1,1 @@
+"""Reading images, persisting state and writing results."""

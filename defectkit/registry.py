@@ -1,0 +1,121 @@
+"""The registries that make every stage, head, dataset, transform and metric buildable by name.
+
+Each registry documents the contract of what it holds. Objects are registered with a plain
+decorator and built from config dicts whose ``type`` names them::
+
+    from defectkit.registry import STAGES
+
+    @STAGES.register_module()
+    class MyStage(Stage):
+        ...
+
+    stage = build(STAGES, dict(type="MyStage", threshold=0.5))
+
+An unknown ``type`` fails with the list of valid names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any
+
+from mmengine.registry import Registry
+
+from defectkit.errors import ConfigError
+
+SCOPE = "defectkit"
+
+DATASETS = Registry("dataset", scope=SCOPE, locations=["defectkit.data"])
+"""Dataset readers. Contract: a class whose ``records(split=None) -> list[Record]`` returns every
+labelled image of a data root as :class:`defectkit.sample.Record` objects (paths and ground truth,
+no pixels), raising :class:`defectkit.errors.DataError` that names the expected layout when the
+root does not match."""
+
+STAGES = Registry("stage", scope=SCOPE, locations=["defectkit.stages"])
+"""Pipeline stages. Contract: a :class:`defectkit.stages.base.Stage` whose ``predict(samples)``
+fills its fields on a batch of :class:`defectkit.sample.Sample`; trainable stages also implement
+``fit(train, val, context)`` and persist themselves with ``save(dir)``/``load(dir)`` as safetensors
+plus a JSON manifest."""
+
+HEADS = Registry("head", scope=SCOPE, locations=["defectkit.heads"])
+"""Networks inside stages. Contract: an ``nn.Module`` (or a small wrapper around one) built from
+keyword arguments, with no weights downloaded at construction."""
+
+TRANSFORMS = Registry("transform", scope=SCOPE, locations=["defectkit.data"])
+"""Image transforms and augmentations. Contract: a callable ``(image, mask=None) -> (image, mask)``
+on HxWx3 uint8 RGB arrays and optional HxW or CxHxW masks."""
+
+METRICS = Registry("metric", scope=SCOPE, locations=["defectkit.evaluation"])
+"""Evaluation metrics. Contract: a class with ``update(sample, eval_record)`` per evaluated image
+and ``compute() -> dict[str, float]`` returning flat keys (``image_auroc``, ``iou.scratch``...)."""
+
+ALL_REGISTRIES = {
+    "datasets": DATASETS,
+    "stages": STAGES,
+    "heads": HEADS,
+    "transforms": TRANSFORMS,
+    "metrics": METRICS,
+}
+
+
+def registered_names(registry: Registry) -> list[str]:
+    """Names registered in ``registry``, sorted."""
+    _import_locations(registry)
+    return sorted(registry.module_dict)
+
+
+def _import_locations(registry: Registry) -> None:
+    # mmengine imports ``locations`` lazily on first get(); listing names needs the same.
+    registry.import_from_location()
+
+
+def build(registry: Registry, cfg: dict[str, Any] | Any, **defaults: Any) -> Any:
+    """Build the object a config dict names, with errors that list what is valid.
+
+    Args:
+        registry: Where to look the ``type`` up.
+        cfg: A dict (or mmengine ConfigDict) with a ``type`` key and constructor arguments.
+        **defaults: Arguments used when ``cfg`` does not set them.
+
+    Returns:
+        The constructed object.
+
+    Raises:
+        ConfigError: Unknown ``type`` or an argument the constructor does not accept.
+
+    Example:
+        >>> from defectkit.registry import STAGES, build
+        >>> stage = build(STAGES, dict(type="MaskPolicy", rules=dict(defect=dict(threshold=0.5))))
+    """
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        raise ConfigError(f"a {registry.name} config must be a dict with a 'type' key, got {cfg!r}")
+    args = dict(cfg)
+    type_name = args.pop("type")
+    _import_locations(registry)
+    obj_cls = registry.get(type_name) if isinstance(type_name, str) else type_name
+    if obj_cls is None:
+        names = registered_names(registry)
+        close = difflib.get_close_matches(str(type_name), names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown {registry.name} type {type_name!r}.{hint} Valid {registry.name} types: {', '.join(names)}"
+        )
+    for key, value in defaults.items():
+        args.setdefault(key, value)
+    _check_arguments(registry.name, obj_cls, args)
+    return obj_cls(**args)
+
+
+def _check_arguments(kind: str, obj_cls: type, args: dict[str, Any]) -> None:
+    target = obj_cls.__init__ if inspect.isclass(obj_cls) else obj_cls
+    params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    unknown = sorted(set(args) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"{kind} {obj_cls.__name__} got unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"valid options: {', '.join(valid)}"
+        )

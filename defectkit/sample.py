@@ -1,0 +1,118 @@
+"""The types that flow through a pipeline: a :class:`Record` names an image and its ground truth,
+a :class:`Sample` carries the decoded image and everything the stages add to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Record:
+    """One image of a data set: where it is and what is known about it, no pixels.
+
+    Attributes:
+        path: Image file.
+        label: Image-level class index into the data set's ``image_classes`` (e.g. 0 normal, 1 defect),
+            or None when unknown (unlabelled test images).
+        category: Finer source label (e.g. the defect type folder), used for stratified splits and reports.
+        mask_path: A mask image beside the photo (single-class masks), when the format has one.
+        polygons: Per-class outlines ``{class_name: [polygon, ...]}``, each polygon a list of rings
+            (outer first, then holes), each ring ``[[x, y], ...]``.
+        boxes: Ground-truth boxes ``[(class_name, x1, y1, x2, y2), ...]``.
+        group: Photos sharing a group key (vehicle, claim) never land on both sides of a split.
+        meta: Anything else a reader wants to keep (source ids, damage level...).
+    """
+
+    path: str
+    label: int | None = None
+    category: str | None = None
+    mask_path: str | None = None
+    polygons: dict[str, list[list[list[list[float]]]]] | None = None
+    boxes: list[tuple[str, float, float, float, float]] | None = None
+    group: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """A stable identifier (the path) used to resume runs and deduplicate results."""
+        return self.path
+
+
+@dataclass
+class Instance:
+    """One predicted defect: a connected region or a box."""
+
+    class_name: str
+    score: float
+    box: tuple[float, float, float, float]
+    area: float
+    polygon: list[list[float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class": self.class_name,
+            "score": round(float(self.score), 5),
+            "box": [round(float(v), 1) for v in self.box],
+            "area": round(float(self.area), 1),
+            "polygon": [[round(float(x), 1), round(float(y), 1)] for x, y in self.polygon],
+        }
+
+
+@dataclass
+class Sample:
+    """A decoded image and what the pipeline's stages have found in it.
+
+    Attributes:
+        record: Where the image came from and its ground truth, if any.
+        image: HxWx3 uint8 RGB, as decoded (None once released or when decoding failed).
+        error: Why this input could not be processed; set instead of raising so a batch goes on.
+        finished: Set by a gate: later stages skip this sample.
+        gate_label: The gate's image-level decision (e.g. ``"normal"``, ``"defect"``).
+        gate_score: The gate's score for the positive (defect) decision; higher is more defective.
+        prob_maps: CxHxW float32 per-class probability or anomaly maps in [0, 1], image resolution.
+        masks: CxHxW bool masks after the mask policy.
+        map_classes: Class name of each channel of ``prob_maps``/``masks``.
+        instances: Defects found, with polygons and boxes in image coordinates.
+        timings: Seconds each stage spent on this sample (batch time split evenly).
+    """
+
+    record: Record
+    image: np.ndarray | None = None
+    error: str | None = None
+    finished: bool = False
+    gate_label: str | None = None
+    gate_score: float | None = None
+    prob_maps: np.ndarray | None = None
+    masks: np.ndarray | None = None
+    map_classes: list[str] = field(default_factory=list)
+    instances: list[Instance] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def active(self) -> bool:
+        """Whether later stages should still process this sample."""
+        return self.error is None and not self.finished
+
+    def to_prediction(self) -> dict[str, Any]:
+        """The sample as one ``predictions.jsonl`` line."""
+        line: dict[str, Any] = {"path": self.record.path, "status": "ok" if self.ok else "error"}
+        if self.error is not None:
+            line["error"] = self.error
+            return line
+        if self.image is not None:
+            line["height"], line["width"] = int(self.image.shape[0]), int(self.image.shape[1])
+        line["gate"] = {
+            "label": self.gate_label,
+            "score": None if self.gate_score is None else round(float(self.gate_score), 6),
+        }
+        line["instances"] = [inst.to_dict() for inst in self.instances]
+        line["timings_ms"] = {k: round(v * 1000, 2) for k, v in self.timings.items()}
+        return line
