@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from concurrent.futures import Executor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from defectkit.errors import ImageDecodeError
+
+if TYPE_CHECKING:
+    from defectkit.sample import Record, Sample
 
 # Pillow's own bomb limit raises only above 2x this; an explicit cap keeps a hostile upload from
 # allocating gigabytes. 100 MP covers any real camera.
@@ -103,3 +109,24 @@ def load_mask(path: str | Path, shape: tuple[int, int] | None = None, threshold:
 def is_image_file(path: str | Path) -> bool:
     """Whether ``path`` has an image file suffix (content is checked only when decoding)."""
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+
+def decode_record(record: "Record") -> "Sample":
+    """Decode one record into a :class:`~defectkit.sample.Sample`; a failure becomes ``sample.error``."""
+    from defectkit.errors import DataError
+    from defectkit.sample import Sample
+
+    try:
+        return Sample(record=record, image=load_image(record.path))
+    except DataError as exc:
+        return Sample(record=record, error=str(exc))
+    except MemoryError:
+        return Sample(record=record, error=f"{record.path}: out of memory while decoding")
+
+
+def decode_records(records: "Sequence[Record]", executor: "Executor | None" = None) -> "list[Sample]":
+    """Decode records in order, in parallel when given an executor (PIL releases the GIL while decoding)."""
+    if executor is None:
+        return [decode_record(r) for r in records]
+    return list(executor.map(decode_record, records))

@@ -1,0 +1,5 @@
+# Settings shared by every reference config.
+runtime = dict(seed=0, num_threads=None)  # None: use every core
+# overlays: 'all' for review runs; 'defects' skips drawing images the gate passed as normal.
+predict = dict(batch_size=16, overlays="all", decode_workers=2)
+split = dict(ratios=(0.7, 0.1, 0.2), seed=0)

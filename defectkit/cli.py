@@ -1,0 +1,134 @@
+"""The ``defectkit`` command: run, train, eval, predict and plugins.
+
+Exit status: 0 success; 1 a fatal error (message printed, no traceback); 2 bad usage; 3 the
+command finished but some inputs could not be processed (each has an error line in
+``predictions.jsonl``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SOME_INPUTS_FAILED = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from defectkit import __version__
+    from defectkit.config import DictAction
+
+    parser = argparse.ArgumentParser(prog="defectkit", description="Visual-defect inspection pipelines.")
+    parser.add_argument("--version", action="version", version=f"defectkit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(name: str, help_text: str, work_dir_required: bool = False) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("config", help="config file, e.g. configs/texture_defect.py")
+        sub.add_argument("--work-dir", required=work_dir_required, help="weights and results (default work_dirs/<config name>)")
+        sub.add_argument(
+            "--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+            help="override config values, e.g. pipeline.0.batch_size=8 split.seed=1",
+        )
+        return sub
+
+    run = with_config("run", "Fit untrained stages, evaluate on the test split, write predictions and the report.")
+    run.add_argument("--data-root", help="data set folder (default: the config's built-in data set)")
+    train = with_config("train", "Fit every trainable stage that has no saved state in the work dir.")
+    train.add_argument("--data-root", help="data set folder (default: the config's built-in data set)")
+    evaluate = with_config("eval", "Evaluate fitted stages on a labelled data set.", work_dir_required=True)
+    evaluate.add_argument("--data-root", help="data set folder in the config's layout (default: the one trained on)")
+    evaluate.add_argument("--split", default="test", choices=["test", "val", "train", "all"], help="which images to evaluate")
+    evaluate.add_argument("--out", help="results folder (default: the work dir for the training data, else work_dir/eval-<split>-<data root name>)")
+    predict = with_config("predict", "Predict on image files or folders with fitted stages.", work_dir_required=True)
+    predict.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files or folders")
+    predict.add_argument("--out", required=True, help="results folder")
+    commands.add_parser("plugins", help="List installed plugins and what they register.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``defectkit`` command."""
+    args = build_parser().parse_args(argv)
+    from defectkit.errors import DefectkitError
+
+    try:
+        return _dispatch(args)
+    except DefectkitError as exc:
+        _console().print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        _console().print("[yellow]interrupted: run the same command again to continue where it stopped[/yellow]")
+        return 130
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from defectkit.plugins import load_plugins
+
+    plugins = load_plugins()
+    if args.command == "plugins":
+        return _list_plugins(plugins)
+
+    from defectkit.config import load_config
+    from defectkit.runner import Runner
+
+    cfg = load_config(args.config, args.cfg_options)
+    runner = Runner(cfg, args.config, data_root=getattr(args, "data_root", None), work_dir=args.work_dir)
+    if args.command == "train":
+        summaries = runner.train()
+        _print_json("fitted", summaries)
+        return EXIT_OK
+    if args.command == "run":
+        metrics = runner.run()
+    elif args.command == "eval":
+        out = Path(args.out) if args.out else _default_eval_dir(runner, args)
+        metrics = runner.evaluate(split=args.split, out_dir=out, data_root=args.data_root)
+        _console().print(f"results in {out}")
+    else:
+        metrics = runner.predict(args.input, Path(args.out))
+        _console().print(f"results in {args.out}")
+    _print_json("metrics", metrics)
+    return EXIT_SOME_INPUTS_FAILED if metrics.get("n_errors") else EXIT_OK
+
+
+def _default_eval_dir(runner: Any, args: argparse.Namespace) -> Path:
+    if args.split == "test" and (args.data_root is None or _same_path(args.data_root, runner.data_root)):
+        return runner.work_dir
+    name = Path(args.data_root).resolve().name if args.data_root else "builtin"
+    return runner.work_dir / f"eval-{args.split}-{name}"
+
+
+def _same_path(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+
+def _list_plugins(plugins: list) -> int:
+    from rich.table import Table
+
+    table = Table(title="defectkit plugins (entry point group defectkit.plugins)")
+    for column in ("name", "target", "package", "status", "registers"):
+        table.add_column(column)
+    for info in plugins:
+        status = "loaded" if info.loaded else f"failed: {info.error}"
+        registers = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.registered.items())
+        table.add_row(info.name, info.target, info.distribution or "", status, registers or "-")
+    from rich.console import Console
+
+    Console().print(table if plugins else "no plugins installed")
+    return EXIT_OK
+
+
+def _print_json(title: str, payload: Any) -> None:
+    print(json.dumps({title: payload}, indent=2, sort_keys=True, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Ground-truth masks for a record, one channel per defect class, whatever the annotation format."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from defectkit.io.images import load_mask
+from defectkit.polygons import polygons_to_mask
+from defectkit.sample import Record
+
+
+def ground_truth_masks(record: Record, shape: tuple[int, int], classes: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Build a CxHxW bool mask for ``record`` (C = ``len(classes)``).
+
+    A single ``mask_path`` fills the first class (binary data sets); ``polygons`` fill the channel of
+    their class, all regions of a class merged by logical OR. Images without annotations give empty
+    masks.
+
+    Returns:
+        The masks and the problems found while rasterising (degenerate polygons, unknown classes).
+    """
+    masks = np.zeros((len(classes), *shape), dtype=bool)
+    problems: list[str] = []
+    if record.mask_path and classes:
+        masks[0] = load_mask(record.mask_path, shape)
+    for class_name, polygons in (record.polygons or {}).items():
+        if class_name not in classes:
+            problems.append(f"{record.path}: class {class_name!r} is not in the config's classes {classes}")
+            continue
+        mask, found = polygons_to_mask(polygons, shape)
+        masks[classes.index(class_name)] |= mask
+        problems.extend(f"{record.path}: {p}" for p in found)
+    return masks, problems

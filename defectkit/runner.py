@@ -1,0 +1,361 @@
+"""What the CLI commands do: build a config's data set and pipeline, fit, evaluate and predict.
+
+One image's path through a run: :meth:`Runner.records` reads it from the data root, the split puts
+it in ``test``, :meth:`Runner.stream` decodes it in a worker thread, :class:`~defectkit.pipeline.Pipeline`
+runs every stage on its batch, and the writer thread draws its overlay and appends its line to
+``predictions.jsonl`` (and its evaluation record) before the metrics and report are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from defectkit import __version__
+from defectkit.config import Config
+from defectkit.data.split import load_split, save_split, split_records
+from defectkit.errors import DataError
+from defectkit.evaluation.records import make_eval_record
+from defectkit.io.atomic import atomic_write_json
+from defectkit.io.images import decode_record
+from defectkit.io.overlays import draw_overlay, overlay_name, write_overlay
+from defectkit.io.report import write_report
+from defectkit.io.results import ResultLog
+from defectkit.pipeline import Pipeline
+from defectkit.registry import DATASETS, METRICS, build
+from defectkit.sample import Record, Sample
+from defectkit.stages.base import FitContext
+
+console = Console(stderr=True)
+
+
+class Runner:
+    """Everything one config needs for ``run``, ``train``, ``eval`` and ``predict``.
+
+    Args:
+        cfg: A loaded config (see :func:`defectkit.config.load_config`).
+        config_path: The config file, whose stem names the default work dir.
+        data_root: Images and annotations in the layout ``cfg.dataset`` reads; None uses the
+            config's built-in data set.
+        work_dir: Where weights, splits and results go.
+
+    Example:
+        >>> runner = Runner(load_config("configs/texture_defect.py"), "configs/texture_defect.py")  # doctest: +SKIP
+        >>> metrics = runner.run()  # doctest: +SKIP
+    """
+
+    def __init__(self, cfg: Config, config_path: str | Path, data_root: str | None = None, work_dir: str | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = Path(config_path)
+        self.work_dir = Path(work_dir or cfg.get("work_dir") or Path("work_dirs") / self.config_path.stem)
+        # eval/predict default to the data root the work dir was trained on.
+        trained_on = _read_json(self.work_dir / "data_root.json").get("data_root")
+        self.data_root = data_root or cfg.get("data_root") or trained_on
+        self.weights_dir = self.work_dir / "weights"
+        self.classes: list[str] = list(cfg.get("classes", []))
+        self.image_classes: list[str] = list(cfg.get("image_classes", ["normal", "defect"]))
+        predict_cfg = dict(cfg.get("predict", {}))
+        self.batch_size = int(predict_cfg.get("batch_size", 16))
+        self.overlays = predict_cfg.get("overlays", "all")
+        if self.overlays not in ("all", "defects", "none"):
+            raise DataError(f"predict.overlays must be 'all', 'defects' or 'none', got {self.overlays!r}")
+        self.decode_workers = int(predict_cfg.get("decode_workers", 2))
+        runtime = dict(cfg.get("runtime", {}))
+        self.seed = int(runtime.get("seed", 0))
+        threads = runtime.get("num_threads") or os.cpu_count() or 1
+        torch.set_num_threads(int(threads))
+        self._seed_everything()
+        self.pipeline = Pipeline.from_config(cfg.pipeline)
+
+    def _seed_everything(self) -> None:
+        random.seed(self.seed)
+        np.random.seed(self.seed)
+        torch.manual_seed(self.seed)
+
+    # ----------------------------------------------------------------------------------- data
+    def dataset(self, data_root: str | None = None) -> Any:
+        """Build the reader for ``data_root`` (or the built-in data set when there is none)."""
+        data_root = data_root or self.data_root
+        if data_root:
+            if "dataset" not in self.cfg:
+                raise DataError(f"{self.config_path} has no 'dataset' to read --data-root with")
+            return build(DATASETS, dict(self.cfg.dataset), data_root=str(data_root))
+        if "builtin_dataset" not in self.cfg:
+            raise DataError(f"{self.config_path} has no built-in data set; pass --data-root DIR")
+        builtin_root = self.work_dir / "builtin_data"
+        console.print(f"No --data-root given: using the built-in data set in {builtin_root}")
+        return build(DATASETS, dict(self.cfg.builtin_dataset), data_root=str(builtin_root))
+
+    def records(self, data_root: str | None = None) -> list[Record]:
+        """Every labelled image of the data root, with ground truth."""
+        dataset = self.dataset(data_root)
+        records = dataset.records()
+        if not records:
+            layout = getattr(dataset, "LAYOUT", "")
+            raise DataError(f"no images found in {getattr(dataset, 'data_root', data_root)}; expected layout:\n{layout}")
+        for problem in getattr(dataset, "problems", [])[:20]:
+            console.print(f"[yellow]data:[/yellow] {problem}")
+        return records
+
+    def split(self, records: Sequence[Record]) -> dict[str, list[Record]]:
+        """The run's train/val/test split: saved on first use, reused afterwards."""
+        path = self.work_dir / "split.json"
+        if path.exists():
+            return load_split(path, records)
+        split_cfg = dict(self.cfg.get("split", {}))
+        parts = split_records(records, ratios=tuple(split_cfg.get("ratios", (0.7, 0.1, 0.2))), seed=int(split_cfg.get("seed", self.seed)))
+        save_split(path, parts)
+        return parts
+
+    # ------------------------------------------------------------------------------- commands
+    def train(self) -> dict[str, Any]:
+        """Fit every trainable stage that has no saved state; returns per-stage fit summaries."""
+        records = self.records()
+        parts = self.split(records)
+        root = str(Path(self.data_root).resolve()) if self.data_root else None
+        atomic_write_json(self.work_dir / "data_root.json", {"data_root": root})
+        console.print(
+            f"data: {len(records)} images -> train {len(parts['train'])}, val {len(parts['val'])}, test {len(parts['test'])}"
+        )
+        with self._progress() as progress, ThreadPoolExecutor(self.decode_workers) as pool:
+
+            def make_context(load_samples: Callable[[Sequence[Record]], list[Sample]]) -> FitContext:
+                return FitContext(
+                    work_dir=self.work_dir,
+                    load_samples=load_samples,
+                    classes=self.classes,
+                    image_classes=self.image_classes,
+                    progress=_progress_factory(progress),
+                    log=console.print,
+                )
+
+            summaries = self.pipeline.fit(parts["train"], parts["val"], self.weights_dir, make_context, pool, console.print)
+        previous = _read_json(self.work_dir / "fit_summary.json")
+        previous.update({k: v for k, v in summaries.items() if not v.get("loaded")})
+        atomic_write_json(self.work_dir / "fit_summary.json", previous)
+        return summaries
+
+    def run(self) -> dict[str, float]:
+        """Fit what is not fitted, evaluate on the test split, write predictions, overlays and the report."""
+        self.train()
+        return self.evaluate(split="test", out_dir=self.work_dir)
+
+    def evaluate(self, split: str = "test", out_dir: Path | None = None, data_root: str | None = None) -> dict[str, float]:
+        """Predict on a split of the data (``test`` or ``all``) and compute the config's metrics."""
+        self._load_if_needed()
+        records = self.records(data_root)
+        if split == "all":
+            chosen = records
+        elif split in ("train", "val", "test"):
+            chosen = self.split(records)[split]
+        else:
+            raise DataError(f"unknown split {split!r}; use test, val, train or all")
+        if not chosen:
+            raise DataError(f"the {split} split is empty")
+        out_dir = Path(out_dir or self.work_dir)
+        stamp = {"mode": "eval", "split": split, "data_root": str(Path(data_root or self.data_root or "builtin").resolve())}
+        return self.stream(chosen, out_dir, stamp, evaluate=True)
+
+    def predict(self, inputs: Sequence[str], out_dir: Path) -> dict[str, float]:
+        """Predict on files and folders (recursively; every non-hidden file is an input)."""
+        self._load_if_needed()
+        records = [Record(path=p) for p in collect_inputs(inputs)]
+        if not records:
+            raise DataError(f"no input files found in {', '.join(inputs)}")
+        return self.stream(records, Path(out_dir), {"mode": "predict"}, evaluate=False)
+
+    def _load_if_needed(self) -> None:
+        for stage in self.pipeline.trainable:
+            if not stage.fitted:
+                if not stage.has_saved_state(self.weights_dir):
+                    raise DataError(
+                        f"stage {stage.name!r} has no saved state in {self.weights_dir}; "
+                        f"run `defectkit train {self.config_path} --work-dir {self.work_dir}` first"
+                    )
+                stage.load(self.weights_dir)
+
+    # ----------------------------------------------------------------------------- streaming
+    def stream(self, records: Sequence[Record], out_dir: Path, stamp: dict[str, Any], evaluate: bool) -> dict[str, float]:
+        """Run the pipeline over ``records`` in batches, resuming from what ``out_dir`` already holds."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        predictions = ResultLog(out_dir / "predictions.jsonl")
+        eval_log = ResultLog(out_dir / "eval_records.jsonl", key_field="key")
+        stamp = {**stamp, "pipeline": self._pipeline_hash(), "version": __version__}
+        info_path = out_dir / "run_info.json"
+        if info_path.exists() and _read_json(info_path).get("stamp") != stamp and predictions.done:
+            console.print(f"[yellow]{out_dir}: results came from another config, data root or split; starting afresh[/yellow]")
+            predictions.reset()
+            eval_log.reset()
+        atomic_write_json(info_path, {"stamp": stamp, "config": str(self.config_path)})
+
+        todo = [r for r in records if r.key not in predictions.done]
+        if len(todo) < len(records):
+            console.print(f"resuming: {len(records) - len(todo)} of {len(records)} images already done in {out_dir}")
+        start = time.perf_counter()
+        with self._progress() as progress, ThreadPoolExecutor(self.decode_workers) as decoder, ThreadPoolExecutor(1) as writer:
+            advance = _progress_factory(progress)("predict", len(todo))
+            pending: Future | None = None
+            for samples in _prefetched_batches(todo, self.batch_size, decoder):
+                self.pipeline.predict(samples)
+                if pending is not None:
+                    pending.result()  # one batch in flight bounds memory and surfaces writer errors
+                pending = writer.submit(self._write_batch, samples, out_dir, predictions, eval_log, evaluate)
+                advance(len(samples))
+            if pending is not None:
+                pending.result()
+        elapsed = time.perf_counter() - start
+        return self._finish(records, out_dir, predictions, eval_log, evaluate, len(todo), elapsed)
+
+    def _write_batch(self, samples: list[Sample], out_dir: Path, predictions: ResultLog, eval_log: ResultLog, evaluate: bool) -> None:
+        lines, evals = [], []
+        for sample in samples:
+            line = sample.to_prediction()
+            if sample.ok and self._wants_overlay(sample):
+                name = overlay_name(sample.record.path)
+                write_overlay(out_dir / "overlays" / name, draw_overlay(sample.image, sample))
+                line["overlay"] = f"overlays/{name}"
+            if evaluate:
+                evals.append(make_eval_record(sample, self.classes))
+            lines.append(line)
+            sample.image = sample.prob_maps = sample.masks = None  # free memory early
+        # Evaluation records go first: a prediction line is the commit marker of its image.
+        eval_log.append(evals)
+        predictions.append(lines)
+
+    def _wants_overlay(self, sample: Sample) -> bool:
+        if self.overlays == "none":
+            return False
+        if self.overlays == "defects":
+            return bool(sample.instances) or (sample.gate_label not in (None, "normal"))
+        return True
+
+    def _finish(
+        self, records: Sequence[Record], out_dir: Path, predictions: ResultLog, eval_log: ResultLog, evaluate: bool, n_new: int, elapsed: float
+    ) -> dict[str, float]:
+        keys = {r.key for r in records}
+        lines = [line for line in predictions.read() if line["path"] in keys]
+        evals = {e["key"]: e for e in eval_log.read() if e["key"] in keys}
+        n_errors = sum(1 for line in lines if line["status"] == "error")
+        metrics: dict[str, float] = {"n_images": len(lines), "n_errors": n_errors}
+        if evaluate:
+            for metric_cfg in self.cfg.get("metrics", []):
+                metric = build(METRICS, dict(metric_cfg), classes=self.classes)
+                for record in evals.values():
+                    metric.update(record)
+                metrics.update(metric.compute())
+        timings = {
+            "stages": self.pipeline.timing_summary(),
+            "images_this_session": n_new,
+            "wall_seconds": round(elapsed, 2),
+            "img_per_s": round(n_new / elapsed, 2) if elapsed > 0 and n_new else None,
+        }
+        finished_by_gate = sum(1 for line in lines if (line.get("gate") or {}).get("label") == "normal")
+        if lines:
+            timings["finished_by_gate"] = finished_by_gate
+        atomic_write_json(out_dir / "metrics.json", metrics)
+        atomic_write_json(out_dir / "timings.json", timings)
+        image_results = []
+        for line in lines:
+            ev = evals.get(line["path"], {})
+            image_results.append(
+                {
+                    "path": line["path"],
+                    "label": ev.get("label"),
+                    "score": (line.get("gate") or {}).get("score"),
+                    "pred": ev.get("pred"),
+                    "overlay": line.get("overlay"),
+                    "error": line.get("error"),
+                }
+            )
+        notes = [f"config: {self.config_path}", f"work dir: {self.work_dir}"]
+        if lines and finished_by_gate:
+            notes.append(f"the gate finished {finished_by_gate} of {len(lines)} images early: later stages skipped them")
+        write_report(
+            out_dir,
+            metrics,
+            image_results,
+            title=f"defectkit: {self.config_path.stem}",
+            class_names=self.classes,
+            stage_summaries=[s.describe() for s in self.pipeline.stages],
+            timings={k: v["seconds"] for k, v in timings["stages"].items()},
+            notes=notes + [str(self.cfg.get("description", ""))],
+        )
+        return metrics
+
+    def _pipeline_hash(self) -> str:
+        relevant = {"pipeline": self.cfg.get("pipeline"), "classes": self.classes, "image_classes": self.image_classes}
+        return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    @contextmanager
+    def _progress(self) -> Iterator[Progress]:
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        with progress:
+            yield progress
+
+
+def _progress_factory(progress: Progress) -> Callable[[str, int], Callable[[int], None]]:
+    def make(description: str, total: int) -> Callable[[int], None]:
+        task = progress.add_task(description, total=total)
+        return lambda n=1: progress.advance(task, n)
+
+    return make
+
+
+def _prefetched_batches(records: Sequence[Record], batch_size: int, pool: ThreadPoolExecutor) -> Iterator[list[Sample]]:
+    """Decode batch i+1 in the pool while the caller works on batch i."""
+    batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
+    futures = [pool.submit(decode_record, r) for r in batches[0]] if batches else []
+    for index in range(len(batches)):
+        samples = [f.result() for f in futures]
+        if index + 1 < len(batches):
+            futures = [pool.submit(decode_record, r) for r in batches[index + 1]]
+        yield samples
+
+
+def collect_inputs(inputs: Sequence[str]) -> list[str]:
+    """Expand files and folders into a sorted, de-duplicated list of files (hidden files skipped).
+
+    Every non-hidden file in a folder is an input, so a stray text file is reported as an error
+    instead of being silently ignored; images are recognised by content, not by suffix.
+    """
+    found: dict[str, None] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(path).parts):
+                    found[str(child.resolve())] = None
+        elif path.exists():
+            found[str(path.resolve())] = None
+        else:
+            raise DataError(f"input not found: {path}")
+    return list(found)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
