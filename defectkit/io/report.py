@@ -24,7 +24,7 @@ from defectkit.io.overlays import overlay_name
 
 MAX_WORST_CASES = 12
 THUMB_SIZE = 256
-DEFAULT_IMAGE_CLASSES = ("normal", "defect")
+IMAGE_CLASSES = ("normal", "defect")
 
 _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 2em auto;
@@ -70,8 +70,8 @@ def write_report(
             "pred": 0|1|None, "overlay": "overlays/<name>.jpg"|None, "error": str|None}``.
             ``score`` is the gate score, higher meaning more defective.
         title: Page title.
-        class_names: Names of image classes 0 and 1 (default ``normal``, ``defect``), used on the
-            confusion-matrix axes; a list of any other length is just listed in the summary.
+        class_names: The pipeline's defect classes, listed in the summary. (Image labels are
+            always shown as ``normal``/``defect``: 0/1 in ``image_results``.)
         stage_summaries: One dict per stage (e.g. its name and settings), shown as small tables.
         timings: Stage name to seconds.
         notes: Free-text lines shown in the summary.
@@ -87,7 +87,7 @@ def write_report(
     """
     work_dir = Path(work_dir)
     plots_dir = work_dir / "plots"
-    image_classes = _image_class_names(class_names)
+    image_classes = IMAGE_CLASSES  # image labels are binary whatever the defect classes are
     rows = [_normalise_row(r) for r in image_results]
     ok_rows = [r for r in rows if r["error"] is None]
     error_rows = [r for r in rows if r["error"] is not None]
@@ -104,7 +104,7 @@ def write_report(
     parts.append(_metrics_html(metrics))
     if timings:
         parts.append("<h2>Timings</h2>")
-        parts.append(_timings_html(timings, len(ok_rows)))
+        parts.append(_timings_html(timings))
     if stage_summaries:
         parts.append("<h2>Stages</h2>")
         parts.append(_stages_html(stage_summaries))
@@ -180,12 +180,6 @@ def _as_finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _image_class_names(class_names: list[str] | None) -> tuple[str, str]:
-    if class_names is not None and len(class_names) == 2:
-        return str(class_names[0]), str(class_names[1])
-    return DEFAULT_IMAGE_CLASSES
-
-
 # ---------------------------------------------------------------------------------------------
 # HTML sections
 
@@ -231,7 +225,7 @@ def _summary_html(
     ]
     if class_names:
         items.append(f"<li>classes: {_e(', '.join(str(c) for c in class_names))}</li>")
-    items.extend(f"<li>{_e(note)}</li>" for note in notes or [])
+    items.extend(f"<li>{_e(note)}</li>" for note in notes or [] if str(note).strip())
     return "<h2>Summary</h2><ul>" + "".join(items) + "</ul>"
 
 
@@ -245,19 +239,15 @@ def _metrics_html(metrics: dict[str, float]) -> str:
     return "".join(lines)
 
 
-def _timings_html(timings: dict[str, float], n_images: int) -> str:
+def _timings_html(timings: dict[str, float]) -> str:
+    # No per-image column: callers may pass totals or per-image means, and only they know which.
     values = {str(k): _as_finite(v) for k, v in timings.items()}
     total = sum(v for v in values.values() if v is not None)
-    lines = ["<table><tr><th>Stage</th><th>Seconds</th><th>Share</th>"]
-    lines.append("<th>ms / image</th></tr>" if n_images else "</tr>")
+    lines = ["<table><tr><th>Stage</th><th>Seconds</th><th>Share</th></tr>"]
     for name, seconds in values.items():
         share = f"{100 * seconds / total:.1f}%" if seconds is not None and total > 0 else "-"
-        cells = [_e(name), _fmt_value(seconds if seconds is not None else float("nan")), share]
-        if n_images:
-            cells.append(f"{1000 * seconds / n_images:.2f}" if seconds is not None else "-")
-        lines.append(
-            f"<tr><td>{cells[0]}</td>" + "".join(f'<td class="num">{c}</td>' for c in cells[1:]) + "</tr>"
-        )
+        shown = _fmt_value(seconds) if seconds is not None else "-"
+        lines.append(f'<tr><td>{_e(name)}</td><td class="num">{shown}</td><td class="num">{share}</td></tr>')
     lines.append("</table>")
     return "".join(lines)
 
@@ -293,7 +283,9 @@ def _save_figure(fig: Figure, path: Path) -> None:
     fig.clear()  # drop artists now; the figure is not registered with pyplot, so GC does the rest
 
 
-def _write_plots(plots_dir: Path, ok_rows: list[dict], image_classes: tuple[str, str]) -> list[tuple[str, str]]:
+def _write_plots(
+    plots_dir: Path, ok_rows: list[dict], image_classes: tuple[str, str]
+) -> list[tuple[str, str]]:
     """Write whichever plots the data supports; return ``(relative path, alt text)`` for each."""
     written: list[tuple[str, str]] = []
     scored = [(r["label"], r["score"]) for r in ok_rows if r["label"] is not None and r["score"] is not None]

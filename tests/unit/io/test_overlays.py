@@ -15,7 +15,8 @@ def _sample(**kwargs) -> Sample:
 
 
 def _square(class_name: str = "scratch", score: float = 0.9) -> Instance:
-    return Instance(class_name, score, (40, 60, 120, 140), 6400.0, [[40, 60], [120, 60], [120, 140], [40, 140]])
+    polygon = [[40, 60], [120, 60], [120, 140], [40, 140]]
+    return Instance(class_name, score, (40, 60, 120, 140), 6400.0, polygon)
 
 
 def test_overlay_draws_polygon_outline_in_class_colour():
@@ -75,7 +76,8 @@ def test_overlay_does_not_modify_input():
     image = np.random.default_rng(0).integers(0, 255, (50, 60, 3), dtype=np.uint8)
     before = image.copy()
     masks = np.ones((1, 50, 60), bool)
-    out = draw_overlay(image, _sample(instances=[_square()], masks=masks, map_classes=["scratch"], gate_label="defect"))
+    sample = _sample(instances=[_square()], masks=masks, map_classes=["scratch"], gate_label="defect")
+    out = draw_overlay(image, sample)
     assert np.array_equal(image, before)
     assert out is not image and out.shape == image.shape and out.dtype == np.uint8
 
@@ -145,7 +147,8 @@ def test_overlay_names_differ_for_same_stem_in_different_folders():
 
 
 @pytest.mark.parametrize(
-    "path", ["a b/c d.png", "x/ärger ü.JPG", "..\\evil\\..\\name.png", "/tmp/日本語.jpg", "", ".hidden", "a/<b>|:*?.png"]
+    "path",
+    ["a b/c d.png", "x/ärger ü.JPG", "..\\evil\\..\\name.png", "/tmp/日本語.jpg", "", ".hidden", "a/<b>|:*?.png"],
 )
 def test_overlay_names_are_filesystem_safe(path):
     name = overlay_name(path)

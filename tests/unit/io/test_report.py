@@ -49,13 +49,14 @@ def test_report_contains_metrics_roc_and_worst_cases(tmp_path):
         title="Nightly run",
         timings={"gate": 1.5, "segment": 4.5},
         stage_summaries=[{"name": "gate", "threshold": 0.5, "params": {"k": 3}}],
-        notes=["trained on lot 7"],
+        notes=["trained on lot 7", ""],
     )
     assert out == tmp_path / "report.html"
     page = out.read_text(encoding="utf-8")
 
     assert "<title>Nightly run</title>" in page
     assert "21 images" in page and "1 errors" in page and "trained on lot 7" in page
+    assert "<li></li>" not in page  # blank notes are dropped
     # Metrics sorted by name, to 4 decimals.
     assert page.index(">accuracy<") < page.index(">auroc<") < page.index(">f1<")
     assert "0.8123" in page and "0.81234567" not in page
