@@ -34,7 +34,8 @@ class FolderPerClass(ImageDataset):
 
     Example:
         >>> from defectkit.registry import DATASETS, build
-        >>> reader = build(DATASETS, dict(type="FolderPerClass", data_root="../shared/data/magnetic_tile"))  # doctest: +SKIP
+        >>> cfg = dict(type="FolderPerClass", data_root="../shared/data/magnetic_tile")
+        >>> reader = build(DATASETS, cfg)
         >>> records = reader.records()  # doctest: +SKIP
         >>> records[0].category, records[0].label  # doctest: +SKIP
         ('Blowhole', 1)
