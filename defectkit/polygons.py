@@ -95,9 +95,12 @@ def mask_to_polygons(mask: np.ndarray, min_area: float = 0.0, epsilon: float = 0
             contour = cv2.approxPolyDP(contour, epsilon, True)
         points = contour.reshape(-1, 2).astype(float)
         if len(points) < 3:
-            # A one- or two-pixel-wide component: outline its bounding box instead.
-            x, y, w, h = cv2.boundingRect(contour)
-            points = np.array([[x, y], [x + w - 1, y], [x + w - 1, y + h - 1], [x, y + h - 1]], dtype=float)
+            # A single pixel or a straight one-pixel-wide line (possibly diagonal): walk it there and
+            # back so the ring has 3+ points and redraws exactly those pixels (its bounding box would
+            # fill a whole square for a diagonal line).
+            points = np.concatenate([points, points[::-1]])[: max(3, 2 * len(points) - 1)]
+            if len(points) < 3:
+                points = np.repeat(points[:1], 3, axis=0)
         area = max(cv2.contourArea(points.astype(np.float32)), float(cv2.countNonZero(_component(binary, contour))))
         if area < min_area:
             continue

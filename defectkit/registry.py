@@ -17,7 +17,9 @@ An unknown ``type`` fails with the list of valid names.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
+import pkgutil
 from typing import Any
 
 from mmengine.registry import Registry
@@ -65,9 +67,22 @@ def registered_names(registry: Registry) -> list[str]:
     return sorted(registry.module_dict)
 
 
+_SUBMODULES_IMPORTED: set[int] = set()
+
+
 def _import_locations(registry: Registry) -> None:
     # mmengine imports ``locations`` lazily on first get(); listing names needs the same.
     registry.import_from_location()
+    # A location is a package whose modules register themselves on import (one module per stage,
+    # metric, format...); mmengine imports only the package itself, so import its modules too.
+    if id(registry) in _SUBMODULES_IMPORTED:
+        return
+    for location in registry._locations:
+        package = importlib.import_module(location)
+        for module in pkgutil.iter_modules(getattr(package, "__path__", [])):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{location}.{module.name}")
+    _SUBMODULES_IMPORTED.add(id(registry))
 
 
 def build(registry: Registry, cfg: dict[str, Any] | Any, **defaults: Any) -> Any:
