@@ -1,0 +1,165 @@
+"""MaskPolicy: probability maps -> masks -> polygon instances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from defectkit.errors import ConfigError
+from defectkit.registry import STAGES, build
+from defectkit.sample import Instance, Record, Sample
+from defectkit.stages.mask_policy import MaskPolicy, MaskRule, apply_rule
+
+
+def _sample(prob_maps: np.ndarray, classes: list[str], image: np.ndarray | None = None) -> Sample:
+    prob_maps = np.asarray(prob_maps, dtype=np.float32)
+    if prob_maps.ndim == 2:
+        prob_maps = prob_maps[None]
+    if image is None:
+        image = np.zeros((*prob_maps.shape[1:], 3), np.uint8)
+    return Sample(Record("x.png"), image=image, prob_maps=prob_maps, map_classes=classes)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def test_threshold_rule_keeps_pixels_strictly_above_threshold():
+    prob = np.array([[0.2, 0.5, 0.51, 0.9]], np.float32)
+    mask = apply_rule(prob, MaskRule(threshold=0.5))
+    assert mask.tolist() == [[False, False, True, True]]
+
+
+def test_min_area_drops_small_regions_and_keeps_large_ones():
+    prob = np.zeros((20, 20), np.float32)
+    prob[1:3, 1:3] = 1.0  # 4 pixels
+    prob[10:15, 10:15] = 1.0  # 25 pixels
+    mask = apply_rule(prob, MaskRule(min_area=10))
+    assert not mask[1:3, 1:3].any()
+    assert mask[10:15, 10:15].all()
+    assert mask.sum() == 25
+
+
+def test_open_px_removes_specks_but_keeps_large_region():
+    prob = np.zeros((30, 30), np.float32)
+    prob[10:20, 10:20] = 1.0
+    prob[2, 2] = prob[25, 5] = 1.0
+    plain = apply_rule(prob, MaskRule())
+    opened = apply_rule(prob, MaskRule(open_px=3))
+    assert plain[2, 2] and plain[25, 5]
+    assert not opened[2, 2] and not opened[25, 5]
+    assert opened[12:18, 12:18].all()
+
+
+def test_close_px_fills_pinholes():
+    prob = np.zeros((30, 30), np.float32)
+    prob[8:22, 8:22] = 1.0
+    prob[14, 14] = prob[16, 12] = 0.0
+    plain = apply_rule(prob, MaskRule())
+    closed = apply_rule(prob, MaskRule(close_px=3))
+    assert not plain[14, 14]
+    assert closed[14, 14] and closed[16, 12]
+    assert closed[8:22, 8:22].all()
+
+
+def test_per_class_rules_apply_and_default_covers_other_classes():
+    prob = np.zeros((2, 10, 10), np.float32)
+    prob[:, 2:8, 2:8] = 0.6
+    policy = MaskPolicy(rules=dict(scratch=dict(threshold=0.7), default=dict(threshold=0.5)))
+    (sample,) = policy.predict([_sample(prob, ["scratch", "dent"])])
+    assert sample.masks.shape == (2, 10, 10)
+    assert not sample.masks[0].any()  # 0.6 is below scratch's 0.7
+    assert sample.masks[1].sum() == 36  # dent uses the default 0.5
+    assert policy.rule_for("dent").threshold == 0.5
+    assert policy.rule_for("scratch").threshold == 0.7
+
+
+def test_classes_without_rule_or_default_use_plain_half_threshold():
+    policy = MaskPolicy()
+    assert policy.rule_for("anything") == MaskRule()
+
+
+def test_instances_carry_polygon_box_area_and_score_in_image_coordinates():
+    prob = np.zeros((40, 50), np.float32)
+    prob[10:20, 30:45] = 0.8  # rows 10..19, cols 30..44
+    prob[30:33, 2:5] = 0.9
+    (sample,) = MaskPolicy().predict([_sample(prob, ["dent"])])
+    assert len(sample.instances) == 2
+    big = max(sample.instances, key=lambda i: i.area)
+    small = min(sample.instances, key=lambda i: i.area)
+    assert big.class_name == "dent"
+    assert big.box == (30.0, 10.0, 45.0, 20.0)
+    assert big.area == 150
+    assert big.score == pytest.approx(0.8)
+    xs = [x for x, _ in big.polygon]
+    ys = [y for _, y in big.polygon]
+    assert (min(xs), max(xs), min(ys), max(ys)) == (30, 44, 10, 19)
+    assert small.box == (2.0, 30.0, 5.0, 33.0)
+    assert small.area == 9
+    assert small.score == pytest.approx(0.9)
+
+
+def test_predict_keeps_box_only_instances_and_replaces_polygon_instances():
+    prob = np.zeros((10, 10), np.float32)
+    prob[2:5, 2:5] = 1.0
+    sample = _sample(prob, ["dent"])
+    box_only = Instance("dent", 0.9, (0, 0, 1, 1), 1.0)
+    stale = Instance("dent", 0.9, (0, 0, 1, 1), 1.0, polygon=[[0, 0], [1, 0], [1, 1]])
+    sample.instances = [box_only, stale]
+    MaskPolicy().predict([sample])
+    assert box_only in sample.instances
+    assert stale not in sample.instances
+    assert len(sample.instances) == 2
+
+
+def test_sample_without_prob_maps_is_left_alone():
+    sample = Sample(Record("x.png"), image=np.zeros((4, 4, 3), np.uint8))
+    MaskPolicy().predict([sample])
+    assert sample.masks is None and sample.instances == []
+
+
+def test_unknown_rule_option_raises_config_error_listing_valid_options():
+    with pytest.raises(ConfigError) as info:
+        MaskPolicy(rules=dict(scratch=dict(treshold=0.3)))
+    message = str(info.value)
+    assert "'scratch'" in message
+    assert "treshold" in message
+    for option in ("threshold", "crf", "open_px", "close_px", "min_area"):
+        assert option in message
+
+
+def test_mask_policy_is_buildable_from_registry():
+    policy = build(STAGES, dict(type="MaskPolicy", rules=dict(default=dict(min_area=4))))
+    assert isinstance(policy, MaskPolicy)
+    assert policy.rule_for("x").min_area == 4
+
+
+def test_crf_rule_snaps_misaligned_probability_blob_to_image_edge():
+    pytest.importorskip("pydensecrf.densecrf")
+    height = width = 48
+    image = np.full((height, width, 3), 30, np.uint8)
+    image[14:34, 14:34] = 220  # the real defect: a bright square
+    square = np.zeros((height, width), bool)
+    square[14:34, 14:34] = True
+    rng = np.random.default_rng(0)
+    prob = np.full((height, width), 0.4, np.float32)
+    prob[17:37, 11:31] = 0.6  # the network's blob, shifted 3 px down and left
+    prob = np.clip(prob + rng.normal(0, 0.05, prob.shape), 0, 1).astype(np.float32)
+
+    plain = apply_rule(prob, MaskRule(threshold=0.5), image)
+    refined = apply_rule(prob, MaskRule(threshold=0.5, crf=True), image)
+    assert _iou(refined, square) > _iou(plain, square) + 0.2
+    assert _iou(refined, square) > 0.9
+
+
+def test_crf_policy_uses_the_sample_image():
+    pytest.importorskip("pydensecrf.densecrf")
+    image = np.full((32, 32, 3), 20, np.uint8)
+    image[8:24, 8:24] = 230
+    prob = np.full((32, 32), 0.45, np.float32)
+    prob[10:26, 6:22] = 0.6
+    policy = MaskPolicy(rules=dict(default=dict(crf=True)))
+    (sample,) = policy.predict([_sample(prob, ["defect"], image)])
+    square = np.zeros((32, 32), bool)
+    square[8:24, 8:24] = True
+    assert _iou(sample.masks[0], square) > _iou(prob > 0.5, square)
