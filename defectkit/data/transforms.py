@@ -1,0 +1,234 @@
+"""Image transforms and augmentations: albumentations pipelines built from config dicts, and resizing.
+
+Every transform follows the TRANSFORMS contract: ``transform(image, mask=None) -> (image, mask)``
+on HxWx3 uint8 RGB images and optional HxW or CxHxW masks. CxHxW masks are multi-label: each
+class channel is transformed on its own, so pixels carrying two classes keep both.
+
+Example:
+    >>> from defectkit.registry import TRANSFORMS, build
+    >>> augment = build(TRANSFORMS, default_car_augmentation())
+    >>> image, masks = augment(image, masks)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+# albumentations 2.x checks PyPI for a newer version on import; the machines running this are
+# often offline, where the check only costs a timeout.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
+
+from defectkit.errors import ConfigError  # noqa: E402
+from defectkit.registry import TRANSFORMS  # noqa: E402
+
+
+def albumentations_names() -> list[str]:
+    """Names of the albumentations transforms and composition blocks a config may use, sorted."""
+    names = []
+    for name in dir(A):
+        obj = getattr(A, name)
+        if inspect.isclass(obj) and issubclass(obj, (A.BasicTransform, A.BaseCompose)) and not inspect.isabstract(obj):
+            if not name.startswith("_") and obj not in (A.BasicTransform, A.BaseCompose):
+                names.append(name)
+    return sorted(set(names))
+
+
+def build_albumentation(cfg: Mapping[str, Any] | A.BasicTransform | A.BaseCompose) -> A.BasicTransform | A.BaseCompose:
+    """One albumentations transform from ``dict(type=<name>, **args)``; blocks (``OneOf``...) nest.
+
+    Raises:
+        ConfigError: Unknown name (the message lists valid ones), unknown or invalid arguments.
+
+    Example:
+        >>> block = build_albumentation(dict(type="OneOf", transforms=[dict(type="Blur"), dict(type="MotionBlur")]))
+        >>> [type(t).__name__ for t in block.transforms]
+        ['Blur', 'MotionBlur']
+    """
+    if isinstance(cfg, (A.BasicTransform, A.BaseCompose)):
+        return cfg
+    if not isinstance(cfg, Mapping) or "type" not in cfg:
+        raise ConfigError(f"an albumentations transform must be a dict with a 'type' key, got {cfg!r}")
+    args = dict(cfg)
+    name = args.pop("type")
+    valid = albumentations_names()
+    if name not in valid:
+        close = difflib.get_close_matches(str(name), valid, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown albumentations transform {name!r}.{hint} Valid names: {', '.join(valid)}")
+    cls = getattr(A, name)
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        # albumentations only warns about unknown arguments; a typo in a config must not pass unnoticed.
+        allowed = [n for n in params if n != "self"]
+        unknown = sorted(set(args) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"albumentations {name} got unknown argument(s) {', '.join(map(repr, unknown))}; "
+                f"valid: {', '.join(allowed)}"
+            )
+    if "transforms" in args:
+        args["transforms"] = [build_albumentation(t) for t in args["transforms"]]
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"albumentations {name}({args}) is invalid: {exc}") from exc
+
+
+@TRANSFORMS.register_module()
+class Albumentations:
+    """An albumentations pipeline built by name from config dicts.
+
+    Masks are moved with the image by geometric transforms (nearest-neighbour, so they stay
+    binary) and left alone by photometric ones (brightness, contrast, noise...).
+
+    Args:
+        transforms: Dicts ``dict(type=<albumentations class name>, **args)`` (or built transforms),
+            applied in order; ``OneOf``/``SomeOf``/``Sequential`` take nested ``transforms``.
+        p: Probability of applying the whole pipeline.
+        seed: Seed of the pipeline's own random generator, for reproducible augmentation; None
+            draws a fresh one.
+
+    Example:
+        >>> augment = Albumentations(transforms=[
+        ...     dict(type="HorizontalFlip", p=0.5),
+        ...     dict(type="RandomBrightnessContrast", brightness_limit=0.4, contrast_limit=0.3, p=0.8),
+        ... ], seed=0)
+        >>> image, masks = augment(image, masks)  # doctest: +SKIP
+    """
+
+    def __init__(self, transforms: Sequence[Mapping[str, Any] | Any], p: float = 1.0, seed: int | None = None) -> None:
+        if isinstance(transforms, Mapping) or not isinstance(transforms, Sequence):
+            raise ConfigError(f"Albumentations: transforms must be a list of dicts, got {transforms!r}")
+        self.transforms = [build_albumentation(t) for t in transforms]
+        self.compose = A.Compose(self.transforms, p=p, seed=seed)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Augment ``image`` and its HxW or CxHxW ``mask`` (bool or integer) the same way.
+
+        Returns:
+            The augmented image (uint8 RGB) and mask (same dtype and channel layout as given).
+        """
+        _check_image(image)
+        if mask is None:
+            return self.compose(image=image)["image"], None
+        mask = np.asarray(mask)
+        _check_mask(mask, image)
+        channels = mask[None] if mask.ndim == 2 else mask
+        # albumentations does not take bool masks; uint8 0/1 keeps them exact under nearest warps.
+        result = self.compose(image=image, masks=[np.ascontiguousarray(c, dtype=np.uint8) for c in channels])
+        out = np.stack([np.asarray(m) for m in result["masks"]]) if len(channels) else _empty_like(channels, result)
+        out = out.astype(mask.dtype)
+        return result["image"], out[0] if mask.ndim == 2 else out
+
+    def __repr__(self) -> str:
+        return f"Albumentations({[type(t).__name__ for t in self.transforms]})"
+
+
+@TRANSFORMS.register_module()
+class Resize:
+    """Resize an image to ``(height, width)`` and its masks with nearest neighbour.
+
+    Args:
+        size: ``(height, width)`` of the output.
+        interpolation: ``"linear"``, ``"area"``, ``"cubic"`` or ``"nearest"`` for the image;
+            ``"auto"`` uses area averaging when shrinking (no aliasing of fine scratches) and
+            linear when enlarging.
+
+    Example:
+        >>> image, masks = Resize(size=(512, 512))(image, masks)  # doctest: +SKIP
+    """
+
+    INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC,
+                      "nearest": cv2.INTER_NEAREST}
+
+    def __init__(self, size: Sequence[int], interpolation: str = "auto") -> None:
+        try:
+            height, width = (int(v) for v in size)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"Resize: size must be (height, width), got {size!r}") from exc
+        if height < 1 or width < 1:
+            raise ConfigError(f"Resize: size must be positive, got {size!r}")
+        if interpolation != "auto" and interpolation not in self.INTERPOLATIONS:
+            raise ConfigError(f"Resize: interpolation must be 'auto' or one of {sorted(self.INTERPOLATIONS)}")
+        self.size = (height, width)
+        self.interpolation = interpolation
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        _check_image(image)
+        height, width = self.size
+        if self.interpolation == "auto":
+            shrinking = height * width < image.shape[0] * image.shape[1]
+            flag = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        else:
+            flag = self.INTERPOLATIONS[self.interpolation]
+        resized = cv2.resize(image, (width, height), interpolation=flag)
+        if mask is None:
+            return resized, None
+        mask = np.asarray(mask)
+        _check_mask(mask, image)
+        channels = mask[None] if mask.ndim == 2 else mask
+        out = np.zeros((len(channels), height, width), dtype=mask.dtype)
+        for index, channel in enumerate(channels):
+            out[index] = cv2.resize(channel.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+        return resized, out[0] if mask.ndim == 2 else out
+
+    def __repr__(self) -> str:
+        return f"Resize(size={self.size})"
+
+
+def default_car_augmentation(size: Sequence[int] | None = None, seed: int | None = None) -> dict[str, Any]:
+    """Config of the car-damage training augmentation, for ``build(TRANSFORMS, ...)``.
+
+    The production model failed on photos taken in the dark, so brightness is pushed further down
+    than up and gamma, noise and blur stand in for dim, noisy, handheld shots; mild flips and
+    affine warps vary the framing (cars are left-right symmetric, but never upside down).
+
+    Args:
+        size: ``(height, width)`` to resize to at the end, or None to keep the size.
+        seed: Seed of the augmentation's random generator.
+
+    Example:
+        >>> from defectkit.registry import TRANSFORMS, build
+        >>> augment = build(TRANSFORMS, default_car_augmentation(size=(512, 512), seed=0))
+    """
+    transforms: list[dict[str, Any]] = [
+        dict(type="HorizontalFlip", p=0.5),
+        dict(type="Affine", scale=(0.85, 1.15), translate_percent=(-0.05, 0.05), rotate=(-10, 10), p=0.5),
+        dict(type="RandomBrightnessContrast", brightness_limit=(-0.5, 0.2), contrast_limit=(-0.4, 0.2), p=0.8),
+        dict(type="RandomGamma", gamma_limit=(80, 200), p=0.3),
+        dict(type="HueSaturationValue", hue_shift_limit=5, sat_shift_limit=20, val_shift_limit=10, p=0.3),
+        dict(type="GaussNoise", std_range=(0.02, 0.08), p=0.25),
+        dict(type="OneOf", transforms=[dict(type="MotionBlur", blur_limit=(3, 7)), dict(type="GaussianBlur")], p=0.15),
+        dict(type="ImageCompression", quality_range=(60, 95), p=0.25),
+    ]
+    if size is not None:
+        height, width = (int(v) for v in size)
+        transforms.append(dict(type="Resize", height=height, width=width, area_for_downscale="image"))
+    return dict(type="Albumentations", transforms=transforms, seed=seed)
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"expected an HxWx3 uint8 RGB image, got {type(image).__name__} {shape}")
+
+
+def _check_mask(mask: np.ndarray, image: np.ndarray) -> None:
+    if mask.ndim not in (2, 3) or mask.shape[-2:] != image.shape[:2]:
+        raise ValueError(f"mask shape {mask.shape} does not match image {image.shape[:2]} (expected HxW or CxHxW)")
+
+
+def _empty_like(channels: np.ndarray, result: dict[str, Any]) -> np.ndarray:
+    height, width = result["image"].shape[:2]
+    return np.zeros((0, height, width), dtype=channels.dtype)
+
+
+__all__ = ["Albumentations", "Resize", "albumentations_names", "build_albumentation", "default_car_augmentation"]
