@@ -1,8 +1,8 @@
-"""The ``defectkit`` command: run, train, eval, predict and plugins.
+"""The ``defectkit`` command: run, train, eval, predict, check-data and plugins.
 
 Exit status: 0 success; 1 a fatal error (message printed, no traceback); 2 bad usage; 3 the
 command finished but some inputs could not be processed (each has an error line in
-``predictions.jsonl``).
+``predictions.jsonl``; for ``check-data``: problems were found in the data set).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict = with_config("predict", "Predict on image files or folders with fitted stages.", work_dir_required=True)
     predict.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files or folders")
     predict.add_argument("--out", required=True, help="results folder")
+    check = commands.add_parser(
+        "check-data",
+        help="Validate a data set in the config's layout and print a summary (exit 3 if problems are found).",
+        description="Validate a data set in the config's layout: every image and mask decodes, masks match their "
+        "images, polygons can be drawn, classes are known, nothing is listed twice or lies outside the root.",
+    )
+    check.add_argument("config", help="config file whose 'dataset' reader is used, e.g. configs/texture_defect.py")
+    check.add_argument("--data-root", required=True, help="data set folder in the config's layout")
+    check.add_argument(
+        "--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+        help="override config values, e.g. dataset.type=DefectSplitLayout",
+    )
+    check.add_argument("--out", help="write every problem found (and the counts) to this JSON file")
+    check.add_argument("--max-problems", type=int, default=20, metavar="N", help="problems to print (default 20)")
     commands.add_parser("plugins", help="List installed plugins and what they register.")
     return parser
 
@@ -52,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``defectkit`` command."""
     args = build_parser().parse_args(argv)
+    # Deprecation notices raised inside timm/anomalib's own imports say nothing to our users.
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*(timm\.models\.layers|anomalib\.models\.components\.dinov2).*")
     from defectkit.errors import DefectkitError
 
     try:
@@ -78,9 +95,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _list_plugins(plugins)
 
     from defectkit.config import load_config
-    from defectkit.runner import Runner
 
     cfg = load_config(args.config, args.cfg_options)
+    if args.command == "check-data":
+        return _check_data(cfg, args)
+
+    from defectkit.runner import Runner
+
     runner = Runner(cfg, args.config, data_root=getattr(args, "data_root", None), work_dir=args.work_dir)
     if args.command == "train":
         summaries = runner.train()
@@ -97,6 +118,38 @@ def _dispatch(args: argparse.Namespace) -> int:
         _console().print(f"results in {args.out}")
     _print_json("metrics", metrics)
     return EXIT_SOME_INPUTS_FAILED if metrics.get("n_errors") else EXIT_OK
+
+
+def _check_data(cfg: Any, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from defectkit.data.check import check_dataset
+    from defectkit.errors import DataError
+    from defectkit.io.atomic import atomic_write_json
+    from defectkit.registry import DATASETS, build
+
+    if "dataset" not in cfg:
+        raise DataError(f"{args.config} has no 'dataset' to read --data-root with")
+    reader = build(DATASETS, dict(cfg.dataset), data_root=str(args.data_root))
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=_console(), transient=True,
+    )
+    with progress:
+
+        def bar(total: int):
+            task = progress.add_task("checking images", total=total)
+            return lambda n=1: progress.advance(task, n)
+
+        result = check_dataset(reader, list(cfg.get("classes", [])), list(cfg.get("image_classes", ["normal", "defect"])), bar)
+    console = Console(soft_wrap=True)
+    for renderable in result.summary_tables(max_problems=max(0, args.max_problems)):
+        console.print(renderable)
+    if args.out:
+        atomic_write_json(Path(args.out), result.to_dict())
+        console.print(f"full report in {args.out}")
+    return EXIT_OK if result.ok else EXIT_SOME_INPUTS_FAILED
 
 
 def _default_eval_dir(runner: Any, args: argparse.Namespace) -> Path:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,11 @@ from defectkit.data.split import load_split, save_split, split_records
 from defectkit.errors import DataError
 from defectkit.evaluation.records import make_eval_record
 from defectkit.io.atomic import atomic_write_json
-from defectkit.io.images import decode_record
+from defectkit.io.images import DEFAULT_MAX_SIDE, decode_record
 from defectkit.io.overlays import draw_overlay, overlay_name, write_overlay
 from defectkit.io.report import write_report
 from defectkit.io.results import ResultLog
+from defectkit.io.state import check_manifest
 from defectkit.pipeline import Pipeline
 from defectkit.registry import DATASETS, METRICS, build
 from defectkit.sample import Record, Sample
@@ -73,12 +75,16 @@ class Runner:
         if self.overlays not in ("all", "defects", "none"):
             raise DataError(f"predict.overlays must be 'all', 'defects' or 'none', got {self.overlays!r}")
         self.decode_workers = int(predict_cfg.get("decode_workers", 2))
+        # Larger images are decoded at reduced size (memory stays bounded); 0/None decodes at full size.
+        max_side = predict_cfg.get("max_side", DEFAULT_MAX_SIDE)
+        self.max_side = int(max_side) if max_side else None
         runtime = dict(cfg.get("runtime", {}))
         self.seed = int(runtime.get("seed", 0))
         threads = runtime.get("num_threads") or os.cpu_count() or 1
         torch.set_num_threads(int(threads))
         self._seed_everything()
         self.pipeline = Pipeline.from_config(cfg.pipeline)
+        self._records: dict[str, list[Record]] = {}
 
     def _seed_everything(self) -> None:
         random.seed(self.seed)
@@ -100,7 +106,13 @@ class Runner:
         return build(DATASETS, dict(self.cfg.builtin_dataset), data_root=str(builtin_root))
 
     def records(self, data_root: str | None = None) -> list[Record]:
-        """Every labelled image of the data root, with ground truth."""
+        """Every labelled image of the data root, with ground truth (read once per runner)."""
+        key = str(data_root or self.data_root)
+        if key not in self._records:
+            self._records[key] = self._read_records(data_root)
+        return self._records[key]
+
+    def _read_records(self, data_root: str | None) -> list[Record]:
         dataset = self.dataset(data_root)
         records = dataset.records()
         if not records:
@@ -123,6 +135,7 @@ class Runner:
     # ------------------------------------------------------------------------------- commands
     def train(self) -> dict[str, Any]:
         """Fit every trainable stage that has no saved state; returns per-stage fit summaries."""
+        self._check_saved_states()
         records = self.records()
         parts = self.split(records)
         root = str(Path(self.data_root).resolve()) if self.data_root else None
@@ -177,7 +190,14 @@ class Runner:
             raise DataError(f"no input files found in {', '.join(inputs)}")
         return self.stream(records, Path(out_dir), {"mode": "predict"}, evaluate=False)
 
+    def _check_saved_states(self) -> None:
+        """Refuse saved weights written for another stage type, library version or other classes."""
+        for stage in self.pipeline.trainable:
+            if stage.has_saved_state(self.weights_dir):
+                check_manifest(self.weights_dir, stage.name, type(stage).__name__, self.classes or None)
+
     def _load_if_needed(self) -> None:
+        self._check_saved_states()
         for stage in self.pipeline.trainable:
             if not stage.fitted:
                 if not stage.has_saved_state(self.weights_dir):
@@ -191,6 +211,7 @@ class Runner:
     def stream(self, records: Sequence[Record], out_dir: Path, stamp: dict[str, Any], evaluate: bool) -> dict[str, float]:
         """Run the pipeline over ``records`` in batches, resuming from what ``out_dir`` already holds."""
         out_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temp_files(out_dir)
         predictions = ResultLog(out_dir / "predictions.jsonl")
         eval_log = ResultLog(out_dir / "eval_records.jsonl", key_field="key")
         stamp = {**stamp, "pipeline": self._pipeline_hash(), "version": __version__}
@@ -208,7 +229,8 @@ class Runner:
         with self._progress() as progress, ThreadPoolExecutor(self.decode_workers) as decoder, ThreadPoolExecutor(1) as writer:
             advance = _progress_factory(progress)("predict", len(todo))
             pending: Future | None = None
-            for samples in _prefetched_batches(todo, self.batch_size, decoder):
+            decode = partial(decode_record, max_side=self.max_side)
+            for samples in _prefetched_batches(todo, self.batch_size, decoder, decode):
                 self.pipeline.predict(samples)
                 if pending is not None:
                     pending.result()  # one batch in flight bounds memory and surfaces writer errors
@@ -322,15 +344,31 @@ def _progress_factory(progress: Progress) -> Callable[[str, int], Callable[[int]
     return make
 
 
-def _prefetched_batches(records: Sequence[Record], batch_size: int, pool: ThreadPoolExecutor) -> Iterator[list[Sample]]:
+def _prefetched_batches(
+    records: Sequence[Record],
+    batch_size: int,
+    pool: ThreadPoolExecutor,
+    decode: Callable[[Record], Sample] = decode_record,
+) -> Iterator[list[Sample]]:
     """Decode batch i+1 in the pool while the caller works on batch i."""
     batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
-    futures = [pool.submit(decode_record, r) for r in batches[0]] if batches else []
+    futures = [pool.submit(decode, r) for r in batches[0]] if batches else []
     for index in range(len(batches)):
         samples = [f.result() for f in futures]
         if index + 1 < len(batches):
-            futures = [pool.submit(decode_record, r) for r in batches[index + 1]]
+            futures = [pool.submit(decode, r) for r in batches[index + 1]]
         yield samples
+
+
+def _remove_stale_temp_files(out_dir: Path) -> None:
+    """Delete ``.<name>.tmp`` files a killed run left behind (atomic writes not yet renamed).
+
+    Only one run writes to a results folder at a time, so every such file is garbage.
+    """
+    for folder in (out_dir, out_dir / "overlays", out_dir / "plots", out_dir / "plots" / "thumbs"):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
 
 
 def collect_inputs(inputs: Sequence[str]) -> list[str]:

@@ -37,38 +37,3 @@ class ImageClassification(Metric):
                 out["image_precision_defect"] = float((y[p == 1] == 1).mean())
         return out
 
-
-def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """The decision threshold that maximises macro F1 on ``scores`` (predict defect when score >= t).
-
-    Returns:
-        ``(threshold, macro_f1)``; the threshold is the midpoint between the two scores it separates,
-        so it generalises better than the score of a training image itself.
-    """
-    labels = np.asarray(labels).astype(int)
-    scores = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(scores)
-    sorted_scores, sorted_labels = scores[order], labels[order]
-    n_pos, n = int(labels.sum()), len(labels)
-    best = (float(sorted_scores[0]) - 1.0, -1.0)
-    # Predict positive for indices >= i; evaluate every cut in one pass.
-    pos_below = np.concatenate([[0], np.cumsum(sorted_labels)])
-    for i in range(n + 1):
-        if 0 < i < n and sorted_scores[i] == sorted_scores[i - 1]:
-            continue
-        fn = pos_below[i]
-        tp = n_pos - fn
-        fp = (n - i) - tp
-        tn = i - fn
-        f1_pos = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-        f1_neg = 2 * tn / (2 * tn + fn + fp) if tn + fn + fp else 1.0
-        macro = (f1_pos + f1_neg) / 2
-        if macro > best[1]:
-            if i == 0:
-                threshold = float(sorted_scores[0]) - 1e-6
-            elif i == n:
-                threshold = float(sorted_scores[-1]) + 1e-6
-            else:
-                threshold = float((sorted_scores[i - 1] + sorted_scores[i]) / 2)
-            best = (threshold, macro)
-    return best

@@ -7,7 +7,11 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from defectkit.evaluation.records import PIXEL_BINS, make_eval_record
-from defectkit.evaluation.segmentation import PixelAUROC, SegmentationIoU, auroc_from_histograms
+from defectkit.evaluation.segmentation import (
+    PixelAUROC,
+    SegmentationIoU,
+    auroc_from_histograms,
+)
 from defectkit.sample import Record, Sample
 
 

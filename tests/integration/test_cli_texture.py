@@ -1,0 +1,89 @@
+"""The texture-defect config end to end through the CLI, on a tiny built-in data set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from defectkit.cli import EXIT_FATAL, EXIT_OK, EXIT_SOME_INPUTS_FAILED, main
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = str(REPO / "configs" / "texture_defect.py")
+# Small enough for CI: the built-in textures, fewer images, a small memory bank.
+TINY = [
+    "builtin_dataset.n_normal=40",
+    "builtin_dataset.n_defect=16",
+    "pipeline.0.model.coreset_size=500",
+]
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def trained_work_dir(tmp_path_factory) -> Path:
+    work_dir = tmp_path_factory.mktemp("texture")
+    assert main(["run", CONFIG, "--work-dir", str(work_dir), "--cfg-options", *TINY]) == EXIT_OK
+    return work_dir
+
+
+def test_run_on_builtin_data_writes_every_output(trained_work_dir: Path):
+    metrics = json.loads((trained_work_dir / "metrics.json").read_text())
+    for key in ("image_auroc", "image_f1_macro", "pixel_auroc", "n_images"):
+        assert key in metrics
+    assert metrics["image_auroc"] > 0.7  # synthetic defects are visible: far better than chance
+    lines = read_lines(trained_work_dir / "predictions.jsonl")
+    assert len(lines) == metrics["n_images"] == len({line["path"] for line in lines})
+    assert all(line["status"] == "ok" and line["gate"]["label"] in ("normal", "defect") for line in lines)
+    assert (trained_work_dir / "report.html").is_file()
+    assert any((trained_work_dir / "overlays").iterdir())
+    assert (trained_work_dir / "weights" / "gate.safetensors").is_file()
+
+
+def test_second_run_resumes_without_refitting_or_duplicating(trained_work_dir: Path, capsys):
+    before = read_lines(trained_work_dir / "predictions.jsonl")
+    assert main(["run", CONFIG, "--work-dir", str(trained_work_dir), "--cfg-options", *TINY]) == EXIT_OK
+    after = read_lines(trained_work_dir / "predictions.jsonl")
+    assert [line["path"] for line in after] == [line["path"] for line in before]
+    assert "loaded saved state" in capsys.readouterr().err
+
+
+def test_predict_reports_bad_files_as_error_lines_and_finishes(trained_work_dir: Path, tmp_path: Path):
+    inputs = tmp_path / "uploads"
+    inputs.mkdir()
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(inputs / "good photo.png")
+    good_jpeg = inputs / "good.jpg"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(good_jpeg)
+    (inputs / "truncated.jpg").write_bytes(good_jpeg.read_bytes()[:200])
+    (inputs / "empty.png").write_bytes(b"")
+    (inputs / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+
+    code = main(["predict", CONFIG, "--work-dir", str(trained_work_dir), "--input", str(inputs), "--out", str(out)])
+
+    assert code == EXIT_SOME_INPUTS_FAILED
+    lines = {Path(line["path"]).name: line for line in read_lines(out / "predictions.jsonl")}
+    assert set(lines) == {"good photo.png", "good.jpg", "truncated.jpg", "empty.png", "notes.txt"}
+    assert lines["good photo.png"]["status"] == lines["good.jpg"]["status"] == "ok"
+    for bad in ("truncated.jpg", "empty.png", "notes.txt"):
+        assert lines[bad]["status"] == "error" and bad in lines[bad]["error"]
+    assert (out / "report.html").is_file()
+
+
+def test_missing_data_root_names_the_expected_layout(tmp_path: Path, capsys):
+    code = main(["run", CONFIG, "--work-dir", str(tmp_path / "w"), "--data-root", str(tmp_path / "nowhere")])
+    assert code == EXIT_FATAL
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "Imgs" in err
+
+
+def test_unknown_config_key_lists_valid_keys(tmp_path: Path, capsys):
+    code = main(["train", CONFIG, "--work-dir", str(tmp_path / "w"), "--cfg-options", "pipelin.0.type=X"])
+    assert code == EXIT_FATAL
+    err = capsys.readouterr().err
+    assert "pipelin" in err and "pipeline" in err

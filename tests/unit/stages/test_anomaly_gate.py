@@ -1,0 +1,151 @@
+"""AnomalyGate on tiny synthetic textures written to disk: fit, predict, save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from defectkit.evaluation.thresholds import best_threshold
+from defectkit.io.images import load_image
+from defectkit.registry import STAGES, build
+from defectkit.sample import Record, Sample
+from defectkit.stages.anomaly_gate import AnomalyGate
+from defectkit.stages.base import FitContext
+
+SIZE = 64
+
+
+def texture(rng: np.random.Generator, blob: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth noise texture (HxWx3 uint8) and its defect mask; a bright blob when ``blob``."""
+    noise = rng.normal(0, 1, (SIZE // 4, SIZE // 4)).astype(np.float32)
+    img = torch.nn.functional.interpolate(torch.from_numpy(noise)[None, None], size=(SIZE, SIZE), mode="bicubic")[0, 0]
+    img = (110 + 18 * img.numpy()).clip(0, 255)
+    mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    if blob:
+        yy, xx = np.mgrid[:SIZE, :SIZE]
+        cy, cx = rng.integers(16, 48, 2)
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 < 64
+        img[inside], mask[inside] = 250, 255
+    return np.repeat(img.astype(np.uint8)[..., None], 3, axis=2), mask
+
+
+def write_records(root: Path, n: int, label: int, seed: int) -> list[Record]:
+    """PNG images (and masks) on disk as Records."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        image, mask = texture(rng, blob=label == 1)
+        path, mask_path = root / f"{label}_{seed}_{i}.png", root / f"{label}_{seed}_{i}_mask.png"
+        Image.fromarray(image).save(path)
+        Image.fromarray(mask).save(mask_path)
+        records.append(Record(path=str(path), label=label, category="blob" if label else "good", mask_path=str(mask_path)))
+    return records
+
+
+def load_samples(records) -> list[Sample]:
+    """Decode records like a pipeline would (errors kept on the sample)."""
+    out = []
+    for record in records:
+        try:
+            out.append(Sample(record=record, image=load_image(record.path)))
+        except Exception as exc:  # noqa: BLE001
+            out.append(Sample(record=record, error=str(exc)))
+    return out
+
+
+GATE = dict(
+    type="AnomalyGate",
+    model=dict(type="PatchCore", layers=(2, 3), coreset_size=200, score="max"),
+    image_size=(64, 64),
+    batch_size=8,
+    chunk_size=10,
+    calibration_fraction=0.25,
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, list[Record]]:
+    root = tmp_path_factory.mktemp("gate")
+    train = write_records(root, 16, 0, 0) + write_records(root, 8, 1, 1)
+    val = write_records(root, 4, 0, 2) + write_records(root, 4, 1, 3)
+    test = write_records(root, 6, 0, 4) + write_records(root, 6, 1, 5)
+    return {"train": train, "val": val, "test": test, "root": [Record(path=str(root))]}
+
+
+@pytest.fixture(scope="module")
+def fitted(data) -> tuple[AnomalyGate, dict]:
+    gate = build(STAGES, dict(GATE, supervised=dict(C=0.1, folds=3, min_defects=4)))
+    context = FitContext(work_dir=Path(data["root"][0].path), load_samples=load_samples)
+    summary = gate.fit(data["train"], data["val"], context)
+    return gate, summary
+
+
+def test_gate_fit_returns_json_summary(fitted) -> None:
+    import json
+
+    _, summary = fitted
+    json.dumps(summary)
+    assert summary["bank_images"] == 12 and summary["calibration_normals"] == 8
+    assert summary["labelled_defects"] == 12 and summary["supervised"] is True
+
+
+def test_gate_separates_defects_and_sets_maps(fitted, data) -> None:
+    gate, _ = fitted
+    samples = gate.predict(load_samples(data["test"]))
+    labels = [s.record.label for s in samples]
+    predicted = [int(s.gate_label == "defect") for s in samples]
+    assert predicted == labels
+    for s in samples:
+        assert (s.gate_score > 0.5) == (s.gate_label == "defect")
+        assert s.prob_maps.shape == (1, SIZE, SIZE) and s.prob_maps.dtype == np.float32
+        assert 0.0 <= s.prob_maps.min() and s.prob_maps.max() <= 1.0
+        assert s.map_classes == ["defect"]
+
+
+def test_gate_marks_normal_images_finished(fitted, data) -> None:
+    gate, _ = fitted
+    samples = gate.predict(load_samples(data["test"]))
+    for s in samples:
+        assert s.finished == (s.gate_label == "normal")
+
+
+def test_gate_maps_keep_original_resolution(fitted) -> None:
+    gate, _ = fitted
+    rng = np.random.default_rng(9)
+    image, _ = texture(rng, blob=True)
+    tall = np.ascontiguousarray(np.concatenate([image, image[::-1]], axis=0)[:, :40])
+    sample = gate.predict([Sample(record=Record(path="x"), image=tall)])[0]
+    assert sample.prob_maps.shape == (1, 128, 40)
+
+
+def test_gate_state_roundtrip_gives_identical_scores(fitted, data, tmp_path) -> None:
+    gate, _ = fitted
+    gate.save(tmp_path)
+    reloaded = build(STAGES, dict(GATE))
+    reloaded.load(tmp_path)
+    a = gate.predict(load_samples(data["test"]))
+    b = reloaded.predict(load_samples(data["test"]))
+    assert [s.gate_score for s in a] == [s.gate_score for s in b]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.prob_maps, y.prob_maps)
+
+
+def test_gate_skips_undecodable_images_and_limits_defects(data, tmp_path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    train = data["train"] + [Record(path=str(broken), label=0)]
+    gate = build(STAGES, dict(GATE, max_labelled_defects=5))
+    summary = gate.fit(train, data["val"], FitContext(work_dir=tmp_path, load_samples=load_samples))
+    assert summary["labelled_defects"] == 5 and summary["skipped"] == 1
+    assert summary["supervised"] is False
+
+
+def test_best_threshold_maximises_macro_f1() -> None:
+    scores = np.array([0.1, 0.2, 0.3, 0.8, 0.9, 0.35])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    threshold, value = best_threshold(scores, labels)
+    assert 0.3 < threshold < 0.35 and value == pytest.approx(1.0)
