@@ -11,7 +11,6 @@ import json
 import os
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import cv2
