@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from defectkit.data.class_mapped import ClassMappedDataset
+from defectkit.data.class_mapped import ClassMappedDataset, parse_size
 from defectkit.data.grouping import DEFAULT_GROUP_PATTERN, Polygon
 from defectkit.io.images import IMAGE_SUFFIXES
 from defectkit.registry import DATASETS
@@ -156,7 +156,7 @@ class AihubDamage(ClassMappedDataset):
             info = info[0]
         size = None
         if isinstance(info, dict):
-            size = _size(info.get("width"), info.get("height"))
+            size = parse_size(info.get("width"), info.get("height"))
             if info.get("file_name") not in (None, image.name):
                 self.report("name_mismatch", label, f"names image {info.get('file_name')!r}, paired with {image.name}")
         if size is None:
@@ -188,14 +188,6 @@ class AihubDamage(ClassMappedDataset):
 
 def _is_pair_folder(folder: Path) -> bool:
     return (folder / "images").is_dir() and (folder / "labels").is_dir()
-
-
-def _size(width: Any, height: Any) -> tuple[int, int] | None:
-    try:
-        w, h = int(width), int(height)
-    except (TypeError, ValueError):
-        return None
-    return (w, h) if w > 0 and h > 0 else None
 
 
 __all__ = ["AIHUB_CLASSES", "AIHUB_LABEL_MAP", "AihubDamage"]

@@ -297,3 +297,12 @@ def _ring_points(ring: Any) -> tuple[np.ndarray | None, str]:
         return validate_ring(ring), ""
     except PolygonError as exc:
         return None, str(exc)
+
+
+def parse_size(width: Any, height: Any) -> tuple[int, int] | None:
+    """``(width, height)`` from annotation fields, or None when missing or not positive integers."""
+    try:
+        w, h = int(width), int(height)
+    except (TypeError, ValueError):
+        return None
+    return (w, h) if w > 0 and h > 0 else None

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from defectkit.data.class_mapped import ClassMappedDataset
+from defectkit.data.class_mapped import ClassMappedDataset, parse_size
 from defectkit.data.grouping import DEFAULT_GROUP_PATTERN, Polygon
 from defectkit.errors import ConfigError, DataError
 from defectkit.io.images import IMAGE_SUFFIXES
@@ -167,7 +167,7 @@ class PolygonJson(ClassMappedDataset):
         image = self._find_image(raw, image_id, image_dir, where)
         if image is None:
             return None
-        size = _size(raw.get("width"), raw.get("height")) or self.image_size(image)
+        size = parse_size(raw.get("width"), raw.get("height")) or self.image_size(image)
         if size is None:
             return None
         level = raw.get("damage_level")
@@ -214,14 +214,6 @@ class PolygonJson(ClassMappedDataset):
         shown = candidates[0] if name is not None else f"{image_dir / image_id}.*"
         self.report("missing_image", where, f"image file {shown} not found; record skipped")
         return None
-
-
-def _size(width: Any, height: Any) -> tuple[int, int] | None:
-    try:
-        w, h = int(width), int(height)
-    except (TypeError, ValueError):
-        return None
-    return (w, h) if w > 0 and h > 0 else None
 
 
 __all__ = ["POLYGON_JSON_CLASSES", "POLYGON_JSON_LABEL_MAP", "PolygonJson"]
