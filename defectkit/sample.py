@@ -51,6 +51,24 @@ class Instance:
     area: float
     polygon: list[list[float]] = field(default_factory=list)
 
+    def scaled(self, sx: float, sy: float) -> "Instance":
+        """This instance in coordinates ``sx`` times wider and ``sy`` times taller (e.g. back to the
+        original image from a reduced working copy).
+
+        Boxes are pixel-edge coordinates and scale directly; polygon vertices are pixel centres
+        (``x`` is the centre of pixel column ``x``), so they map as ``(x + 0.5) * s - 0.5``.
+        """
+        if sx == 1.0 and sy == 1.0:
+            return self
+        x1, y1, x2, y2 = self.box
+        return Instance(
+            self.class_name,
+            self.score,
+            (x1 * sx, y1 * sy, x2 * sx, y2 * sy),
+            self.area * sx * sy,
+            [[(x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5] for x, y in self.polygon],
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "class": self.class_name,
@@ -77,6 +95,10 @@ class Sample:
         map_classes: Class name of each channel of ``prob_maps``/``masks``.
         instances: Defects found, with polygons and boxes in image coordinates.
         timings: Seconds each stage spent on this sample (batch time split evenly).
+        scale: Size of ``image`` over the size of the file along the long side: 1.0 when decoded at
+            full size, less when a large photo was decoded at reduced working size. Stages work in
+            ``image`` coordinates; :meth:`to_prediction` maps back to the original.
+        original_size: ``(height, width)`` of the full-resolution upright image (None: same as ``image``).
     """
 
     record: Record
@@ -91,6 +113,8 @@ class Sample:
     instances: list[Instance] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    scale: float = 1.0
+    original_size: tuple[int, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -101,18 +125,35 @@ class Sample:
         """Whether later stages should still process this sample."""
         return self.error is None and not self.finished
 
+    def original_factors(self) -> tuple[float, float]:
+        """``(sx, sy)`` that map ``image`` coordinates to original image coordinates."""
+        if self.original_size is not None and self.image is not None:
+            height, width = self.image.shape[:2]
+            return self.original_size[1] / max(width, 1), self.original_size[0] / max(height, 1)
+        factor = 1.0 / self.scale if self.scale > 0 else 1.0
+        return factor, factor
+
     def to_prediction(self) -> dict[str, Any]:
-        """The sample as one ``predictions.jsonl`` line."""
+        """The sample as one ``predictions.jsonl`` line, in original image coordinates.
+
+        ``height``/``width`` are the original (upright) size; when the image was decoded at reduced
+        size, polygons, boxes and areas are mapped back and ``scale`` says by how much it was reduced.
+        """
         line: dict[str, Any] = {"path": self.record.path, "status": "ok" if self.ok else "error"}
         if self.error is not None:
             line["error"] = self.error
             return line
-        if self.image is not None:
+        if self.original_size is not None:
+            line["height"], line["width"] = int(self.original_size[0]), int(self.original_size[1])
+        elif self.image is not None:
             line["height"], line["width"] = int(self.image.shape[0]), int(self.image.shape[1])
+        sx, sy = self.original_factors()
+        if sx != 1.0 or sy != 1.0:
+            line["scale"] = round(float(self.scale), 6)
         line["gate"] = {
             "label": self.gate_label,
             "score": None if self.gate_score is None else round(float(self.gate_score), 6),
         }
-        line["instances"] = [inst.to_dict() for inst in self.instances]
+        line["instances"] = [inst.scaled(sx, sy).to_dict() for inst in self.instances]
         line["timings_ms"] = {k: round(v * 1000, 2) for k, v in self.timings.items()}
         return line

@@ -1,17 +1,21 @@
 """Stage state on disk: tensors in safetensors, everything else in a JSON manifest.
 
-Nothing is ever unpickled. The manifest records what wrote the tensors and their SHA-256, and
-loading refuses a file whose checksum, stage type or library version family does not match.
+Nothing is ever unpickled. The manifest records what wrote the tensors (stage name and type, head
+type, input size, classes, library version) and their SHA-256, and loading refuses a file whose
+checksum, stage, stage type, classes or library version family does not match, or whose tensors are
+not what the manifest lists.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from defectkit import __version__
@@ -39,6 +43,7 @@ def save_state(
     stage_type: str,
     tensors: dict[str, torch.Tensor],
     extra: dict[str, Any] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Path:
     """Save a stage's tensors and a manifest describing them.
 
@@ -47,7 +52,11 @@ def save_state(
         name: The stage's name in the pipeline (file stem).
         stage_type: Registered type of the stage, checked on load.
         tensors: Weights and buffers; made contiguous and moved to CPU.
-        extra: JSON-serialisable settings (classes, input size, thresholds...).
+        extra: JSON-serialisable settings (classes, input size, thresholds...). Its ``classes``,
+            ``head`` (or ``model["type"]``) and ``input_size`` (or ``image_size``) are also recorded
+            at the top of the manifest.
+        classes: The defect classes the stage was fitted for (default ``extra["classes"]``);
+            :func:`load_state` refuses to load them for a config with other classes.
 
     Returns:
         The manifest path.
@@ -55,35 +64,68 @@ def save_state(
     tensor_path, manifest_path = state_paths(directory, name)
     payload = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
     atomic_write_bytes(tensor_path, payload)
+    extra = dict(extra or {})
+    model = extra.get("model") if isinstance(extra.get("model"), dict) else {}
+    if classes is None and extra.get("classes") is not None:
+        classes = extra["classes"]
+    input_size = extra.get("input_size", extra.get("image_size"))
     manifest = {
         "format": MANIFEST_FORMAT,
         "stage": name,
         "stage_type": stage_type,
+        "head": extra.get("head", model.get("type")),
+        "classes": None if classes is None else [str(c) for c in classes],
+        "input_size": None if input_size is None else list(input_size),
         "library_version": __version__,
         "sha256": hashlib.sha256(payload).hexdigest(),
         "tensors": {k: list(v.shape) for k, v in tensors.items()},
-        "extra": extra or {},
+        "extra": extra,
     }
     atomic_write_json(manifest_path, manifest)
     return manifest_path
 
 
-def load_state(directory: str | Path, name: str, stage_type: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load and verify what :func:`save_state` wrote.
+def read_manifest(directory: str | Path, name: str) -> dict[str, Any]:
+    """The manifest of stage ``name``, checked for format only.
 
     Raises:
-        StateError: Missing files, a checksum mismatch (tampered or truncated), or a manifest
-            written for another stage type or an incompatible library version.
+        StateError: Missing, unreadable or of another manifest format.
     """
     tensor_path, manifest_path = state_paths(directory, name)
     if not manifest_path.is_file() or not tensor_path.is_file():
         raise StateError(f"no saved state for stage {name!r} in {directory} (expected {tensor_path.name} and {manifest_path.name})")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StateError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise StateError(f"{manifest_path}: manifest is not a JSON object")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise StateError(f"{manifest_path}: manifest format {manifest.get('format')!r}, expected {MANIFEST_FORMAT}")
+    return manifest
+
+
+def check_manifest(
+    directory: str | Path, name: str, stage_type: str, classes: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Check a saved state's manifest against what the config builds, without reading the tensors.
+
+    Args:
+        directory: The ``weights/`` folder.
+        name: Stage name (file stem).
+        stage_type: The registered type the config builds for this stage.
+        classes: The config's defect classes; checked when both they and the manifest name classes.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        StateError: Another stage name or type, other classes, or an incompatible library version.
+    """
+    manifest = read_manifest(directory, name)
+    _, manifest_path = state_paths(directory, name)
+    if manifest.get("stage", name) != name:
+        raise StateError(f"{manifest_path}: written for stage {manifest.get('stage')!r}, not {name!r}; refusing to load")
     if manifest.get("stage_type") != stage_type:
         raise StateError(
             f"{manifest_path}: saved by a {manifest.get('stage_type')!r} stage, but the config builds {stage_type!r}; "
@@ -92,8 +134,46 @@ def load_state(directory: str | Path, name: str, stage_type: str) -> tuple[dict[
     saved_major = str(manifest.get("library_version", "")).split(".")[:2]
     if saved_major != __version__.split(".")[:2]:
         raise StateError(f"{manifest_path}: written by defectkit {manifest.get('library_version')}, this is {__version__}; retrain")
+    saved_classes = manifest.get("classes")
+    if saved_classes is None and isinstance(manifest.get("extra"), dict):
+        saved_classes = manifest["extra"].get("classes")
+    if classes is not None and saved_classes is not None and [str(c) for c in saved_classes] != [str(c) for c in classes]:
+        raise StateError(
+            f"{manifest_path}: stage {name!r} was fitted for classes {list(saved_classes)}, but the config has "
+            f"{list(classes)}; retrain with a new --work-dir or fix the config's classes"
+        )
+    return manifest
+
+
+def load_state(
+    directory: str | Path, name: str, stage_type: str, classes: Sequence[str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load and verify what :func:`save_state` wrote.
+
+    Args:
+        directory: The ``weights/`` folder.
+        name: Stage name (file stem).
+        stage_type: The registered type the config builds for this stage.
+        classes: The config's defect classes, checked against the manifest's (see :func:`check_manifest`).
+
+    Raises:
+        StateError: Missing files, a checksum mismatch (tampered or truncated), a manifest written
+            for another stage, stage type, classes or an incompatible library version, or a tensor
+            file that is not valid safetensors or holds other tensors than its manifest lists.
+    """
+    manifest = check_manifest(directory, name, stage_type, classes)
+    tensor_path, manifest_path = state_paths(directory, name)
     payload = tensor_path.read_bytes()
     if hashlib.sha256(payload).hexdigest() != manifest.get("sha256"):
         raise StateError(f"{tensor_path}: checksum does not match its manifest (file changed or truncated); refusing to load")
-    tensors = load(payload)
-    return tensors, manifest.get("extra", {})
+    try:
+        tensors = load(payload)  # safetensors: a header and raw buffers, no code is ever run
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise StateError(f"{tensor_path}: not a valid safetensors file ({exc}); refusing to load") from exc
+    listed = manifest.get("tensors")
+    if isinstance(listed, dict):
+        found = {k: list(v.shape) for k, v in tensors.items()}
+        if found != {k: list(v) for k, v in listed.items()}:
+            raise StateError(f"{tensor_path}: tensors {sorted(found)} do not match the manifest {manifest_path.name}; refusing to load")
+    extra = manifest.get("extra", {})
+    return tensors, extra if isinstance(extra, dict) else {}
