@@ -98,8 +98,10 @@ class Pipeline:
                     sample.finished = False
                 return samples
 
+            context = make_context(load_samples)
+            stage.fit_classes = list(context.classes) or None
             start = time.perf_counter()
-            summary = stage.fit(train, val, make_context(load_samples)) or {}
+            summary = stage.fit(train, val, context) or {}
             summary["fit_seconds"] = round(time.perf_counter() - start, 2)
             stage.fitted = True
             stage.save(weights_dir)

@@ -9,7 +9,9 @@ from defectkit.polygons import polygons_to_mask
 from defectkit.sample import Record
 
 
-def ground_truth_masks(record: Record, shape: tuple[int, int], classes: list[str]) -> tuple[np.ndarray, list[str]]:
+def ground_truth_masks(
+    record: Record, shape: tuple[int, int], classes: list[str], scale: float = 1.0
+) -> tuple[np.ndarray, list[str]]:
     """Build a CxHxW bool mask for ``record`` (C = ``len(classes)``).
 
     A single ``mask_path`` fills the first class (binary data sets); ``polygons`` fill the channel of
@@ -27,6 +29,9 @@ def ground_truth_masks(record: Record, shape: tuple[int, int], classes: list[str
         if class_name not in classes:
             problems.append(f"{record.path}: class {class_name!r} is not in the config's classes {classes}")
             continue
+        if scale != 1.0:
+            # The image was decoded at reduced size; annotations are in the file's coordinates.
+            polygons = [[[[x * scale, y * scale] for x, y in ring] for ring in polygon] for polygon in polygons]
         mask, found = polygons_to_mask(polygons, shape)
         masks[classes.index(class_name)] |= mask
         problems.extend(f"{record.path}: {p}" for p in found)

@@ -41,7 +41,7 @@ def make_eval_record(sample: Sample, classes: list[str], positive_labels: set[st
     if not has_gt or not classes or sample.image is None:
         return out
     shape = sample.image.shape[:2]
-    gt, problems = ground_truth_masks(record, shape, classes)
+    gt, problems = ground_truth_masks(record, shape, classes, scale=sample.scale)
     out["problems"] = problems
     pixel: dict[str, Any] = {}
     for index, class_name in enumerate(classes):

@@ -72,6 +72,9 @@ class TrainableStage(Stage):
     def __init__(self, name: str | None = None) -> None:
         super().__init__(name)
         self.fitted = False
+        # The config's defect classes at fit time, recorded in the manifest so weights are never
+        # loaded for a config with other classes.
+        self.fit_classes: list[str] | None = None
 
     def fit(self, train: Sequence[Record], val: Sequence[Record], context: FitContext) -> dict[str, Any]:
         """Learn from ``train`` (and tune on ``val``); return a summary of what was fitted."""
@@ -87,7 +90,7 @@ class TrainableStage(Stage):
 
     def save(self, directory: str | Path) -> Path:
         tensors, extra = self.state_tensors()
-        return save_state(directory, self.name, type(self).__name__, tensors, extra)
+        return save_state(directory, self.name, type(self).__name__, tensors, extra, classes=self.fit_classes)
 
     def load(self, directory: str | Path) -> None:
         tensors, extra = load_state(directory, self.name, type(self).__name__)

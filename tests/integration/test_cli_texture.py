@@ -13,12 +13,6 @@ from defectkit.cli import EXIT_FATAL, EXIT_OK, EXIT_SOME_INPUTS_FAILED, main
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "texture_defect.py")
-# Small enough for CI: the built-in textures, fewer images, a small memory bank.
-TINY = [
-    "builtin_dataset.n_normal=40",
-    "builtin_dataset.n_defect=16",
-    "pipeline.0.model.coreset_size=500",
-]
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -26,10 +20,10 @@ def read_lines(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def trained_work_dir(tmp_path_factory) -> Path:
-    work_dir = tmp_path_factory.mktemp("texture")
-    assert main(["run", CONFIG, "--work-dir", str(work_dir), "--cfg-options", *TINY]) == EXIT_OK
-    return work_dir
+def trained_work_dir(tiny_texture_work_dir: Path, tiny_texture_options: list[str]) -> Path:
+    # The gate is already fitted there, so this run loads it and evaluates.
+    assert main(["run", CONFIG, "--work-dir", str(tiny_texture_work_dir), "--cfg-options", *tiny_texture_options]) == EXIT_OK
+    return tiny_texture_work_dir
 
 
 def test_run_on_builtin_data_writes_every_output(trained_work_dir: Path):
@@ -45,9 +39,9 @@ def test_run_on_builtin_data_writes_every_output(trained_work_dir: Path):
     assert (trained_work_dir / "weights" / "gate.safetensors").is_file()
 
 
-def test_second_run_resumes_without_refitting_or_duplicating(trained_work_dir: Path, capsys):
+def test_second_run_resumes_without_refitting_or_duplicating(trained_work_dir: Path, tiny_texture_options: list[str], capsys):
     before = read_lines(trained_work_dir / "predictions.jsonl")
-    assert main(["run", CONFIG, "--work-dir", str(trained_work_dir), "--cfg-options", *TINY]) == EXIT_OK
+    assert main(["run", CONFIG, "--work-dir", str(trained_work_dir), "--cfg-options", *tiny_texture_options]) == EXIT_OK
     after = read_lines(trained_work_dir / "predictions.jsonl")
     assert [line["path"] for line in after] == [line["path"] for line in before]
     assert "loaded saved state" in capsys.readouterr().err

@@ -24,19 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from defectkit.cli import EXIT_OK, EXIT_SOME_INPUTS_FAILED, main
+from defectkit.cli import EXIT_SOME_INPUTS_FAILED
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "texture_defect.py")
-TINY = [
-    "builtin_dataset.n_normal=40",
-    "builtin_dataset.n_defect=16",
-    "pipeline.0.model.coreset_size=500",
-    "runtime.num_threads=1",
-]
 N_GOOD, N_BAD, TRIALS = 44, 4, 20
 PREDICT_OPTIONS = ["--cfg-options", "predict.batch_size=4", "runtime.num_threads=1"]
 
@@ -111,15 +104,9 @@ class Zygote:
             self.proc.kill()
 
 
-@pytest.fixture(scope="module")
-def trained_work_dir(tmp_path_factory) -> Path:
-    threads = torch.get_num_threads()
-    work_dir = tmp_path_factory.mktemp("crash_gate")
-    try:
-        assert main(["train", CONFIG, "--work-dir", str(work_dir), "--cfg-options", *TINY]) == EXIT_OK
-    finally:
-        torch.set_num_threads(threads)
-    return work_dir
+@pytest.fixture
+def trained_work_dir(tiny_texture_work_dir: Path) -> Path:
+    return tiny_texture_work_dir
 
 
 def make_inputs(folder: Path) -> set[str]:

@@ -8,37 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from defectkit.cli import EXIT_OK, EXIT_SOME_INPUTS_FAILED, main
 from defectkit.io import images
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = str(REPO / "configs" / "texture_defect.py")
-# The same tiny built-in training set as tests/integration/test_cli_texture.py; one torch thread
-# because CI has two cores and the decode threads need the other.
-TINY = [
-    "builtin_dataset.n_normal=40",
-    "builtin_dataset.n_defect=16",
-    "pipeline.0.model.coreset_size=500",
-    "runtime.num_threads=1",
-]
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "texture_defect.py")
 
 
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="module")
-def trained_work_dir(tmp_path_factory) -> Path:
-    threads = torch.get_num_threads()
-    work_dir = tmp_path_factory.mktemp("tiny gate ü")
-    try:
-        assert main(["train", CONFIG, "--work-dir", str(work_dir), "--cfg-options", *TINY]) == EXIT_OK
-    finally:
-        torch.set_num_threads(threads)
-    return work_dir
+@pytest.fixture
+def trained_work_dir(tiny_texture_work_dir: Path) -> Path:
+    return tiny_texture_work_dir
 
 
 def _texture(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -6,7 +6,6 @@ Counts are those of each folder's SOURCE.md ("Split used here": the development 
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 

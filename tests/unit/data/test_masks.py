@@ -66,3 +66,11 @@ def test_mask_file_of_another_size_is_resized_to_the_image(tmp_path):
 def test_record_without_annotations_gives_empty_masks():
     masks, problems = ground_truth_masks(Record("n.png", label=0), (4, 3), ["a", "b"])
     assert masks.shape == (2, 4, 3) and not masks.any() and problems == []
+
+
+def test_polygons_are_scaled_to_an_image_decoded_at_reduced_size():
+    square = [[[0, 0], [39, 0], [39, 39], [0, 39]]]
+    record = Record("big.jpg", polygons={"scratch": [square]})
+    masks, problems = ground_truth_masks(record, (50, 50), ["scratch"], scale=0.5)
+    assert problems == []
+    assert masks[0, :20, :20].all() and not masks[0, 21:, :].any()
