@@ -13,7 +13,7 @@ classes = ["defect"]
 # --cfg-options dataset.type=DefectSplitLayout (and drop the folder-layout options).
 dataset = dict(type="FolderPerClass", normal_class="Free", class_prefix="MT_", image_subdir="Imgs")
 # With no --data-root: real texture photographs from scikit-image with synthetic defects.
-builtin_dataset = dict(type="SyntheticTextures", n_normal=120, n_defect=40, image_size=128)
+builtin_dataset = dict(type="SyntheticTextures", n_normal=240, n_defect=80, image_size=128)
 
 pipeline = [
     dict(

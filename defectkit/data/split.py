@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ def split_records(
 
     Records sharing a ``group`` move together: a group is assigned as a unit, stratified by the
     stratum of its first record. The assignment depends only on the records' paths and ``seed``, not
-    on the order they are listed in.
+    on the order they are listed in or the folder the data set is stored in.
 
     Args:
         records: Everything a reader returned.
@@ -50,8 +51,12 @@ def split_records(
         raise ValueError(f"ratios must be three non-negative fractions for train/val/test, got {ratios}")
     weights = np.asarray(ratios, dtype=float) / float(sum(ratios))
     groups: dict[str, list[Record]] = defaultdict(list)
+    # Paths relative to the records' common folder, so the same data set split the same way
+    # wherever it is stored.
+    base = _common_folder([r.path for r in records])
     for record in records:
-        groups[record.group if record.group is not None else f"path:{record.path}"].append(record)
+        key = record.group if record.group is not None else f"path:{os.path.relpath(record.path, base)}"
+        groups[key].append(record)
 
     by_stratum: dict[str, list[str]] = defaultdict(list)
     for key, members in groups.items():
@@ -70,6 +75,16 @@ def split_records(
             parts[SPLIT_NAMES[part]].extend(groups[key])
             filled[part] += size
     return {name: sorted(members, key=lambda r: r.path) for name, members in parts.items()}
+
+
+def _common_folder(paths: list[str]) -> str:
+    if not paths:
+        return ""
+    try:
+        common = os.path.commonpath(paths)
+    except ValueError:  # mixed absolute and relative paths
+        return ""
+    return common if len(paths) > 1 else os.path.dirname(common)
 
 
 def _stable_hash(text: str) -> str:

@@ -103,3 +103,13 @@ def test_saved_split_naming_missing_images_is_a_data_error(tmp_path: Path) -> No
 
     with pytest.raises(DataError, match="not in the data root"):
         load_split(tmp_path / "split.json", records[:5])
+
+
+def test_split_is_the_same_wherever_the_data_set_is_stored():
+    def records(root: str) -> list[Record]:
+        return [Record(f"{root}/img_{i}.png", label=int(i % 4 == 0), category=str(i % 4 == 0)) for i in range(40)]
+
+    first = split_records(records("/data/a"), seed=0)
+    second = split_records(records("/mnt/elsewhere/copy"), seed=0)
+    for part in ("train", "val", "test"):
+        assert [r.path.rsplit("/", 1)[1] for r in first[part]] == [r.path.rsplit("/", 1)[1] for r in second[part]]
