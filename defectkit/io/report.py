@@ -159,15 +159,8 @@ def _normalise_row(row: dict) -> dict[str, Any]:
 
 
 def _as_binary(value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(number):
-        return None
-    return 1 if number >= 0.5 else 0
+    number = _as_finite(value)
+    return None if number is None else int(number >= 0.5)
 
 
 def _as_finite(value: Any) -> float | None:
