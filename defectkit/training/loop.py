@@ -1,0 +1,419 @@
+"""The one supervised training loop every trainable head uses, built on Lightning.
+
+A head is any ``nn.Module`` mapping an NCHW batch to outputs; a loss is any callable
+``(outputs, targets) -> scalar tensor``. :func:`fit_head` wraps both in :class:`HeadModule` and runs
+a quiet CPU ``lightning.Trainer`` (AdamW, cosine schedule per step, optional frozen-backbone warm-up,
+optional restore of the best validation epoch). :class:`ImageTensorDataset` turns in-memory
+``(HxWx3 uint8 image, target)`` pairs into tensors with the backbones' [-1, 1] scaling; targets may be
+class indices (classifiers) or HxW / CxHxW masks (segmenters), which are resized and augmented
+together with the image.
+
+Example:
+    >>> from torch import nn
+    >>> from defectkit.training import ImageTensorDataset, fit_head
+    >>> train = ImageTensorDataset(images, labels, size=(64, 64))            # doctest: +SKIP
+    >>> head = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    >>> summary = fit_head(head, train, None, nn.CrossEntropyLoss(), epochs=2, batch_size=8)  # doctest: +SKIP
+    >>> summary["train_loss"]                                                # doctest: +SKIP
+    0.41
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from defectkit.data.transforms import Resize
+from defectkit.heads.backbones import to_input_tensor
+
+# Lightning's import prints nothing, but its Trainer logs "GPU available..." banners; those are
+# silenced per fit by :func:`_quiet_lightning`.
+import lightning.pytorch as pl  # noqa: E402
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+ImageTransform = Callable[[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray | None]]
+
+
+class ImageTensorDataset(Dataset):
+    """In-memory ``(image, target)`` pairs as ``(3xHxW float tensor in [-1, 1], target tensor)``.
+
+    Images are resized to ``size`` once, at construction (memory stays bounded by the training
+    size, not the photo size); each ``__getitem__`` then applies ``transform`` (augmentation) and
+    converts like :func:`defectkit.heads.backbones.to_input_tensor`.
+
+    Targets:
+        * an ``int`` (class index) becomes a ``torch.long`` scalar;
+        * a float / float array becomes a ``torch.float32`` tensor (regression, soft labels);
+        * a HxW or CxHxW mask array (same height/width as its image) is resized with nearest
+          neighbour, augmented with the image, and returned as ``torch.long`` (HxW integer class
+          map) or ``torch.float32`` (bool masks, CxHxW multi-label masks).
+
+    Args:
+        images: HxWx3 uint8 RGB images (any size; grey HxW images are repeated to 3 channels).
+        targets: One target per image.
+        size: ``(height, width)`` every image (and mask) is resized to.
+        transform: Optional ``(image, mask) -> (image, mask)`` (see :mod:`defectkit.data.transforms`),
+            applied per access after resizing; if it changes the size, the result is resized back.
+
+    Example:
+        >>> images = [np.zeros((40, 50, 3), np.uint8), np.full((30, 30, 3), 255, np.uint8)]
+        >>> ds = ImageTensorDataset(images, [0, 1], size=(32, 32))
+        >>> x, y = ds[1]
+        >>> tuple(x.shape), float(x.max()), int(y)
+        ((3, 32, 32), 1.0, 1)
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        targets: Sequence[Any],
+        size: Sequence[int],
+        transform: ImageTransform | None = None,
+    ) -> None:
+        if len(images) != len(targets):
+            raise ValueError(f"got {len(images)} images but {len(targets)} targets")
+        self.size = (int(size[0]), int(size[1]))
+        self.transform = transform
+        self._resize = Resize(self.size)
+        self.images: list[np.ndarray] = []
+        self.targets: list[Any] = []
+        for image, target in zip(images, targets):
+            image = np.asarray(image)
+            if image.ndim == 2:
+                image = np.repeat(image[..., None], 3, axis=2)
+            mask = _as_mask(target)
+            if image.shape[:2] != self.size:
+                image, mask = self._resize(np.ascontiguousarray(image), mask)
+            self.images.append(image)
+            self.targets.append(mask if mask is not None else target)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, target = self.images[index], self.targets[index]
+        mask = _as_mask(target)
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+            if image.shape[:2] != self.size:
+                image, mask = self._resize(np.ascontiguousarray(image), mask)
+        x = to_input_tensor(np.ascontiguousarray(image)[None])[0]
+        return x, _target_tensor(mask if mask is not None else target)
+
+
+def _as_mask(target: Any) -> np.ndarray | None:
+    """The target as a mask array when it is one (2-D or 3-D array), else None."""
+    if isinstance(target, np.ndarray) and target.ndim in (2, 3):
+        return target
+    return None
+
+
+def _target_tensor(target: Any) -> torch.Tensor:
+    """Class indices -> long, bool/multi-label masks and floats -> float32, integer HxW maps -> long."""
+    if isinstance(target, torch.Tensor):
+        return target
+    if isinstance(target, (bool, np.bool_)):
+        return torch.tensor(float(target))
+    if isinstance(target, (int, np.integer)):
+        return torch.tensor(int(target), dtype=torch.long)
+    if isinstance(target, (float, np.floating)):
+        return torch.tensor(float(target), dtype=torch.float32)
+    array = np.ascontiguousarray(target)
+    # A CxHxW mask is multi-label (BCE-style float targets); an integer HxW map holds class indices.
+    if array.dtype == bool or array.ndim == 3 or np.issubdtype(array.dtype, np.floating):
+        return torch.from_numpy(array.astype(np.float32))
+    return torch.from_numpy(array.astype(np.int64))
+
+
+class HeadModule(pl.LightningModule):
+    """Generic LightningModule: a head, a loss, AdamW with a per-step cosine schedule.
+
+    Train and validation losses are averaged per epoch over samples (not batches) and kept in
+    :attr:`history`, so :func:`fit_head` needs no logger.
+
+    Args:
+        head: The network; ``head(x)`` gives what ``loss_fn`` takes.
+        loss_fn: ``(outputs, targets) -> loss``.
+        lr: Peak learning rate.
+        weight_decay: AdamW weight decay.
+        min_lr_ratio: The cosine schedule ends at ``lr * min_lr_ratio``.
+        warmup_steps: Linear warm-up steps before the cosine decay (0 = none).
+
+    Example:
+        >>> module = HeadModule(nn.Linear(4, 2), nn.CrossEntropyLoss(), lr=1e-3)
+        >>> module(torch.zeros(3, 4)).shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(
+        self,
+        head: nn.Module,
+        loss_fn: LossFn,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        min_lr_ratio: float = 0.01,
+        warmup_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        self.head = head
+        self.loss_fn = loss_fn
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.min_lr_ratio = float(min_lr_ratio)
+        self.warmup_steps = int(warmup_steps)
+        self.history: list[dict[str, float | int | None]] = []
+        self._sums = {"train": [0.0, 0], "val": [0.0, 0]}
+        # Lowest validation loss so far and a CPU copy of the head's weights at it (see fit_head's
+        # restore_best). Tracked here, not in a callback: callbacks' epoch-end hooks run before the
+        # module's, so a callback would see the previous epoch's history.
+        self.best_val_loss = math.inf
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.head(x)
+
+    def _step(self, batch: tuple[torch.Tensor, Any], split: str) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss_fn(self.head(x), y)
+        n = int(x.shape[0])
+        self._sums[split][0] += float(loss.detach()) * n
+        self._sums[split][1] += n
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, Any], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def on_train_epoch_start(self) -> None:
+        self._sums["train"] = [0.0, 0]
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums["val"] = [0.0, 0]
+
+    def on_train_epoch_end(self) -> None:
+        # Lightning runs validation before on_train_epoch_end, so both means of this epoch exist here.
+        train_sum, train_n = self._sums["train"]
+        val_sum, val_n = self._sums["val"]
+        self.history.append(
+            {
+                "epoch": int(self.current_epoch),
+                "train_loss": train_sum / train_n if train_n else None,
+                "val_loss": val_sum / val_n if val_n else None,
+                "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else None,
+            }
+        )
+        self._sums["val"] = [0.0, 0]
+        if val_n and val_sum / val_n < self.best_val_loss:
+            self.best_val_loss, self.best_epoch = val_sum / val_n, int(self.current_epoch)
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        # Every parameter goes to the optimizer, frozen or not: AdamW skips parameters whose grad is
+        # None, so a backbone frozen for the first epochs joins training without rebuilding anything.
+        optimizer = torch.optim.AdamW(self.head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup, floor = min(self.warmup_steps, total - 1), self.min_lr_ratio
+
+        def factor(step: int) -> float:
+            """Linear warm-up, then cosine from 1 to ``min_lr_ratio`` over the remaining steps."""
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class _ProgressCallback(pl.Callback):
+    """Advances a defectkit progress bar (``FitContext.progress``) once per training batch."""
+
+    def __init__(self, advance: Callable[[int], None]) -> None:
+        self.advance = advance
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
+        self.advance(1)
+
+
+class _FreezeCallback(pl.Callback):
+    """Freezes the parameters ``frozen(name)`` selects for the first ``epochs`` epochs (e.g. a backbone)."""
+
+    def __init__(self, frozen: Callable[[str], bool], epochs: int) -> None:
+        self.frozen, self.epochs = frozen, int(epochs)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        freeze = trainer.current_epoch < self.epochs
+        for name, param in module.head.named_parameters():
+            if self.frozen(name):
+                param.requires_grad_(not freeze)
+                if freeze:
+                    param.grad = None
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's banners and its data-loader hints for one fit, then restore everything."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning")]
+    levels = [lg.level for lg in loggers]
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            # "does not have many workers", "no val_dataloader", "small number of batches": deliberate
+            # on CPU with tiny data, and noise in a CLI's output.
+            warnings.filterwarnings("ignore", module=r"lightning(\..*)?")
+            warnings.filterwarnings("ignore", message=r".*(num_workers|does not have many workers|log_every_n_steps).*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        # Trainer(deterministic=True) switches torch's global flag on for good; give it back.
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def fit_head(
+    head: nn.Module,
+    train_dataset: Dataset,
+    val_dataset: Dataset | None,
+    loss_fn: LossFn,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 1e-4,
+    num_workers: int = 0,
+    progress: ProgressFactory | None = None,
+    description: str = "training",
+    seed: int = 0,
+    frozen: Callable[[str], bool] | None = None,
+    freeze_epochs: int = 0,
+    restore_best: bool = False,
+    warmup_steps: int = 0,
+    deterministic: bool = True,
+) -> dict[str, Any]:
+    """Train ``head`` in place on CPU with Lightning and return a JSON-able summary.
+
+    Args:
+        head: The network (trained in place; left in ``eval()`` mode).
+        train_dataset: Yields ``(input tensor, target)``; shuffled each epoch with ``seed``.
+        val_dataset: Evaluated after every epoch (None or empty: no validation).
+        loss_fn: ``(head(x), targets) -> scalar loss``.
+        epochs: Training epochs.
+        batch_size: Samples per step (the last, smaller batch is kept).
+        lr: Peak AdamW learning rate of the cosine schedule.
+        weight_decay: AdamW weight decay.
+        num_workers: DataLoader worker processes (0 = load in the training process).
+        progress: ``FitContext.progress``-style factory ``(description, total) -> advance(n)``; the
+            bar advances once per training batch. None: no progress output at all.
+        description: Progress bar label.
+        seed: Seeds shuffling, dropout and initialisation (``seed_everything``).
+        frozen: Selects parameter names (of ``head``) to freeze for the first ``freeze_epochs``.
+        freeze_epochs: Epochs with the ``frozen`` parameters frozen (e.g. warm up a new classifier).
+        restore_best: Load the weights of the epoch with the lowest validation loss at the end.
+        warmup_steps: Linear learning-rate warm-up steps.
+        deterministic: Ask torch for deterministic algorithms during the fit (cheap on CPU).
+
+    Returns:
+        ``epochs``, ``steps``, ``train_samples``, ``val_samples``, ``train_loss`` (last epoch),
+        ``last_val_loss``, ``best_val_loss``, ``best_epoch``, ``restored_best``, ``history``
+        (per-epoch losses and learning rate) and ``seconds``.
+
+    Example:
+        >>> summary = fit_head(head, train_ds, val_ds, nn.CrossEntropyLoss(), epochs=3, batch_size=16,
+        ...                    lr=3e-4, progress=context.progress, restore_best=True)  # doctest: +SKIP
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if len(train_dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("fit_head needs at least one training sample")
+    start = time.perf_counter()
+    has_val = val_dataset is not None and len(val_dataset) > 0  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(int(seed))
+    train_loader = DataLoader(
+        train_dataset, batch_size=int(batch_size), shuffle=True, num_workers=int(num_workers),
+        generator=generator, persistent_workers=num_workers > 0,
+    )
+    val_loader = (
+        DataLoader(val_dataset, batch_size=int(batch_size), shuffle=False, num_workers=int(num_workers),
+                   persistent_workers=num_workers > 0)
+        if has_val else None
+    )
+    module = HeadModule(head, loss_fn, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
+    callbacks: list[pl.Callback] = []
+    if progress is not None:
+        callbacks.append(_ProgressCallback(progress(description, int(epochs) * len(train_loader))))
+    if frozen is not None and freeze_epochs > 0:
+        callbacks.append(_FreezeCallback(frozen, freeze_epochs))
+
+    with _quiet_lightning():
+        # PL_GLOBAL_SEED would leak the seed into later, unrelated fits in the same process.
+        previous_seed = os.environ.get("PL_GLOBAL_SEED")
+        pl.seed_everything(int(seed), workers=True, verbose=False)
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=int(epochs),
+            enable_checkpointing=False,
+            logger=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            num_sanity_val_steps=0,  # a pre-training validation pass costs time and tells us nothing
+            deterministic=deterministic,
+            callbacks=callbacks,
+        )
+        try:
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        finally:
+            if previous_seed is None:
+                os.environ.pop("PL_GLOBAL_SEED", None)
+            else:
+                os.environ["PL_GLOBAL_SEED"] = previous_seed
+    if frozen is not None:
+        for name, param in head.named_parameters():
+            if frozen(name):
+                param.requires_grad_(True)  # a fit shorter than the freeze must not leave the head frozen
+
+    restored = False
+    if restore_best and module.best_state is not None and module.best_epoch != len(module.history) - 1:
+        head.load_state_dict(module.best_state)
+        restored = True
+    head.eval()
+    history = module.history
+    val_losses = [h["val_loss"] for h in history if h["val_loss"] is not None]
+    return {
+        "epochs": len(history),
+        "steps": int(trainer.global_step),
+        "train_samples": len(train_dataset),  # type: ignore[arg-type]
+        "val_samples": len(val_dataset) if has_val else 0,  # type: ignore[arg-type]
+        "train_loss": _round(history[-1]["train_loss"]) if history else None,
+        "last_val_loss": _round(val_losses[-1]) if val_losses else None,
+        "best_val_loss": _round(min(val_losses)) if val_losses else None,
+        "best_epoch": module.best_epoch,
+        "restored_best": restored,
+        "history": [{k: _round(v) if isinstance(v, float) else v for k, v in h.items()} for h in history],
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def _round(value: float | int | None, digits: int = 6) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+__all__ = ["HeadModule", "ImageTensorDataset", "fit_head"]

@@ -1,0 +1,137 @@
+"""The shared Lightning training loop and the in-memory image dataset, on tiny toy problems."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from defectkit.data.transforms import Albumentations
+from defectkit.training import ImageTensorDataset, fit_head
+
+
+def bright_dark(n: int, seed: int, size: int = 24) -> tuple[list[np.ndarray], list[int]]:
+    """Noisy images, dark (label 0) or bright (label 1): separable by mean intensity."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for i in range(n):
+        label = i % 2
+        base = 190 if label else 60
+        images.append(np.clip(rng.normal(base, 25, (size, size, 3)), 0, 255).astype(np.uint8))
+        labels.append(label)
+    return images, labels
+
+
+def tiny_head() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+
+def mean_loss(head: nn.Module, dataset: ImageTensorDataset) -> float:
+    head.eval()
+    x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    y = torch.stack([dataset[i][1] for i in range(len(dataset))])
+    with torch.no_grad():
+        return float(nn.functional.cross_entropy(head(x), y))
+
+
+def test_fit_head_reduces_loss_on_separable_toy_problem() -> None:
+    train = ImageTensorDataset(*bright_dark(32, 0), size=(16, 16))
+    val = ImageTensorDataset(*bright_dark(16, 1), size=(16, 16))
+    head = tiny_head()
+    before = mean_loss(head, val)
+    summary = fit_head(head, train, val, nn.CrossEntropyLoss(), epochs=4, batch_size=8, lr=3e-2, seed=0)
+    after = mean_loss(head, val)
+    assert after < 0.5 * before
+    assert summary["epochs"] == 4 and summary["steps"] == 16
+    assert summary["history"][-1]["train_loss"] < summary["history"][0]["train_loss"]
+    assert summary["best_val_loss"] <= summary["last_val_loss"]
+    assert summary["seconds"] > 0 and not head.training
+
+
+def test_fit_head_advances_progress_once_per_batch_and_is_quiet(capsys, caplog) -> None:
+    train = ImageTensorDataset(*bright_dark(10, 0), size=(16, 16))
+    bars: list[tuple[str, int]] = []
+    advanced: list[int] = []
+
+    def progress(description: str, total: int):
+        bars.append((description, total))
+        return lambda n=1: advanced.append(n)
+
+    with caplog.at_level(logging.INFO):
+        fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=2, batch_size=4, lr=1e-2,
+                 progress=progress, description="toy")
+    assert bars == [("toy", 6)] and sum(advanced) == 6
+    out = capsys.readouterr()
+    assert "GPU available" not in out.out + out.err + caplog.text
+    assert not torch.are_deterministic_algorithms_enabled()  # the global flag is given back
+
+
+def test_fit_head_is_reproducible_with_a_seed() -> None:
+    train = ImageTensorDataset(*bright_dark(12, 0), size=(16, 16))
+    a, b = tiny_head(), tiny_head()
+    fit_head(a, train, None, nn.CrossEntropyLoss(), epochs=1, batch_size=4, lr=1e-2, seed=3)
+    fit_head(b, train, None, nn.CrossEntropyLoss(), epochs=1, batch_size=4, lr=1e-2, seed=3)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_frozen_parameters_do_not_change_during_freeze_epochs() -> None:
+    train = ImageTensorDataset(*bright_dark(8, 0), size=(16, 16))
+    head = tiny_head()
+    conv_before = head[0].weight.detach().clone()
+    linear_before = head[4].weight.detach().clone()
+    fit_head(head, train, None, nn.CrossEntropyLoss(), epochs=1, batch_size=4, lr=1e-2,
+             frozen=lambda name: name.startswith("0."), freeze_epochs=1)
+    assert torch.equal(head[0].weight, conv_before)
+    assert not torch.equal(head[4].weight, linear_before)
+    assert head[0].weight.requires_grad  # unfrozen again after the fit
+
+
+def test_restore_best_loads_the_lowest_validation_loss_weights() -> None:
+    train = ImageTensorDataset(*bright_dark(16, 0), size=(16, 16))
+    val = ImageTensorDataset(*bright_dark(8, 1), size=(16, 16))
+    head = tiny_head()
+    # A learning rate far too high makes later epochs worse, so the best epoch is not the last.
+    summary = fit_head(head, train, val, nn.CrossEntropyLoss(), epochs=4, batch_size=4, lr=5.0, restore_best=True)
+    assert mean_loss(head, val) == pytest.approx(summary["best_val_loss"], rel=1e-4)
+    assert summary["restored_best"] == (summary["best_epoch"] != 3)
+
+
+def test_dataset_converts_like_to_input_tensor_and_resizes() -> None:
+    image = np.zeros((20, 30, 3), np.uint8)
+    image[:, 15:] = 255
+    ds = ImageTensorDataset([image], [1], size=(10, 12))
+    x, y = ds[0]
+    assert x.shape == (3, 10, 12) and x.dtype == torch.float32
+    assert float(x.min()) == -1.0 and float(x.max()) == 1.0
+    assert y.dtype == torch.long and int(y) == 1
+
+
+def test_dataset_resizes_and_augments_masks_with_their_image() -> None:
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[:, :20] = 255
+    mask = np.zeros((40, 40), np.uint8)
+    mask[:, :20] = 1
+    flip = Albumentations(transforms=[dict(type="HorizontalFlip", p=1.0)], seed=0)
+    x, y = ImageTensorDataset([image], [mask], size=(20, 20), transform=flip)[0]
+    assert y.shape == (20, 20) and y.dtype == torch.long
+    bright = x[0] > 0
+    assert torch.equal(bright, y.bool())  # the mask moved with the image
+    assert bool(bright[:, -1].all()) and not bool(bright[:, 0].any())  # and both were flipped
+
+
+def test_dataset_multilabel_masks_become_float_channels() -> None:
+    image = np.zeros((16, 16, 3), np.uint8)
+    masks = np.zeros((2, 16, 16), bool)
+    masks[1, :4] = True
+    _, y = ImageTensorDataset([image], [masks], size=(8, 8))[0]
+    assert y.shape == (2, 8, 8) and y.dtype == torch.float32 and float(y[1, :2].min()) == 1.0
+
+
+def test_dataset_rejects_mismatched_lengths() -> None:
+    with pytest.raises(ValueError, match="2 images but 1 targets"):
+        ImageTensorDataset([np.zeros((4, 4, 3), np.uint8)] * 2, [0], size=(4, 4))
