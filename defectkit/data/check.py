@@ -34,7 +34,7 @@ PROBLEM_KINDS: dict[str, str] = {
     "box": "a box is malformed (NaN, x2 <= x1 or y2 <= y1)",
     "unknown_class": "an annotation names a class not in the config's classes",
     "unknown_label": "an image label is not an index into the config's image_classes",
-    "label_mismatch": "an image labelled normal has defect pixels in its mask",
+    "label_mismatch": "an image labelled normal has defect pixels in its mask, or a defect image an empty mask",
     "duplicate_path": "the same image file is listed more than once",
     "duplicate_id": "two records share an image id",
     "duplicate_content": "two image files have identical bytes (would leak across splits)",
@@ -274,6 +274,9 @@ def _check_record(
                         by_class[classes[0]]["regions"] += _count_regions(mask)
                     if record.label == 0:
                         add("label_mismatch", f"{path}: labelled {_label_name(0, image_classes)!r} but its mask has {int(mask.sum())} defect pixels")
+                elif record.label not in (None, 0):
+                    # Pixel metrics count such an image as defect-free; the image label still counts.
+                    add("label_mismatch", f"{path}: labelled {_label_name(record.label, image_classes)!r} but its mask {record.mask_path} is empty")
 
     polygons = record.polygons or {}
     for class_name, polys in polygons.items():

@@ -140,3 +140,12 @@ def test_reader_refuses_annotation_paths_that_climb_out_of_the_root(tmp_path: Pa
     (tmp_path / "root").mkdir()
     with pytest.raises(DataError, match="outside the data root"):
         Listed(tmp_path / "root").records()
+
+
+def test_defect_image_with_an_empty_mask_is_reported(tmp_path: Path, capsys):
+    root = make_folder_per_class(tmp_path / "data")
+    Image.fromarray(np.zeros((32, 48), np.uint8)).save(root / "MT_Crack" / "Imgs" / "exp2.png")
+    code = main(["check-data", CONFIG, "--data-root", str(root)])
+    assert code == EXIT_SOME_INPUTS_FAILED
+    printed = capsys.readouterr().out
+    assert "label_mismatch" in printed and "exp2.png is empty" in printed
