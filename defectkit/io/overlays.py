@@ -288,7 +288,15 @@ def _draw_header(out: np.ndarray, sample_like: Any, scale: float, thickness: int
     score = getattr(sample_like, "gate_score", None)
     n_inst = len(getattr(sample_like, "instances", None) or [])
     text = f"gate: {label if label is not None else '-'}  score: {_fmt_score(score)}  instances: {n_inst}"
-    (_, th), baseline = cv2.getTextSize(text, _FONT, scale, thickness)
+    (tw, th), baseline = cv2.getTextSize(text, _FONT, scale, thickness)
+    if tw > out.shape[1] * 0.95:
+        # Narrow images (small crops) would cut the decision off: shrink the text to fit, and drop
+        # the instance count if even the smallest readable size is too wide.
+        scale = max(0.3, scale * out.shape[1] * 0.95 / tw)
+        (tw, th), baseline = cv2.getTextSize(text, _FONT, scale, thickness)
+        if tw > out.shape[1] * 0.95:
+            text = f"{label if label is not None else '-'} {_fmt_score(score)}"
+            (tw, th), baseline = cv2.getTextSize(text, _FONT, scale, thickness)
     pad = max(2, thickness * 2)
     band_h = min(out.shape[0], th + baseline + 2 * pad)
     # Darken rather than paint over, so defects at the top edge stay visible under the header.

@@ -157,3 +157,15 @@ def test_overlay_names_are_filesystem_safe(path):
     assert not name.startswith(".")
     assert all(c.isalnum() or c in "._-" for c in name)
     assert len(name) <= 80
+
+
+def test_header_text_fits_a_narrow_image():
+    from defectkit.sample import Record, Sample
+
+    sample = Sample(Record("x.png"), image=np.full((128, 128, 3), 120, np.uint8), gate_label="defect", gate_score=0.73)
+    out = draw_overlay(sample.image, sample)
+    header = out[:20].astype(int)
+    # Text pixels are white; the rightmost column of the header stays free of text.
+    bright = (header > 200).all(axis=2)
+    assert bright.any()
+    assert not bright[:, -3:].any()
