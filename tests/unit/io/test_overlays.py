@@ -6,7 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from defectkit.io.overlays import class_colour, draw_overlay, overlay_name, write_overlay
+from defectkit.io.overlays import (
+    class_colour,
+    draw_overlay,
+    overlay_name,
+    write_overlay,
+)
 from defectkit.sample import Instance, Record, Sample
 
 
