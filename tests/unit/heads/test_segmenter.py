@@ -1,0 +1,62 @@
+"""Segmentation heads: shapes of both architectures, offline encoder weights, loss, trainability."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from defectkit.errors import ConfigError
+from defectkit.heads.backbones import lite0_timm_state_dict
+from defectkit.heads.segmenter import bce_dice_loss
+from defectkit.registry import HEADS, build
+
+
+@pytest.mark.parametrize("arch", ["Unet", "DeepLabV3Plus"])
+def test_segmenter_output_shape(arch: str) -> None:
+    model = build(HEADS, dict(type=arch, num_classes=3, pretrained=False)).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 3, 64, 64)
+
+
+def test_pretrained_loads_offline_encoder_weights() -> None:
+    model = build(HEADS, dict(type="Unet", num_classes=1, pretrained=True))
+    encoder = model.encoder.model.state_dict()
+    weights = lite0_timm_state_dict()
+    assert torch.equal(encoder["conv_stem.weight"], weights["conv_stem.weight"])
+    assert torch.equal(encoder["blocks.3.0.conv_pw.weight"], weights["blocks.3.0.conv_pw.weight"])
+
+
+def test_unknown_option_fails_with_valid_options() -> None:
+    with pytest.raises(ConfigError, match="decoder_channels"):
+        build(HEADS, dict(type="Unet", num_classes=1, pretrained=False, decoder_chanels=(8, 8, 8, 8, 8)))
+
+
+def test_bce_dice_loss_values() -> None:
+    target = torch.zeros(1, 2, 8, 8)
+    target[0, 0, 2:6, 2:6] = 1
+    perfect = (target * 2 - 1) * 20
+    assert float(bce_dice_loss(perfect, target)) < 1e-3
+    wrong = -perfect
+    assert float(bce_dice_loss(wrong, target, dice_weight=0.0)) > 5
+    assert float(bce_dice_loss(wrong, target, dice_weight=1.0)) > float(bce_dice_loss(wrong, target, dice_weight=0.0))
+
+
+def test_loss_decreases_on_bright_square() -> None:
+    torch.manual_seed(0)
+    x = torch.full((4, 3, 64, 64), -0.5)
+    y = torch.zeros(4, 1, 64, 64)
+    for i, (r, c) in enumerate([(4, 4), (20, 30), (36, 10), (30, 40)]):
+        x[i, :, r : r + 16, c : c + 16] = 1.0
+        y[i, 0, r : r + 16, c : c + 16] = 1.0
+    model = build(HEADS, dict(type="Unet", num_classes=1, pretrained=True, decoder_channels=(32, 16, 16, 8, 8)))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        optimizer.zero_grad()
+        loss = bce_dice_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] * 0.8, losses

@@ -1,0 +1,136 @@
+"""Segmenter stage on tiny synthetic images kept in memory: fit, predict, multi-label targets, state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from defectkit.registry import STAGES, build
+from defectkit.sample import Record, Sample
+from defectkit.stages.base import FitContext
+from defectkit.stages.segment import Segmenter
+
+CLASSES = ["square", "patch"]
+STAGE = dict(type="Segmenter", image_size=(64, 64), epochs=1, batch_size=4, lr=1e-3,
+             model=dict(type="Unet", decoder_channels=(32, 16, 16, 8, 8)))
+
+
+def box(x: int, y: int, w: int, h: int) -> list[list[list[float]]]:
+    return [[[x, y], [x + w - 1, y], [x + w - 1, y + h - 1], [x, y + h - 1]]]
+
+
+class Store:
+    """In-memory images (varied sizes) addressed by record path, decoded like ``load_samples``."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, np.ndarray] = {}
+        self.rng = np.random.default_rng(0)
+        self.loaded: list[str] = []
+
+    def records(self, prefix: str, n: int, annotated: bool = True) -> list[Record]:
+        out = []
+        for i in range(n):
+            height, width = 48 + 8 * (i % 3), 56 + 4 * (i % 2)
+            image = np.clip(self.rng.normal(100, 10, (height, width, 3)), 0, 255).astype(np.uint8)
+            x, y = (int(v) for v in self.rng.integers(2, 24, 2))
+            image[y : y + 16, x : x + 16] = 250  # bright square = class "square"
+            path = f"{prefix}/{i}.png"
+            self.images[path] = image
+            # "patch" covers the square and more: the two classes overlap on the square.
+            polygons = {"square": [box(x, y, 16, 16)], "patch": [box(max(0, x - 4), y, 24, 16)]}
+            out.append(Record(path=path, label=1, polygons=polygons if annotated else None))
+        return out
+
+    def load_samples(self, records) -> list[Sample]:
+        self.loaded.extend(r.path for r in records)
+        return [Sample(record=r, image=self.images[r.path].copy()) for r in records]
+
+
+def context(store: Store) -> FitContext:
+    return FitContext(work_dir=Path("."), load_samples=store.load_samples, classes=CLASSES, log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    store = Store()
+    train = store.records("train", 8) + store.records("unannotated", 2, annotated=False)
+    return {"store": store, "train": train, "val": store.records("val", 2), "test": store.records("test", 3)}
+
+
+@pytest.fixture(scope="module")
+def fitted(data) -> tuple[Segmenter, dict]:
+    stage = build(STAGES, dict(STAGE))
+    summary = stage.fit(data["train"], data["val"], context(data["store"]))
+    return stage, summary
+
+
+def test_fit_trains_on_annotated_records_only(fitted, data) -> None:
+    stage, summary = fitted
+    assert summary["train_images"] == 8 and summary["val_images"] == 2
+    assert summary["skipped_unannotated"] == 2
+    assert not any(p.startswith("unannotated/") for p in data["store"].loaded)
+    assert summary["training"]["epochs"] == 1 and summary["training"]["val_samples"] == 2
+    assert np.isfinite(summary["training"]["train_loss"])
+
+
+def test_predict_gives_prob_maps_at_image_size(fitted, data) -> None:
+    stage, _ = fitted
+    samples = data["store"].load_samples(data["test"])
+    stage.predict(samples)
+    for sample in samples:
+        assert sample.map_classes == CLASSES
+        assert sample.prob_maps.dtype == np.float32
+        assert sample.prob_maps.shape == (len(CLASSES), *sample.image.shape[:2])
+        assert 0.0 <= sample.prob_maps.min() and sample.prob_maps.max() <= 1.0
+
+
+def test_finished_samples_are_skipped(fitted, data) -> None:
+    stage, _ = fitted
+    samples = data["store"].load_samples(data["test"][:2])
+    samples[0].finished = True
+    stage.predict(samples)
+    assert samples[0].prob_maps is None and samples[1].prob_maps is not None
+
+
+def test_overlapping_classes_are_both_targets(data) -> None:
+    stage = Segmenter(image_size=(64, 64), augment=None, pretrained=False)
+    stage.classes = CLASSES
+    store = data["store"]
+    images, masks, problems = stage._load(data["train"][:3], context(store), "load")
+    assert not problems and len(masks) == 3
+    for mask in masks:
+        assert mask.shape == (2, 64, 64) and mask.dtype == bool
+        overlap = mask[0] & mask[1]
+        assert overlap.sum() > 0.8 * mask[0].sum() > 0  # the square is in both channels
+
+
+def test_state_round_trip_is_identical(fitted, data, tmp_path) -> None:
+    stage, _ = fitted
+    stage.fit_classes = CLASSES
+    stage.save(tmp_path)
+    restored = build(STAGES, dict(STAGE))
+    restored.load(tmp_path)
+    assert restored.classes == CLASSES and restored.model_cfg["type"] == "Unet"
+    for key, value in stage.model.state_dict().items():
+        assert torch.equal(value, restored.model.state_dict()[key]), key
+    a = stage.predict(data["store"].load_samples(data["test"]))
+    b = restored.predict(data["store"].load_samples(data["test"]))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.prob_maps, y.prob_maps)
+
+
+def test_deeplab_fits_and_predicts(data) -> None:
+    stage = build(STAGES, dict(STAGE, model=dict(type="DeepLabV3Plus", decoder_channels=32), pretrained=False))
+    stage.fit(data["train"][:4], [], context(data["store"]))
+    sample = stage.predict(data["store"].load_samples(data["test"][:1]))[0]
+    assert sample.prob_maps.shape == (2, *sample.image.shape[:2])
+
+
+def test_bad_config_fails_early() -> None:
+    with pytest.raises(ValueError, match="multiples of 32"):
+        Segmenter(image_size=(100, 100))
+    with pytest.raises(ValueError, match="Unet"):
+        Segmenter(model=dict(type="FPN"))
