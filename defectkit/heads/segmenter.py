@@ -2,7 +2,7 @@
 
 Every builder returns a plain smp model with ``num_classes`` output channels of *logits*: apply a
 sigmoid per channel (classes may overlap, e.g. a scratch inside a dent). Nothing is downloaded: smp
-is asked for no encoder weights and ``pretrained=True`` copies the ImageNet weights from the
+is asked for no encoder weights and ``pretrained`` (the default) copies the ImageNet weights from the
 installed package into the timm model inside the encoder (:func:`load_lite0_weights`).
 
 Example:
