@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -64,7 +64,7 @@ def split_records(
 
     parts: dict[str, list[Record]] = {name: [] for name in SPLIT_NAMES}
     for stratum_name in sorted(by_stratum):
-        keys = sorted(by_stratum[stratum_name], key=lambda k: _stable_hash(f"{seed}:{k}"))
+        keys = sorted(by_stratum[stratum_name], key=lambda k: stable_order_key(seed, k))
         sizes = [len(groups[k]) for k in keys]
         targets = weights * sum(sizes)
         filled = np.zeros(3)
@@ -87,8 +87,9 @@ def _common_folder(paths: list[str]) -> str:
     return common if len(paths) > 1 else os.path.dirname(common)
 
 
-def _stable_hash(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()
+def stable_order_key(seed: int, text: str) -> str:
+    """Sort key for a reproducible shuffle: depends only on ``seed`` and ``text``, never on list order."""
+    return hashlib.sha1(f"{seed}:{text}".encode()).hexdigest()
 
 
 def save_split(path: str | Path, parts: dict[str, list[Record]]) -> None:

@@ -27,7 +27,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 
 from defectkit.errors import ConfigError  # noqa: E402
-from defectkit.registry import TRANSFORMS  # noqa: E402
+from defectkit.registry import TRANSFORMS, build  # noqa: E402
 
 
 def albumentations_names() -> list[str]:
@@ -231,4 +231,14 @@ def _empty_like(channels: np.ndarray, result: dict[str, Any]) -> np.ndarray:
     return np.zeros((0, height, width), dtype=channels.dtype)
 
 
-__all__ = ["Albumentations", "Resize", "albumentations_names", "build_albumentation", "default_car_augmentation"]
+__all__ = ["Albumentations", "Resize", "albumentations_names", "build_albumentation", "build_augmentation", "default_car_augmentation"]
+
+
+def build_augmentation(cfg: dict[str, Any] | None, seed: int) -> Any:
+    """Build an augmentation config from TRANSFORMS, seeding Albumentations pipelines for reproducible training."""
+    if cfg is None:
+        return None
+    cfg = dict(cfg)
+    if cfg.get("type") == "Albumentations":
+        cfg.setdefault("seed", seed)
+    return build(TRANSFORMS, cfg)

@@ -8,7 +8,6 @@ leaves a per-pixel anomaly map for the later stages (and for pixel metrics).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from defectkit.data.split import stable_order_key
 from defectkit.evaluation.thresholds import THRESHOLD_METRICS, best_threshold
 from defectkit.heads.anomaly import pooled_features
 from defectkit.heads.backbones import create_feature_extractor, to_input_tensor
@@ -25,11 +25,6 @@ from defectkit.sample import Record, Sample
 from defectkit.stages.base import FitContext, TrainableStage
 
 _EPS = 1e-6
-def _stable_key(seed: int, text: str) -> str:
-    """Order key that depends only on ``seed`` and ``text``."""
-    return hashlib.sha1(f"{seed}:{text}".encode()).hexdigest()
-
-
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     """Numerically stable logistic function."""
     return 0.5 * (1.0 + np.tanh(0.5 * x))
@@ -151,7 +146,7 @@ class AnomalyGate(TrainableStage):
 
     def _select_defects(self, defects: list[Record]) -> list[Record]:
         """A deterministic, category-stratified subset of at most ``max_labelled_defects`` defects."""
-        ordered = sorted(defects, key=lambda r: _stable_key(self.seed, r.path))
+        ordered = sorted(defects, key=lambda r: stable_order_key(self.seed, r.path))
         limit = self.max_labelled_defects
         if limit is None or len(ordered) <= limit:
             return ordered
@@ -164,7 +159,7 @@ class AnomalyGate(TrainableStage):
         for i in np.argsort(-(exact - quota), kind="mergesort")[: limit - int(quota.sum())]:
             quota[i] += 1
         chosen = [r for c, q in zip(cats, quota) for r in by_cat[c][:q]]
-        return sorted(chosen, key=lambda r: _stable_key(self.seed, r.path))
+        return sorted(chosen, key=lambda r: stable_order_key(self.seed, r.path))
 
     def _embed_records(
         self, records: Sequence[Record], context: FitContext, description: str, collect: bool, want_pooled: bool
@@ -208,7 +203,7 @@ class AnomalyGate(TrainableStage):
             A JSON-able summary: image counts, thresholds, coreset size, timings, calibration macro F1.
         """
         start = time.perf_counter()
-        normals = sorted((r for r in train if r.label == 0), key=lambda r: _stable_key(self.seed, r.path))
+        normals = sorted((r for r in train if r.label == 0), key=lambda r: stable_order_key(self.seed, r.path))
         n_cal = int(round(self.calibration_fraction * len(normals)))
         val_normals = [r for r in val if r.label == 0]
         if n_cal == 0 and not val_normals and normals:

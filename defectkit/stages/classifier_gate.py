@@ -9,7 +9,6 @@ expensive, but a missed defect costs more than a wasted segmentation, so the gat
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -18,8 +17,10 @@ import cv2
 import numpy as np
 import torch
 
+from defectkit.data.split import stable_order_key
+from defectkit.data.transforms import build_augmentation
 from defectkit.heads.backbones import create_classifier, to_input_tensor
-from defectkit.registry import STAGES, TRANSFORMS, build
+from defectkit.registry import STAGES
 from defectkit.sample import Record, Sample
 from defectkit.stages.base import FitContext, TrainableStage
 from defectkit.training import ImageTensorDataset, fit_head
@@ -34,11 +35,6 @@ DEFAULT_GATE_AUGMENT: dict[str, Any] = dict(
 """Mild augmentation: the gate only needs image-level cues, and strong warps cost CPU time."""
 
 _DISABLED_NOTE = "disabled: every image passes to the next stage"
-
-
-def _stable_key(seed: int, text: str) -> str:
-    """Order key that depends only on ``seed`` and ``text`` (never on the records' order)."""
-    return hashlib.sha1(f"{seed}:{text}".encode()).hexdigest()
 
 
 def recall_threshold(scores: np.ndarray, positive: np.ndarray, target_recall: float) -> float:
@@ -147,7 +143,7 @@ class ClassifierGate(TrainableStage):
         self.weight_decay = float(weight_decay)
         self.augment_cfg = None if augment is None else dict(augment)
         if self.augment_cfg is not None:
-            build(TRANSFORMS, dict(self.augment_cfg))  # fail on a bad augmentation config now, not after loading data
+            build_augmentation(self.augment_cfg, int(seed))  # fail on a bad augmentation config now, not after loading data
         self.target_recall = float(target_recall)
         self.positive_names = None if positive_classes is None else [str(c) for c in positive_classes]
         self.max_images = None if max_images is None else int(max_images)
@@ -194,7 +190,7 @@ class ClassifierGate(TrainableStage):
 
     def _subset(self, records: list[Record]) -> list[Record]:
         """At most ``max_images`` records, every class in proportion (at least one each), order-independent."""
-        ordered = sorted(records, key=lambda r: _stable_key(self.seed, r.path))
+        ordered = sorted(records, key=lambda r: stable_order_key(self.seed, r.path))
         if self.max_images is None or len(ordered) <= self.max_images:
             return ordered
         by_label: dict[int, list[Record]] = {}
@@ -214,7 +210,7 @@ class ClassifierGate(TrainableStage):
                 if quota[donor] > 1 and sum(quota.values()) > self.max_images:
                     quota[donor] -= 1
         chosen = [r for c in labels for r in by_label[c][: quota[c]]]
-        return sorted(chosen, key=lambda r: _stable_key(self.seed, r.path))
+        return sorted(chosen, key=lambda r: stable_order_key(self.seed, r.path))
 
     def _load(self, records: Sequence[Record], context: FitContext, description: str) -> tuple[list[np.ndarray], list[int]]:
         """Decode labelled records in chunks and keep them resized; undecodable ones are skipped."""
@@ -300,12 +296,7 @@ class ClassifierGate(TrainableStage):
 
         torch.manual_seed(self.seed)  # the new classifier layer's initialisation
         self.model = create_classifier(n_classes)
-        augment = None
-        if self.augment_cfg is not None:
-            cfg = dict(self.augment_cfg)
-            if cfg.get("type") == "Albumentations":
-                cfg.setdefault("seed", self.seed)
-            augment = build(TRANSFORMS, cfg)
+        augment = build_augmentation(self.augment_cfg, self.seed)
         train_ds = ImageTensorDataset(train_images, train_labels, self.image_size, transform=augment)
         val_ds = ImageTensorDataset(val_images, val_labels, self.image_size) if val_images else None
         training = fit_head(

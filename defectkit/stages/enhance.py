@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,7 +34,13 @@ import cv2
 import numpy as np
 import torch
 
-from defectkit.heads.zero_dce import RECEPTIVE_RADIUS, DceNet, apply_curves, zero_dce_loss
+from defectkit.data.split import stable_order_key
+from defectkit.heads.zero_dce import (
+    RECEPTIVE_RADIUS,
+    DceNet,
+    apply_curves,
+    zero_dce_loss,
+)
 from defectkit.registry import STAGES
 from defectkit.sample import Record, Sample
 from defectkit.stages.base import FitContext, Stage, TrainableStage
@@ -107,11 +112,6 @@ def darken(image: np.ndarray, factor: float = 0.35, gamma: float = 1.5) -> np.nd
         32
     """
     return cv2.LUT(np.ascontiguousarray(image), gamma_lut(gamma, factor))
-
-
-def _stable_key(seed: int, text: str) -> str:
-    """Order key that depends only on ``seed`` and ``text`` (a reproducible shuffle of records)."""
-    return hashlib.sha1(f"{seed}:{text}".encode()).hexdigest()
 
 
 class _LuminanceRule:
@@ -428,7 +428,7 @@ class ZeroDce(_LuminanceRule, TrainableStage):
         """
         start = time.perf_counter()
         rng = np.random.default_rng(self.seed)
-        records = sorted(train, key=lambda r: _stable_key(self.seed, r.path))
+        records = sorted(train, key=lambda r: stable_order_key(self.seed, r.path))
         if self.max_images is not None:
             records = records[: self.max_images]
         crops, used = self._collect_crops(records, context, rng)

@@ -8,7 +8,6 @@ scratch inside a dent) keep every class.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from defectkit.data.masks import ground_truth_masks
-from defectkit.data.transforms import Resize
+from defectkit.data.split import stable_order_key
+from defectkit.data.transforms import Resize, build_augmentation
 from defectkit.heads.backbones import to_input_tensor
 from defectkit.heads.segmenter import ARCHITECTURES, bce_dice_loss, build_segmenter
-from defectkit.registry import STAGES, TRANSFORMS, build
+from defectkit.registry import STAGES
 from defectkit.sample import Record, Sample
 from defectkit.stages.base import FitContext, TrainableStage
 from defectkit.training import ImageTensorDataset, fit_head
@@ -33,11 +33,6 @@ DEFAULT_SEGMENT_AUGMENT: dict[str, Any] = dict(
     ],
 )
 """Flips and mild photometric changes: geometry-preserving, cheap on CPU, masks follow the flips."""
-
-
-def _stable_key(seed: int, text: str) -> str:
-    """Order key that depends only on ``seed`` and ``text`` (never on the records' order)."""
-    return hashlib.sha1(f"{seed}:{text}".encode()).hexdigest()
 
 
 def has_annotations(record: Record) -> bool:
@@ -120,7 +115,7 @@ class Segmenter(TrainableStage):
         self.dice_weight = float(dice_weight)
         self.augment_cfg = None if augment is None else dict(augment)
         if self.augment_cfg is not None:
-            build(TRANSFORMS, dict(self.augment_cfg))  # fail on a bad config now, not after loading data
+            build_augmentation(self.augment_cfg, int(seed))  # fail on a bad config now, not after loading data
         self.max_images = None if max_images is None else int(max_images)
         self.seed = int(seed)
         self.pretrained = bool(pretrained)
@@ -161,7 +156,7 @@ class Segmenter(TrainableStage):
         self.classes = [str(c) for c in context.classes]
         if not self.classes:
             raise ValueError(f"{self.name}: the config has no defect classes to segment")
-        annotated = sorted((r for r in train if has_annotations(r)), key=lambda r: _stable_key(self.seed, r.path))
+        annotated = sorted((r for r in train if has_annotations(r)), key=lambda r: stable_order_key(self.seed, r.path))
         if self.max_images is not None:
             annotated = annotated[: self.max_images]
         if not annotated:
@@ -177,12 +172,7 @@ class Segmenter(TrainableStage):
 
         torch.manual_seed(self.seed)  # decoder and head initialisation
         self.model = build_segmenter(self.model_cfg, len(self.classes), pretrained=self.pretrained)
-        augment = None
-        if self.augment_cfg is not None:
-            cfg = dict(self.augment_cfg)
-            if cfg.get("type") == "Albumentations":
-                cfg.setdefault("seed", self.seed)
-            augment = build(TRANSFORMS, cfg)
+        augment = build_augmentation(self.augment_cfg, self.seed)
         train_ds = ImageTensorDataset(train_images, train_masks, self.image_size, transform=augment)
         val_ds = ImageTensorDataset(val_images, val_masks, self.image_size) if val_images else None
         dice_weight = self.dice_weight
