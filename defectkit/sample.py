@@ -42,6 +42,48 @@ class Record:
 
 
 @dataclass
+class Detections:
+    """Boxes a detector found in one image (or one slice of it), in that image's pixel coordinates.
+
+    Attributes:
+        boxes: Nx4 float32 ``(x1, y1, x2, y2)`` pixel-edge coordinates.
+        scores: N float32 confidences in [0, 1].
+        labels: N int64 class indices into the detector's classes.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def empty(cls) -> "Detections":
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return int(len(self.scores))
+
+    def shifted(self, dx: float, dy: float) -> "Detections":
+        """These boxes moved by ``(dx, dy)``: slice coordinates to image coordinates."""
+        offset = np.asarray([dx, dy, dx, dy], dtype=np.float32)
+        return Detections(self.boxes + offset, self.scores.copy(), self.labels.copy())
+
+    def scaled(self, sx: float, sy: float) -> "Detections":
+        """These boxes in an image ``sx`` times wider and ``sy`` times taller."""
+        factor = np.asarray([sx, sy, sx, sy], dtype=np.float32)
+        return Detections(self.boxes * factor, self.scores.copy(), self.labels.copy())
+
+    @staticmethod
+    def concatenate(parts: "list[Detections]") -> "Detections":
+        if not parts:
+            return Detections.empty()
+        return Detections(
+            np.concatenate([p.boxes for p in parts]).astype(np.float32, copy=False),
+            np.concatenate([p.scores for p in parts]).astype(np.float32, copy=False),
+            np.concatenate([p.labels for p in parts]).astype(np.int64, copy=False),
+        )
+
+
+@dataclass
 class Instance:
     """One predicted defect: a connected region or a box."""
 
