@@ -27,8 +27,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from defectkit import __version__
 from defectkit.config import Config
-from defectkit.data.split import load_split, save_split, split_records
-from defectkit.errors import DataError
+from defectkit.data.grouping import area_ratio_cuts, make_damage_stratum
+from defectkit.data.split import default_stratum, load_split, save_split, split_records
+from defectkit.errors import ConfigError, DataError
 from defectkit.evaluation.records import make_eval_record
 from defectkit.io.atomic import atomic_write_json
 from defectkit.io.images import DEFAULT_MAX_SIDE, decode_record
@@ -128,7 +129,12 @@ class Runner:
         if path.exists():
             return load_split(path, records)
         split_cfg = dict(self.cfg.get("split", {}))
-        parts = split_records(records, ratios=tuple(split_cfg.get("ratios", (0.7, 0.1, 0.2))), seed=int(split_cfg.get("seed", self.seed)))
+        parts = split_records(
+            records,
+            ratios=tuple(split_cfg.get("ratios", (0.7, 0.1, 0.2))),
+            seed=int(split_cfg.get("seed", self.seed)),
+            stratum=split_stratum(split_cfg, records),
+        )
         save_split(path, parts)
         return parts
 
@@ -334,6 +340,19 @@ class Runner:
         )
         with progress:
             yield progress
+
+
+def split_stratum(split_cfg: dict[str, Any], records: Sequence[Record]) -> Callable[[Record], str]:
+    """The stratum function ``split.stratum`` names: ``"label"`` (category, else image label) or
+    ``"damage"`` (category x damaged-area bin; ``split.area_cuts`` fixes the bins, default terciles).
+    """
+    kind = split_cfg.get("stratum", "label")
+    if kind == "label":
+        return default_stratum
+    if kind == "damage":
+        cuts = split_cfg.get("area_cuts") or area_ratio_cuts(records)
+        return make_damage_stratum(cuts)
+    raise ConfigError(f"split.stratum must be 'label' or 'damage', got {kind!r}")
 
 
 def _progress_factory(progress: Progress) -> Callable[[str, int], Callable[[int], None]]:

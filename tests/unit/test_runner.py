@@ -1,0 +1,32 @@
+"""Runner helpers that do not need a trained pipeline."""
+
+import pytest
+
+from defectkit.errors import ConfigError
+from defectkit.runner import split_stratum
+from defectkit.sample import Record
+
+
+def _damaged(name: str, category: str, ratio: float) -> Record:
+    return Record(path=f"/data/{name}.jpg", label=1, category=category, meta={"damaged_area_ratio": ratio})
+
+
+def test_label_stratum_is_the_default():
+    stratum = split_stratum({}, [])
+    assert stratum(_damaged("a", "dent", 0.5)) == "dent"
+
+
+def test_damage_stratum_bins_the_area_ratio_by_terciles_of_the_data():
+    records = [_damaged(f"r{i}", "dent", ratio) for i, ratio in enumerate([0.01, 0.02, 0.03, 0.1, 0.2, 0.3])]
+    stratum = split_stratum({"stratum": "damage"}, records)
+    assert [stratum(r) for r in records] == ["dent/small"] * 2 + ["dent/medium"] * 2 + ["dent/large"] * 2
+
+
+def test_damage_stratum_uses_fixed_cuts_when_given():
+    stratum = split_stratum({"stratum": "damage", "area_cuts": (0.5, 0.9)}, [])
+    assert stratum(_damaged("a", "scratch", 0.3)) == "scratch/small"
+
+
+def test_unknown_stratum_is_a_config_error_naming_the_choices():
+    with pytest.raises(ConfigError, match="'label' or 'damage'"):
+        split_stratum({"stratum": "colour"}, [])
