@@ -23,6 +23,11 @@ class MaskRule:
         threshold: Probability above which a pixel is the class (after CRF, if used).
         crf: Refine with a dense CRF (fine boundaries such as scratches); needs ``defectkit[crf]``.
         crf_iterations: Mean-field iterations of the CRF.
+        crf_floor: The CRF runs only around pixels above this probability (plus ``crf_margin``);
+            elsewhere the map is left as is, so sparse damage costs little.
+        crf_margin: Pixels of context kept around those pixels.
+        crf_max_side: The CRF works on the region downscaled to at most this many pixels a side
+            (its cost grows with the pixel count); 0 keeps full resolution.
         open_px: Morphological opening kernel (removes specks); 0 disables it.
         close_px: Morphological closing kernel (fills pinholes, joins fragments); 0 disables it.
         min_area: Connected regions with fewer pixels are dropped.
@@ -32,6 +37,9 @@ class MaskRule:
     threshold: float = 0.5
     crf: bool = False
     crf_iterations: int = 5
+    crf_floor: float = 0.1
+    crf_margin: int = 32
+    crf_max_side: int = 384
     open_px: int = 0
     close_px: int = 0
     min_area: int = 0
@@ -91,7 +99,7 @@ class MaskPolicy(Stage):
 def apply_rule(prob: np.ndarray, rule: MaskRule, image: np.ndarray | None = None) -> np.ndarray:
     """Turn one HxW probability map into an HxW bool mask with ``rule``."""
     if rule.crf and image is not None:
-        prob = dense_crf(image, prob, rule.crf_iterations)
+        prob = refine_with_crf(image, prob, rule)
     mask = (prob > rule.threshold).astype(np.uint8)
     if rule.open_px > 1:
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _kernel(rule.open_px))
@@ -132,6 +140,33 @@ def _require_crf() -> None:
         raise ConfigError("a mask rule uses crf=True, which needs pydensecrf2: pip install 'defectkit[crf]'") from exc
 
 
+def refine_with_crf(image: np.ndarray, prob: np.ndarray, rule: MaskRule) -> np.ndarray:
+    """Dense CRF on the box around pixels above ``rule.crf_floor``, at most ``rule.crf_max_side`` a side.
+
+    Pixels outside that box keep their probability (below the floor, so below any sensible
+    threshold); a map with nothing above the floor is returned unchanged.
+    """
+    ys, xs = np.nonzero(prob > rule.crf_floor)
+    if len(ys) == 0:
+        return prob
+    height, width = prob.shape
+    y0, y1 = max(0, int(ys.min()) - rule.crf_margin), min(height, int(ys.max()) + 1 + rule.crf_margin)
+    x0, x1 = max(0, int(xs.min()) - rule.crf_margin), min(width, int(xs.max()) + 1 + rule.crf_margin)
+    region_image, region_prob = image[y0:y1, x0:x1], prob[y0:y1, x0:x1]
+    region_h, region_w = region_prob.shape
+    scale = min(1.0, rule.crf_max_side / max(region_h, region_w)) if rule.crf_max_side > 0 else 1.0
+    if scale < 1.0:
+        size = (max(1, round(region_w * scale)), max(1, round(region_h * scale)))
+        region_image = cv2.resize(region_image, size, interpolation=cv2.INTER_AREA)
+        region_prob = cv2.resize(region_prob.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+    refined = dense_crf(region_image, region_prob, rule.crf_iterations)
+    if scale < 1.0:
+        refined = cv2.resize(refined, (region_w, region_h), interpolation=cv2.INTER_LINEAR)
+    out = prob.astype(np.float32, copy=True)
+    out[y0:y1, x0:x1] = refined
+    return out
+
+
 def dense_crf(image: np.ndarray, prob: np.ndarray, iterations: int = 5) -> np.ndarray:
     """Refine a foreground probability map with a fully connected CRF on the image's colours."""
     import pydensecrf.densecrf as dcrf
@@ -142,6 +177,8 @@ def dense_crf(image: np.ndarray, prob: np.ndarray, iterations: int = 5) -> np.nd
     crf = dcrf.DenseCRF2D(width, height, 2)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(np.stack([1 - fg, fg]))))
     crf.addPairwiseGaussian(sxy=3, compat=3)
-    crf.addPairwiseBilateral(sxy=50, srgb=13, rgbim=np.ascontiguousarray(image), compat=5)
+    # pydensecrf's Cython signature needs a writable buffer; decoded images may be read-only views.
+    rgb = np.require(image, dtype=np.uint8, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+    crf.addPairwiseBilateral(sxy=50, srgb=13, rgbim=rgb, compat=5)
     q = np.asarray(crf.inference(iterations), dtype=np.float32).reshape(2, height, width)
     return q[1]

@@ -8,7 +8,7 @@ import pytest
 from defectkit.errors import ConfigError
 from defectkit.registry import STAGES, build
 from defectkit.sample import Instance, Record, Sample
-from defectkit.stages.mask_policy import MaskPolicy, MaskRule, apply_rule
+from defectkit.stages.mask_policy import MaskPolicy, MaskRule, apply_rule, refine_with_crf
 
 
 def _sample(prob_maps: np.ndarray, classes: list[str], image: np.ndarray | None = None) -> Sample:
@@ -163,3 +163,33 @@ def test_crf_policy_uses_the_sample_image():
     square = np.zeros((32, 32), bool)
     square[8:24, 8:24] = True
     assert _iou(sample.masks[0], square) > _iou(prob > 0.5, square)
+
+
+def test_crf_accepts_a_read_only_image():
+    pytest.importorskip("pydensecrf.densecrf")
+    image = np.full((16, 16, 3), 50, np.uint8)
+    image.setflags(write=False)  # decoders may hand out read-only views
+    prob = np.full((16, 16), 0.7, np.float32)
+    (sample,) = MaskPolicy(rules=dict(default=dict(crf=True))).predict([_sample(prob, ["defect"], image)])
+    assert sample.masks.shape == (1, 16, 16)
+
+
+def test_crf_leaves_maps_without_candidate_pixels_unchanged():
+    pytest.importorskip("pydensecrf.densecrf")
+    prob = np.full((24, 24), 0.05, np.float32)
+    rule = MaskPolicy(rules=dict(default=dict(crf=True))).rule_for("defect")
+    assert refine_with_crf(np.zeros((24, 24, 3), np.uint8), prob, rule) is prob
+
+
+def test_crf_on_a_downscaled_region_still_snaps_to_the_image_edge():
+    pytest.importorskip("pydensecrf.densecrf")
+    image = np.full((200, 200, 3), 20, np.uint8)
+    image[60:140, 60:140] = 230
+    prob = np.full((200, 200), 0.02, np.float32)
+    prob[66:146, 54:134] = 0.65  # misaligned by 6 px
+    square = np.zeros((200, 200), bool)
+    square[60:140, 60:140] = True
+    policy = MaskPolicy(rules=dict(default=dict(crf=True, crf_max_side=48, crf_margin=16)))
+    (sample,) = policy.predict([_sample(prob, ["defect"], image)])
+    assert _iou(sample.masks[0], square) > _iou(prob > 0.5, square)
+    assert not sample.masks[0][:40].any()  # far from the candidate region nothing changes
