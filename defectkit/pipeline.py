@@ -120,7 +120,8 @@ class Pipeline:
             name: {
                 "images": self.processed[name],
                 "seconds": round(self.seconds[name], 3),
-                "img_per_s": round(self.processed[name] / self.seconds[name], 2) if self.seconds[name] > 0 else None,
+                # A stage that took no measurable time (e.g. a switched-off gate) has no rate.
+                "img_per_s": round(self.processed[name] / self.seconds[name], 2) if self.seconds[name] >= 1e-3 else None,
             }
             for name in self.seconds
         }
