@@ -215,6 +215,15 @@ def default_car_augmentation(size: Sequence[int] | None = None, seed: int | None
     return dict(type="Albumentations", transforms=transforms, seed=seed)
 
 
+@TRANSFORMS.register_module(name="CarDamageAugmentation")
+def car_damage_augmentation(size: Sequence[int] | None = None, seed: int | None = None) -> Albumentations:
+    """The car-damage training augmentation of :func:`default_car_augmentation`, by name for configs."""
+    return build(TRANSFORMS, default_car_augmentation(size, seed))
+
+
+SEEDED_AUGMENTATIONS = ("Albumentations", "CarDamageAugmentation")
+
+
 def _check_image(image: np.ndarray) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         shape = getattr(image, "shape", None)
@@ -231,7 +240,8 @@ def _empty_like(channels: np.ndarray, result: dict[str, Any]) -> np.ndarray:
     return np.zeros((0, height, width), dtype=channels.dtype)
 
 
-__all__ = ["Albumentations", "Resize", "albumentations_names", "build_albumentation", "build_augmentation", "default_car_augmentation"]
+__all__ = ["Albumentations", "Resize", "albumentations_names", "build_albumentation", "build_augmentation", "car_damage_augmentation",
+           "default_car_augmentation"]
 
 
 def build_augmentation(cfg: dict[str, Any] | None, seed: int) -> Any:
@@ -239,6 +249,6 @@ def build_augmentation(cfg: dict[str, Any] | None, seed: int) -> Any:
     if cfg is None:
         return None
     cfg = dict(cfg)
-    if cfg.get("type") == "Albumentations":
+    if cfg.get("type") in SEEDED_AUGMENTATIONS:
         cfg.setdefault("seed", seed)
     return build(TRANSFORMS, cfg)
