@@ -3,7 +3,7 @@
 import pytest
 
 from defectkit.errors import ConfigError
-from defectkit.runner import split_stratum
+from defectkit.runner import skipped_stage_seconds, split_stratum
 from defectkit.sample import Record
 
 
@@ -30,3 +30,16 @@ def test_damage_stratum_uses_fixed_cuts_when_given():
 def test_unknown_stratum_is_a_config_error_naming_the_choices():
     with pytest.raises(ConfigError, match="'label' or 'damage'"):
         split_stratum({"stratum": "colour"}, [])
+
+
+def test_gate_savings_charge_each_skipping_stage_its_time_per_image():
+    stages = {
+        "gate": {"images": 100, "seconds": 1.0},
+        "segmenter": {"images": 10, "seconds": 2.0},  # 0.2 s per image, skipped 90
+        "mask_policy": {"images": 10, "seconds": 0.5},  # 0.05 s per image, skipped 90
+    }
+    assert skipped_stage_seconds(stages) == pytest.approx(90 * 0.2 + 90 * 0.05)
+
+
+def test_no_savings_when_every_stage_saw_every_image():
+    assert skipped_stage_seconds({"a": {"images": 5, "seconds": 1.0}, "b": {"images": 5, "seconds": 2.0}}) == 0.0
