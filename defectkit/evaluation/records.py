@@ -26,7 +26,9 @@ def make_eval_record(sample: Sample, classes: list[str], positive_labels: set[st
         positive_labels: Gate labels that count as a defect prediction (default: anything but "normal").
 
     Returns:
-        ``{"key", "label", "score", "pred", "pixel": {class: {...}}, "problems": [...]}``
+        ``{"key", "label", "score", "pred", "pixel": {class: {...}}, "problems": [...], "boxes": {...}}``;
+        ``boxes`` (see :func:`box_summary`) only when the record has box ground truth or the sample
+        has instances.
     """
     record = sample.record
     out: dict[str, Any] = {"key": record.key, "label": record.label, "category": record.category}
@@ -37,6 +39,9 @@ def make_eval_record(sample: Sample, classes: list[str], positive_labels: set[st
     if sample.gate_label is not None:
         is_positive = sample.gate_label in positive_labels if positive_labels else sample.gate_label != "normal"
         out["pred"] = int(is_positive)
+    boxes = box_summary(sample)
+    if boxes is not None:
+        out["boxes"] = boxes
     has_gt = record.mask_path is not None or record.polygons is not None or record.label == 0
     if not has_gt or not classes or sample.image is None:
         return out
@@ -66,6 +71,40 @@ def make_eval_record(sample: Sample, classes: list[str], positive_labels: set[st
         pixel[class_name] = stats
     out["pixel"] = pixel
     return out
+
+
+def box_summary(sample: Sample) -> dict[str, Any] | None:
+    """Ground-truth and predicted boxes of a sample, in original image pixel-edge coordinates.
+
+    Returns:
+        ``{"gt": [[class, x1, y1, x2, y2], ...] or None, "pred": [[class, score, x1, y1, x2, y2], ...]}``;
+        ``gt`` is None when the record has no box annotation (unknown, not "no boxes"), so detection
+        metrics leave the image out. None when there is neither box ground truth nor an instance.
+
+    Example:
+        >>> sample = Sample(Record("a.jpg", boxes=[("lesion", 10, 20, 40, 30)]), scale=0.5,
+        ...                 instances=[Instance("lesion", 0.9, (5, 10, 20, 15), 75.0)])
+        >>> box_summary(sample)
+        {'gt': [['lesion', 10.0, 20.0, 40.0, 30.0]], 'pred': [['lesion', 0.9, 10.0, 20.0, 40.0, 30.0]]}
+    """
+    record = sample.record
+    if record.boxes is None and not sample.instances:
+        return None
+    gt = None
+    if record.boxes is not None:
+        gt = [[str(name), *(_coordinate(v) for v in edges)] for name, *edges in record.boxes]
+    # Stages work in ``sample.image`` coordinates; ground truth is in the original file's.
+    sx, sy = sample.original_factors()
+    pred = []
+    for instance in sample.instances:
+        box = instance.scaled(sx, sy).box
+        pred.append([instance.class_name, round(float(instance.score), 6), *(_coordinate(v) for v in box)])
+    return {"gt": gt, "pred": pred}
+
+
+def _coordinate(value: float) -> float:
+    # A hundredth of a pixel changes no IoU that matters and keeps one JSON line per image short.
+    return round(float(value), 2)
 
 
 def _sparse_hist(values: np.ndarray) -> list[list[int]]:
