@@ -27,6 +27,7 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "work_dir": "where weights and results go (default work_dirs/<config name>)",
     "data_root": "default data root (overridden by --data-root)",
     "description": "one line shown in reports",
+    "stage_overrides": "{stage name: dict(option=value)}: change stages of an inherited pipeline by name",
 }
 
 
@@ -52,6 +53,7 @@ def load_config(path: str | Path, cfg_options: dict[str, Any] | None = None) -> 
         cfg = Config.fromfile(str(path))
     except Exception as exc:  # mmengine wraps syntax and import errors in several types
         raise ConfigError(f"{path}: cannot read config ({exc})") from exc
+    _apply_stage_overrides(cfg, path)
     if cfg_options:
         unknown_roots = sorted({key.split(".")[0] for key in cfg_options} - set(TOP_LEVEL_KEYS))
         if unknown_roots:
@@ -63,6 +65,30 @@ def load_config(path: str | Path, cfg_options: dict[str, Any] | None = None) -> 
     if not cfg.get("pipeline"):
         raise ConfigError(f"{path}: 'pipeline' is empty; list the stages to run")
     return cfg
+
+
+def _apply_stage_overrides(cfg: Config, path: Path) -> None:
+    """Merge ``stage_overrides`` into the stages they name.
+
+    ``_base_`` inheritance merges dicts but replaces lists whole, so a derived config could not
+    otherwise change one stage of the pipeline it inherits without copying all of it.
+    """
+    overrides = cfg.get("stage_overrides") or {}
+    stages = {str(stage.get("name")): stage for stage in cfg.get("pipeline") or [] if isinstance(stage, dict)}
+    for name, options in overrides.items():
+        if name not in stages:
+            raise ConfigError(f"{path}: stage_overrides names stage {name!r}, but the pipeline's stages are {sorted(stages)}")
+        if not isinstance(options, dict):
+            raise ConfigError(f"{path}: stage_overrides[{name!r}] must be a dict of options, got {options!r}")
+        _merge(stages[name], options)
+
+
+def _merge(target: dict[str, Any], options: dict[str, Any]) -> None:
+    for key, value in options.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict) and not value.get("_delete_"):
+            _merge(target[key], value)
+        else:
+            target[key] = {k: v for k, v in value.items() if k != "_delete_"} if isinstance(value, dict) else value
 
 
 def _unknown_keys_message(where: str, unknown: list[str]) -> str:

@@ -81,3 +81,44 @@ def test_config_with_empty_pipeline_is_rejected(tmp_path):
     path = _write(tmp_path / "cfg.py", "pipeline = []\n")
     with pytest.raises(ConfigError, match="pipeline"):
         load_config(path)
+
+
+NAMED_BASE = """
+pipeline = [
+    dict(type="Segmenter", name="segmenter", image_size=(64, 64), epochs=5, model=dict(type="Unet")),
+    dict(type="MaskPolicy", name="mask_policy", rules=dict(scratch=dict(crf=True), dent=dict(threshold=0.6))),
+]
+"""
+
+
+def test_stage_overrides_change_one_inherited_stage_by_name(tmp_path):
+    _write(tmp_path / "base.py", NAMED_BASE)
+    child = _write(
+        tmp_path / "child.py",
+        '_base_ = ["./base.py"]\n'
+        'stage_overrides = dict(segmenter=dict(epochs=30, model=dict(decoder_channels=(8, 8, 8, 8, 8))),\n'
+        '                       mask_policy=dict(rules=dict(_delete_=True, damage=dict(threshold=0.4))))\n',
+    )
+    cfg = load_config(child)
+    assert cfg.pipeline[0]["epochs"] == 30 and cfg.pipeline[0]["image_size"] == (64, 64)
+    assert cfg.pipeline[0]["model"] == {"type": "Unet", "decoder_channels": (8, 8, 8, 8, 8)}
+    assert cfg.pipeline[1]["rules"] == {"damage": {"threshold": 0.4}}
+
+
+def test_cfg_options_win_over_stage_overrides(tmp_path):
+    _write(tmp_path / "base.py", NAMED_BASE)
+    child = _write(tmp_path / "child.py", '_base_ = ["./base.py"]\nstage_overrides = dict(segmenter=dict(epochs=30))\n')
+    assert load_config(child, {"pipeline.0.epochs": 2}).pipeline[0]["epochs"] == 2
+
+
+def test_stage_override_of_an_unknown_stage_lists_the_stage_names(tmp_path):
+    _write(tmp_path / "base.py", NAMED_BASE)
+    child = _write(tmp_path / "child.py", '_base_ = ["./base.py"]\nstage_overrides = dict(segmentor=dict(epochs=3))\n')
+    with pytest.raises(ConfigError, match=r"'segmentor'.*\['mask_policy', 'segmenter'\]"):
+        load_config(child)
+
+
+def test_reference_configs_load(tmp_path):
+    for name in ("texture_defect.py", "car_damage.py", "car_damage_coco.py"):
+        cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
+        assert cfg.pipeline
