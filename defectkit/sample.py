@@ -121,6 +121,42 @@ class Instance:
         }
 
 
+def detections_to_instances(detections: Detections, classes: list[str], min_score: float = 0.0) -> list[Instance]:
+    """A detector's boxes as the instances a sample reports (box only, no polygon).
+
+    Every detector path (whole image or sliced) converts here, so instances look the same whoever
+    produced them.
+
+    Args:
+        detections: Boxes in the sample image's coordinates.
+        classes: The detector's class names; ``labels`` index into them.
+        min_score: Keep boxes scoring at least this.
+
+    Returns:
+        Instances by decreasing score, ``area`` the box's area.
+
+    Raises:
+        ValueError: A label that is not an index into ``classes``.
+
+    Example:
+        >>> found = Detections(np.array([[2, 3, 12, 8]], np.float32), np.array([0.8], np.float32), np.array([1]))
+        >>> detections_to_instances(found, ["scratch", "dent"])[0].area
+        50.0
+    """
+    labels = np.asarray(detections.labels, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise ValueError(f"detection labels {sorted(set(labels.tolist()))} do not all index the classes {classes}")
+    instances = []
+    for index in np.argsort(-np.asarray(detections.scores, dtype=np.float64), kind="stable"):
+        score = float(detections.scores[index])
+        if score < min_score:
+            continue
+        x1, y1, x2, y2 = (float(v) for v in detections.boxes[index])
+        area = max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
+        instances.append(Instance(classes[int(labels[index])], score, (x1, y1, x2, y2), area, []))
+    return instances
+
+
 @dataclass
 class Sample:
     """A decoded image and what the pipeline's stages have found in it.
