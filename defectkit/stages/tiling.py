@@ -1,0 +1,361 @@
+"""Tiling stage: sliced inference (as in SAHI) around a detector or segmenter, for small defects on
+large images.
+
+Each image is cut into overlapping windows (:func:`defectkit.tiling.slice_windows`); the windows of
+every image in the batch are sent through the wrapped ("inner") stage together, ``batch_size`` at a
+time, and the results are put back together in image coordinates.
+
+Inner-stage protocol (duck-typed; any object with these methods works, registered or not):
+
+* Detector: ``detect(images: list[np.ndarray]) -> list[Detections]`` (one
+  :class:`~defectkit.sample.Detections` per HxWx3 uint8 image, in that image's own coordinates)
+  and ``classes: list[str]`` (what ``labels`` index). The windows' boxes are shifted back,
+  optionally joined by a whole-image pass (``full_image``), merged
+  (:func:`defectkit.tiling.merge_detections`) and stored as ``sample.instances``.
+* Segmenter: ``probability_maps(images: list[np.ndarray]) -> list[np.ndarray]`` (CxHxW float32 per
+  image, at the image's resolution) and ``classes``. The windows' maps are blended without seams
+  (:func:`defectkit.tiling.stitch_maps`) into ``sample.prob_maps`` / ``sample.map_classes``.
+* Training and state, when the inner stage has them: ``fit(train, val, context)``,
+  ``state_tensors()``, ``load_state_tensors(tensors, extra)``, ``fitted``, ``describe()``. Fitting
+  is delegated as is; an inner stage that trains on slices itself may define
+  ``configure_slicing(slice_size, overlap)``, called before ``fit`` with this stage's
+  ``(height, width)`` slice size and overlap ratios so training uses the windows prediction uses
+  (:func:`defectkit.tiling.slice_training_items`).
+
+The anomaly gate is not wrapped: its scores and threshold are calibrated on whole images resized to
+its input size, so per-window scores would be judged against a threshold they were never
+calibrated for, and its per-image decision (``finished``) has no per-window meaning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from defectkit.errors import ConfigError, StateError
+from defectkit.registry import STAGES, build
+from defectkit.sample import Detections, Record, Sample, detections_to_instances
+from defectkit.stages.base import FitContext, TrainableStage
+from defectkit.tiling import (
+    BLEND_PROFILES,
+    Window,
+    check_merge_options,
+    merge_detections,
+    overlap_pair,
+    slice_size_pair,
+    slice_windows,
+    stitch_maps,
+)
+
+DEFAULT_MERGE: dict[str, Any] = dict(method="GREEDYNMM", match_metric="IOS", threshold=0.5, class_agnostic=False)
+"""Greedy merging on intersection over the smaller box: joins a defect cut at a window border with
+its other half and with the whole-image box, without chaining neighbouring defects together."""
+
+# Manifest header fields (see io.state.save_state) copied up from the inner stage's settings, so
+# a saved Tiling stage records the classes, head and input size of the model it wraps.
+_MANIFEST_KEYS = ("classes", "model", "head", "image_size", "input_size")
+
+
+def _inner_kind(inner: Any) -> str:
+    """``"detector"`` or ``"segmenter"`` by the methods ``inner`` has."""
+    if callable(getattr(inner, "detect", None)):
+        return "detector"
+    if callable(getattr(inner, "probability_maps", None)):
+        return "segmenter"
+    gate_hint = (
+        " (the anomaly gate is calibrated on whole images and cannot be tiled)"
+        if callable(getattr(inner, "score_images", None)) else ""
+    )
+    raise ConfigError(
+        f"Tiling inner stage {type(inner).__name__} is neither a detector (detect(images) -> list[Detections]) "
+        f"nor a segmenter (probability_maps(images) -> list of CxHxW maps){gate_hint}"
+    )
+
+
+@STAGES.register_module()
+class Tiling(TrainableStage):
+    """Run a detector or segmenter on overlapping windows of each image and reassemble the results.
+
+    Args:
+        inner: The wrapped stage as a config dict (``dict(type="Segmenter", ...)``, built from
+            STAGES), or an already-built object following the inner-stage protocol (module
+            docstring), e.g. a stage built in Python or a test double.
+        slice_size: Window size: one number or ``(height, width)`` in pixels of the stage's input
+            image. Images smaller than a window along an axis get one window spanning that axis.
+        overlap: Overlap of neighbouring windows as a share of the window size: one ratio or
+            ``(height_ratio, width_ratio)``, each in [0, 1).
+        merge: How duplicate boxes of overlapping windows are merged (detectors only):
+            ``dict(method="GREEDYNMM"|"NMM"|"NMS", match_metric="IOS"|"IOU", threshold=0.5,
+            class_agnostic=False)``; unset keys take these defaults.
+        full_image: Also run the detector on the whole image and merge its boxes in (large defects
+            no window holds whole). Default: True for detectors; segmenters do not take it.
+        batch_size: Windows per call of the inner stage; windows of all images of the batch are
+            pooled, so one call may mix images.
+        min_score: Drop boxes scoring below this before merging them (detectors), so low-scoring
+            boxes never widen a merged one. Default: the inner detector's ``min_score`` if it has
+            one, else 0.
+        blend: Taper of the window maps' blending weights, ``"linear"`` or ``"cosine"`` (segmenters).
+        name: Stage name (file stem of its saved state).
+
+    Example:
+        >>> tiling = build(STAGES, dict(type="Tiling", slice_size=(256, 256), overlap=0.25,
+        ...                             inner=dict(type="Segmenter", image_size=(256, 256))))  # doctest: +SKIP
+        >>> tiling.fit(train_records, val_records, context)                                    # doctest: +SKIP
+        >>> tiling.predict(samples)[0].prob_maps.shape                                          # doctest: +SKIP
+        (2, 2048, 3072)
+    """
+
+    def __init__(
+        self,
+        inner: dict[str, Any] | Any = None,
+        slice_size: int | Sequence[int] = (512, 512),
+        overlap: float | Sequence[float] = 0.2,
+        merge: dict[str, Any] | None = None,
+        full_image: bool | None = None,
+        batch_size: int = 8,
+        min_score: float | None = None,
+        blend: str = "linear",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name or "tiling")
+        self.slice_size = slice_size_pair(slice_size)
+        self.overlap = overlap_pair(overlap)
+        self.merge = self._merge_options(merge)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ConfigError(f"Tiling batch_size must be a whole number >= 1, got {batch_size!r}")
+        self.batch_size = int(batch_size)
+        if min_score is not None and not 0.0 <= float(min_score) <= 1.0:
+            raise ConfigError(f"Tiling min_score must be in [0, 1] (or None: the inner detector's), got {min_score!r}")
+        self.min_score = None if min_score is None else float(min_score)
+        if blend not in BLEND_PROFILES:
+            raise ConfigError(f"Tiling blend must be one of {', '.join(BLEND_PROFILES)}, got {blend!r}")
+        self.blend = blend
+        self.inner = self._build_inner(inner)
+        self.kind = _inner_kind(self.inner)
+        if self.kind == "segmenter" and full_image:
+            raise ConfigError("Tiling full_image applies to detectors only; a segmenter's window maps are blended on their own")
+        self.full_image = self.kind == "detector" if full_image is None else bool(full_image)
+
+    # ------------------------------------------------------------------ configuration
+    @staticmethod
+    def _merge_options(merge: dict[str, Any] | None) -> dict[str, Any]:
+        if merge is not None and not isinstance(merge, dict):
+            raise ConfigError(f"Tiling merge must be a dict with keys {', '.join(DEFAULT_MERGE)}, got {merge!r}")
+        unknown = sorted(set(merge or {}) - set(DEFAULT_MERGE))
+        if unknown:
+            raise ConfigError(
+                f"Tiling merge got unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(DEFAULT_MERGE)}"
+            )
+        options = {**DEFAULT_MERGE, **(merge or {})}
+        options["method"], options["match_metric"] = check_merge_options(
+            options["method"], options["match_metric"], options["threshold"]
+        )
+        options["threshold"] = float(options["threshold"])
+        options["class_agnostic"] = bool(options["class_agnostic"])
+        return options
+
+    @staticmethod
+    def _build_inner(inner: dict[str, Any] | Any) -> Any:
+        if inner is None:
+            raise ConfigError('Tiling needs inner=dict(type=...): the detector or segmenter to run on each window')
+        if isinstance(inner, dict):
+            if inner.get("type") in ("Tiling", Tiling):
+                raise ConfigError("Tiling cannot wrap another Tiling stage; set slice_size on one Tiling instead")
+            return build(STAGES, inner)
+        return inner
+
+    @property
+    def classes(self) -> list[str]:
+        """The inner stage's classes (what detection labels and map channels mean)."""
+        return list(getattr(self.inner, "classes", []))
+
+    @property
+    def score_threshold(self) -> float:
+        """The ``min_score`` in effect: this stage's, else the inner detector's, else 0."""
+        if self.min_score is not None:
+            return self.min_score
+        return float(getattr(self.inner, "min_score", 0.0) or 0.0)
+
+    @property
+    def _inner_trainable(self) -> bool:
+        return callable(getattr(self.inner, "state_tensors", None))
+
+    @property  # type: ignore[override]
+    def fitted(self) -> bool:
+        """Whether the inner stage is ready to predict (always, for an inner stage without training)."""
+        inner = self.__dict__.get("inner")
+        return True if inner is None or not self._inner_trainable else bool(getattr(inner, "fitted", False))
+
+    @fitted.setter
+    def fitted(self, value: bool) -> None:
+        # Stage.__init__ sets fitted before the inner stage exists; later writes go to the inner stage.
+        inner = self.__dict__.get("inner")
+        if inner is not None and self._inner_trainable:
+            inner.fitted = bool(value)
+
+    def windows(self, height: int, width: int) -> list[Window]:
+        """The windows of an image of ``height x width`` pixels.
+
+        Example:
+            >>> tiling.windows(100, 250)  # slice_size=100, overlap=0.2      # doctest: +SKIP
+            [(0, 0, 100, 100), (80, 0, 180, 100), (150, 0, 250, 100)]
+        """
+        return slice_windows(height, width, *self.slice_size, *self.overlap)
+
+    # ------------------------------------------------------------------ predict
+    def _crops(self, images: Sequence[np.ndarray], jobs: Sequence[tuple[int, Window]]) -> list[np.ndarray]:
+        return [np.ascontiguousarray(images[i][y1:y2, x1:x2]) for i, (x1, y1, x2, y2) in jobs]
+
+    def _run_inner(self, method: str, images: list[np.ndarray]) -> list[Any]:
+        results = list(getattr(self.inner, method)(images))
+        if len(results) != len(images):
+            raise RuntimeError(f"{self.name}: inner {method} returned {len(results)} results for {len(images)} images")
+        return results
+
+    def _window_results(self, images: Sequence[np.ndarray], method: str) -> tuple[list[list[Window]], list[list[Any]]]:
+        """Every image's windows and the inner stage's result for each, in batches over all images."""
+        windows = [self.windows(*image.shape[:2]) for image in images]
+        jobs = [(i, window) for i, image_windows in enumerate(windows) for window in image_windows]
+        results: list[list[Any]] = [[] for _ in images]
+        for start in range(0, len(jobs), self.batch_size):
+            chunk = jobs[start : start + self.batch_size]
+            for (i, _), result in zip(chunk, self._run_inner(method, self._crops(images, chunk))):
+                results[i].append(result)
+        return windows, results
+
+    def _confident(self, detections: Detections) -> Detections:
+        keep = np.asarray(detections.scores) >= self.score_threshold
+        return Detections(detections.boxes[keep], detections.scores[keep], detections.labels[keep])
+
+    def _detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        windows, found = self._window_results(images, "detect")
+        parts = [
+            [self._confident(detections).shifted(x1, y1) for (x1, y1, _, _), detections in zip(image_windows, image_found)]
+            for image_windows, image_found in zip(windows, found)
+        ]
+        if self.full_image:
+            # An image that fits one window was already seen whole.
+            whole = [i for i, image in enumerate(images) if windows[i] != [(0, 0, image.shape[1], image.shape[0])]]
+            for start in range(0, len(whole), self.batch_size):
+                chunk = whole[start : start + self.batch_size]
+                for i, detections in zip(chunk, self._run_inner("detect", [images[i] for i in chunk])):
+                    parts[i].append(self._confident(detections))
+        merged = []
+        for image_parts in parts:
+            joined = Detections.concatenate(image_parts)
+            # A single pass has no duplicates to merge; leave the detector's own output alone.
+            merged.append(joined if len(image_parts) == 1 else merge_detections(
+                joined, self.merge["method"], self.merge["match_metric"], self.merge["threshold"],
+                self.merge["class_agnostic"],
+            ))
+        return merged
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Sliced detection of HxWx3 uint8 images: merged boxes in each image's coordinates.
+
+        Makes a detector-wrapping Tiling itself follow the detector protocol.
+        """
+        if self.kind != "detector":
+            raise RuntimeError(f"{self.name}: detect needs a detector inside, this Tiling wraps a {self.kind}")
+        return self._detect(images)
+
+    def probability_maps(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Sliced CxHxW float32 maps of HxWx3 uint8 images, window maps blended at each image's resolution."""
+        if self.kind != "segmenter":
+            raise RuntimeError(f"{self.name}: probability_maps needs a segmenter inside, this Tiling wraps a {self.kind}")
+        windows, maps = self._window_results(images, "probability_maps")
+        out = []
+        for image, image_windows, image_maps in zip(images, windows, maps):
+            height, width = image.shape[:2]
+            if len(image_maps) == 1:
+                out.append(np.asarray(image_maps[0], dtype=np.float32))
+            else:
+                out.append(stitch_maps(image_maps, image_windows, height, width, profile=self.blend))
+        return out
+
+    def predict(self, samples: list[Sample]) -> list[Sample]:
+        """Set ``instances`` (detector) or ``prob_maps`` and ``map_classes`` (segmenter) of active samples."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: predict before fit or load")
+        active = [s for s in samples if s.active and s.image is not None]
+        if not active:
+            return samples
+        images = [s.image for s in active]
+        if self.kind == "detector":
+            classes = self.classes
+            for sample, detections in zip(active, self._detect(images)):
+                sample.instances = detections_to_instances(detections, classes, self.score_threshold)
+        else:
+            for sample, maps in zip(active, self.probability_maps(images)):
+                sample.prob_maps = maps
+                sample.map_classes = self.classes
+        return samples
+
+    # ------------------------------------------------------------------ fit and state
+    def fit(self, train: Sequence[Record], val: Sequence[Record], context: FitContext) -> dict[str, Any]:
+        """Fit the inner stage (it decides how; see ``configure_slicing`` in the module docstring).
+
+        Returns:
+            The inner stage's summary plus this stage's slicing settings under ``"tiling"``.
+        """
+        if not self._inner_trainable:
+            context.log(f"{self.name}: inner {type(self.inner).__name__} has nothing to train")
+            return {"tiling": self.settings()}
+        configure = getattr(self.inner, "configure_slicing", None)
+        if callable(configure):
+            configure(self.slice_size, self.overlap)
+        if hasattr(self.inner, "fit_classes"):
+            self.inner.fit_classes = self.fit_classes
+        summary = dict(self.inner.fit(train, val, context) or {})
+        self.fitted = True
+        return {**summary, "tiling": self.settings()}
+
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The inner stage's tensors; its settings under ``"inner"`` with its type under ``"inner_type"``."""
+        tensors: dict[str, torch.Tensor] = {}
+        inner_extra: dict[str, Any] = {}
+        if self._inner_trainable:
+            tensors, inner_extra = self.inner.state_tensors()
+        extra: dict[str, Any] = {"inner_type": type(self.inner).__name__, "inner": inner_extra, "tiling": self.settings()}
+        extra.update({key: inner_extra[key] for key in _MANIFEST_KEYS if key in inner_extra})
+        return dict(tensors), extra
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        """Restore the inner stage; the slicing settings come from the config, not the saved state.
+
+        Raises:
+            StateError: The state was saved around another kind of inner stage.
+        """
+        saved_type = extra.get("inner_type")
+        if saved_type != type(self.inner).__name__:
+            raise StateError(
+                f"{self.name}: saved state wraps a {saved_type!r} stage, but the config wraps "
+                f"{type(self.inner).__name__!r}; retrain or fix the config's inner stage"
+            )
+        if self._inner_trainable:
+            self.inner.load_state_tensors(tensors, dict(extra.get("inner", {})))
+        self.fitted = True
+
+    def settings(self) -> dict[str, Any]:
+        """The slicing settings as JSON."""
+        return {
+            "slice_size": list(self.slice_size),
+            "overlap": list(self.overlap),
+            "merge": dict(self.merge),
+            "full_image": self.full_image,
+            "batch_size": self.batch_size,
+            "min_score": self.score_threshold,
+            "blend": self.blend,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """Type, name, slicing settings and the inner stage's description."""
+        describe_inner = getattr(self.inner, "describe", None)
+        inner = describe_inner() if callable(describe_inner) else {"type": type(self.inner).__name__}
+        return {**super().describe(), "kind": self.kind, **self.settings(), "inner": inner}
+
+
+__all__ = ["DEFAULT_MERGE", "Tiling"]
