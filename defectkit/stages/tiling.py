@@ -33,12 +33,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
-from defectkit.errors import ConfigError, StateError
-from defectkit.registry import STAGES, build
-from defectkit.sample import Detections, Record, Sample, detections_to_instances
-from defectkit.stages.base import FitContext, TrainableStage
+from defectkit.errors import ConfigError
+from defectkit.registry import STAGES
+from defectkit.sample import Detections, Sample, detections_to_instances
+from defectkit.stages.wrapping import WrappingStage
 from defectkit.tiling import (
     BLEND_PROFILES,
     Window,
@@ -54,9 +53,6 @@ DEFAULT_MERGE: dict[str, Any] = dict(method="GREEDYNMM", match_metric="IOS", thr
 """Greedy merging on intersection over the smaller box: joins a defect cut at a window border with
 its other half and with the whole-image box, without chaining neighbouring defects together."""
 
-# Manifest header fields (see io.state.save_state) copied up from the inner stage's settings, so
-# a saved Tiling stage records the classes, head and input size of the model it wraps.
-_MANIFEST_KEYS = ("classes", "model", "head", "image_size", "input_size")
 
 
 def _inner_kind(inner: Any) -> str:
@@ -76,8 +72,10 @@ def _inner_kind(inner: Any) -> str:
 
 
 @STAGES.register_module()
-class Tiling(TrainableStage):
+class Tiling(WrappingStage):
     """Run a detector or segmenter on overlapping windows of each image and reassemble the results.
+
+    Fitting, saved state and ``fitted`` are the inner stage's (:class:`WrappingStage`).
 
     Args:
         inner: The wrapped stage as a config dict (``dict(type="Segmenter", ...)``, built from
@@ -108,6 +106,8 @@ class Tiling(TrainableStage):
         (2, 2048, 3072)
     """
 
+    settings_key = "tiling"
+
     def __init__(
         self,
         inner: dict[str, Any] | Any = None,
@@ -120,7 +120,6 @@ class Tiling(TrainableStage):
         blend: str = "linear",
         name: str | None = None,
     ) -> None:
-        super().__init__(name or "tiling")
         self.slice_size = slice_size_pair(slice_size)
         self.overlap = overlap_pair(overlap)
         self.merge = self._merge_options(merge)
@@ -133,7 +132,7 @@ class Tiling(TrainableStage):
         if blend not in BLEND_PROFILES:
             raise ConfigError(f"Tiling blend must be one of {', '.join(BLEND_PROFILES)}, got {blend!r}")
         self.blend = blend
-        self.inner = self._build_inner(inner)
+        super().__init__(inner, name or "tiling")
         self.kind = _inner_kind(self.inner)
         if self.kind == "segmenter" and full_image:
             raise ConfigError("Tiling full_image applies to detectors only; a segmenter's window maps are blended on their own")
@@ -157,44 +156,12 @@ class Tiling(TrainableStage):
         options["class_agnostic"] = bool(options["class_agnostic"])
         return options
 
-    @staticmethod
-    def _build_inner(inner: dict[str, Any] | Any) -> Any:
-        if inner is None:
-            raise ConfigError('Tiling needs inner=dict(type=...): the detector or segmenter to run on each window')
-        if isinstance(inner, dict):
-            if inner.get("type") in ("Tiling", Tiling):
-                raise ConfigError("Tiling cannot wrap another Tiling stage; set slice_size on one Tiling instead")
-            return build(STAGES, inner)
-        return inner
-
-    @property
-    def classes(self) -> list[str]:
-        """The inner stage's classes (what detection labels and map channels mean)."""
-        return list(getattr(self.inner, "classes", []))
-
     @property
     def score_threshold(self) -> float:
         """The ``min_score`` in effect: this stage's, else the inner detector's, else 0."""
         if self.min_score is not None:
             return self.min_score
         return float(getattr(self.inner, "min_score", 0.0) or 0.0)
-
-    @property
-    def _inner_trainable(self) -> bool:
-        return callable(getattr(self.inner, "state_tensors", None))
-
-    @property  # type: ignore[override]
-    def fitted(self) -> bool:
-        """Whether the inner stage is ready to predict (always, for an inner stage without training)."""
-        inner = self.__dict__.get("inner")
-        return True if inner is None or not self._inner_trainable else bool(getattr(inner, "fitted", False))
-
-    @fitted.setter
-    def fitted(self, value: bool) -> None:
-        # Stage.__init__ sets fitted before the inner stage exists; later writes go to the inner stage.
-        inner = self.__dict__.get("inner")
-        if inner is not None and self._inner_trainable:
-            inner.fitted = bool(value)
 
     def windows(self, height: int, width: int) -> list[Window]:
         """The windows of an image of ``height x width`` pixels.
@@ -294,50 +261,12 @@ class Tiling(TrainableStage):
                 sample.map_classes = self.classes
         return samples
 
-    # ------------------------------------------------------------------ fit and state
-    def fit(self, train: Sequence[Record], val: Sequence[Record], context: FitContext) -> dict[str, Any]:
-        """Fit the inner stage (it decides how; see ``configure_slicing`` in the module docstring).
-
-        Returns:
-            The inner stage's summary plus this stage's slicing settings under ``"tiling"``.
-        """
-        if not self._inner_trainable:
-            context.log(f"{self.name}: inner {type(self.inner).__name__} has nothing to train")
-            return {"tiling": self.settings()}
+    # ------------------------------------------------------------------ fit
+    def prepare_inner_fit(self) -> None:
+        """Give an inner stage that trains on slices (``configure_slicing``) this stage's windows."""
         configure = getattr(self.inner, "configure_slicing", None)
         if callable(configure):
             configure(self.slice_size, self.overlap)
-        if hasattr(self.inner, "fit_classes"):
-            self.inner.fit_classes = self.fit_classes
-        summary = dict(self.inner.fit(train, val, context) or {})
-        self.fitted = True
-        return {**summary, "tiling": self.settings()}
-
-    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """The inner stage's tensors; its settings under ``"inner"`` with its type under ``"inner_type"``."""
-        tensors: dict[str, torch.Tensor] = {}
-        inner_extra: dict[str, Any] = {}
-        if self._inner_trainable:
-            tensors, inner_extra = self.inner.state_tensors()
-        extra: dict[str, Any] = {"inner_type": type(self.inner).__name__, "inner": inner_extra, "tiling": self.settings()}
-        extra.update({key: inner_extra[key] for key in _MANIFEST_KEYS if key in inner_extra})
-        return dict(tensors), extra
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
-        """Restore the inner stage; the slicing settings come from the config, not the saved state.
-
-        Raises:
-            StateError: The state was saved around another kind of inner stage.
-        """
-        saved_type = extra.get("inner_type")
-        if saved_type != type(self.inner).__name__:
-            raise StateError(
-                f"{self.name}: saved state wraps a {saved_type!r} stage, but the config wraps "
-                f"{type(self.inner).__name__!r}; retrain or fix the config's inner stage"
-            )
-        if self._inner_trainable:
-            self.inner.load_state_tensors(tensors, dict(extra.get("inner", {})))
-        self.fitted = True
 
     def settings(self) -> dict[str, Any]:
         """The slicing settings as JSON."""
@@ -352,10 +281,8 @@ class Tiling(TrainableStage):
         }
 
     def describe(self) -> dict[str, Any]:
-        """Type, name, slicing settings and the inner stage's description."""
-        describe_inner = getattr(self.inner, "describe", None)
-        inner = describe_inner() if callable(describe_inner) else {"type": type(self.inner).__name__}
-        return {**super().describe(), "kind": self.kind, **self.settings(), "inner": inner}
+        """Type, name, kind (detector or segmenter), slicing settings and the inner stage's description."""
+        return {**super().describe(), "kind": self.kind}
 
 
 __all__ = ["DEFAULT_MERGE", "Tiling"]
