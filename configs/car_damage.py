@@ -46,6 +46,9 @@ pipeline = [
         # undamaged photos in your data: --cfg-options pipeline.1.enabled=True
         enabled=False,
     ),
+    # Optional crop to the car before segmentation: wrap this stage as
+    # dict(type="RoiCrop", name="segmenter", inner=<this dict>, margin=0.05) with boxes given in
+    # each record's meta["roi"], or add localizer=dict(type="Detector", ...), localizer_class="car".
     dict(
         type="Segmenter",
         name="segmenter",
