@@ -96,6 +96,8 @@ class Tiling(WrappingStage):
             boxes never widen a merged one. Default: the inner detector's ``min_score`` if it has
             one, else 0.
         blend: Taper of the window maps' blending weights, ``"linear"`` or ``"cosine"`` (segmenters).
+        enabled: False runs the inner stage on whole images, as if it were not wrapped (same saved
+            state), e.g. to measure what slicing adds: ``--cfg-options pipeline.0.enabled=False``.
         name: Stage name (file stem of its saved state).
 
     Example:
@@ -118,6 +120,7 @@ class Tiling(WrappingStage):
         batch_size: int = 8,
         min_score: float | None = None,
         blend: str = "linear",
+        enabled: bool = True,
         name: str | None = None,
     ) -> None:
         self.slice_size = slice_size_pair(slice_size)
@@ -132,6 +135,7 @@ class Tiling(WrappingStage):
         if blend not in BLEND_PROFILES:
             raise ConfigError(f"Tiling blend must be one of {', '.join(BLEND_PROFILES)}, got {blend!r}")
         self.blend = blend
+        self.enabled = bool(enabled)
         super().__init__(inner, name or "tiling")
         self.kind = _inner_kind(self.inner)
         if self.kind == "segmenter" and full_image:
@@ -170,6 +174,8 @@ class Tiling(WrappingStage):
             >>> tiling.windows(100, 250)  # slice_size=100, overlap=0.2      # doctest: +SKIP
             [(0, 0, 100, 100), (80, 0, 180, 100), (150, 0, 250, 100)]
         """
+        if not self.enabled:
+            return [(0, 0, width, height)]
         return slice_windows(height, width, *self.slice_size, *self.overlap)
 
     # ------------------------------------------------------------------ predict
@@ -265,7 +271,7 @@ class Tiling(WrappingStage):
     def prepare_inner_fit(self) -> None:
         """Give an inner stage that trains on slices (``configure_slicing``) this stage's windows."""
         configure = getattr(self.inner, "configure_slicing", None)
-        if callable(configure):
+        if callable(configure) and self.enabled:
             configure(self.slice_size, self.overlap)
 
     def settings(self) -> dict[str, Any]:
@@ -278,6 +284,7 @@ class Tiling(WrappingStage):
             "batch_size": self.batch_size,
             "min_score": self.score_threshold,
             "blend": self.blend,
+            "enabled": self.enabled,
         }
 
     def describe(self) -> dict[str, Any]:

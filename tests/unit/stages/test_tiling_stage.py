@@ -331,3 +331,13 @@ def test_bad_options_fail_with_what_is_valid(options, message):
 def test_an_unknown_option_of_the_registered_stage_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="valid options: .*slice_size"):
         build(STAGES, dict(type="Tiling", inner=dict(type="Segmenter"), slices=4))
+
+
+def test_switched_off_tiling_runs_the_detector_once_on_the_whole_image():
+    detector = BrightBoxDetector()
+    tiling = Tiling(inner=detector, slice_size=32, overlap=0.25, enabled=False)
+    image = np.zeros((64, 96, 3), np.uint8)
+    image[10:20, 40:50] = 255
+    (found,) = tiling.detect([image])
+    assert detector.batch_sizes == [1] and detector.shapes == [(64, 96)]
+    assert len(found) == 1
