@@ -1,9 +1,17 @@
-"""Training utilities shared by every trainable head: the Lightning loop and in-memory image datasets.
+"""Training utilities shared by every trainable head: the Lightning loop and in-memory image (and box) datasets.
 
 Example:
     >>> from defectkit.training import ImageTensorDataset, fit_head
 """
 
-from defectkit.training.loop import HeadModule, ImageTensorDataset, fit_head
+from defectkit.training.loop import (
+    BoxTensorDataset,
+    HeadModule,
+    ImageTensorDataset,
+    collate_boxes,
+    fit_head,
+    head_loss,
+    resize_with_boxes,
+)
 
-__all__ = ["HeadModule", "ImageTensorDataset", "fit_head"]
+__all__ = ["BoxTensorDataset", "HeadModule", "ImageTensorDataset", "collate_boxes", "fit_head", "head_loss", "resize_with_boxes"]

@@ -1,12 +1,14 @@
 """The one supervised training loop every trainable head uses, built on Lightning.
 
 A head is any ``nn.Module`` mapping an NCHW batch to outputs; a loss is any callable
-``(outputs, targets) -> scalar tensor``. :func:`fit_head` wraps both in :class:`HeadModule` and runs
-a quiet CPU ``lightning.Trainer`` (AdamW, cosine schedule per step, optional frozen-backbone warm-up,
-optional restore of the best validation epoch). :class:`ImageTensorDataset` turns in-memory
+``(outputs, targets) -> scalar tensor``. Heads that compute their own loss (torchvision's detectors:
+``head(images, targets)`` returns a dict of loss terms in train mode) are trained with
+``loss_fn=None``. :func:`fit_head` wraps head and loss in :class:`HeadModule` and runs a quiet CPU
+``lightning.Trainer`` (AdamW, cosine schedule per step, optional frozen-backbone warm-up, optional
+restore of the best validation epoch). :class:`ImageTensorDataset` turns in-memory
 ``(HxWx3 uint8 image, target)`` pairs into tensors with the backbones' [-1, 1] scaling; targets may be
 class indices (classifiers) or HxW / CxHxW masks (segmenters), which are resized and augmented
-together with the image.
+together with the image. :class:`BoxTensorDataset` does the same for images with boxes (detectors).
 
 Example:
     >>> from torch import nn
@@ -29,21 +31,21 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+# Lightning's import prints nothing, but its Trainer logs "GPU available..." banners; those are
+# silenced per fit by :func:`_quiet_lightning`.
+import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from defectkit.data.transforms import Resize
 from defectkit.heads.backbones import to_input_tensor
 
-# Lightning's import prints nothing, but its Trainer logs "GPU available..." banners; those are
-# silenced per fit by :func:`_quiet_lightning`.
-import lightning.pytorch as pl  # noqa: E402
-
 LossFn = Callable[[Any, Any], torch.Tensor]
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 ImageTransform = Callable[[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray | None]]
+BoxTransform = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 class ImageTensorDataset(Dataset):
@@ -137,6 +139,126 @@ def _target_tensor(target: Any) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.int64))
 
 
+def head_loss(head: nn.Module, x: Any, targets: Any) -> torch.Tensor:
+    """The loss of a head that computes its own: ``head(x, targets)``, a scalar or a dict of terms (summed).
+
+    torchvision's detectors return their loss terms only in train mode. In eval mode (validation)
+    only the head's own ``training`` flag is switched on for the call, not its children's: the loss
+    is computed while batch norm keeps its running statistics and dropout stays off.
+
+    Example:
+        >>> class Toy(nn.Module):
+        ...     def forward(self, x, targets):
+        ...         return {"a": x.sum(), "b": torch.tensor(1.0)} if self.training else [x]
+        >>> float(head_loss(Toy().eval(), torch.ones(2), None))
+        3.0
+    """
+    if head.training:
+        out = head(x, targets)
+    else:
+        head.training = True
+        try:
+            out = head(x, targets)
+        finally:
+            head.training = False
+    return sum(out.values()) if isinstance(out, dict) else out  # type: ignore[return-value]
+
+
+def resize_with_boxes(image: np.ndarray, boxes: np.ndarray, size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` resized to ``size`` (``(height, width)``) and its Nx4 xyxy pixel-edge boxes scaled with it.
+
+    Example:
+        >>> image, boxes = resize_with_boxes(np.zeros((50, 100, 3), np.uint8), np.array([[10, 10, 20, 30]]), (100, 100))
+        >>> image.shape, boxes.tolist()
+        ((100, 100, 3), [[10.0, 20.0, 20.0, 60.0]])
+    """
+    height, width = image.shape[:2]
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if (height, width) == (int(size[0]), int(size[1])):
+        return image, boxes
+    resized, _ = Resize(size)(np.ascontiguousarray(image))
+    factor = np.asarray([size[1] / width, size[0] / height] * 2, dtype=np.float32)
+    return resized, boxes * factor
+
+
+class BoxTensorDataset(Dataset):
+    """In-memory images with boxes as ``(3xHxW float tensor in [-1, 1], {"boxes", "labels"})`` pairs.
+
+    The targets are what torchvision's detectors take in train mode: ``boxes`` Nx4 float32 xyxy in
+    pixels of the (resized) image, ``labels`` N int64 class indices. Images are resized to ``size``
+    once, at construction, boxes scaled with them; each ``__getitem__`` then applies ``transform``
+    (e.g. copy-paste, then a box-aware augmentation), clips the boxes to the image and drops those
+    narrower or lower than ``min_box_size`` pixels (cropped away, or too small to learn from), so
+    every target is valid for the detector.
+
+    Args:
+        images: HxWx3 uint8 RGB images (any size).
+        boxes: Per image, Nx4 xyxy pixel-edge boxes in that image's coordinates (N may be 0).
+        labels: Per image, N class indices.
+        size: ``(height, width)`` every image is resized to.
+        transform: Optional ``(image, boxes, labels) -> (image, boxes, labels)``, applied per access
+            after resizing; if it changes the size, the result is resized back.
+        min_box_size: Boxes with a side shorter than this (pixels, at ``size``) are dropped.
+
+    Example:
+        >>> ds = BoxTensorDataset([np.zeros((40, 80, 3), np.uint8)], [np.array([[8, 4, 24, 20]])], [np.array([0])],
+        ...                       size=(40, 40))
+        >>> x, target = ds[0]
+        >>> tuple(x.shape), target["boxes"].tolist(), target["labels"].tolist()
+        ((3, 40, 40), [[4.0, 4.0, 12.0, 20.0]], [0])
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        size: Sequence[int],
+        transform: BoxTransform | None = None,
+        min_box_size: float = 1.0,
+    ) -> None:
+        if not len(images) == len(boxes) == len(labels):
+            raise ValueError(f"got {len(images)} images, {len(boxes)} box arrays and {len(labels)} label arrays")
+        self.size = (int(size[0]), int(size[1]))
+        self.transform = transform
+        self.min_box_size = float(min_box_size)
+        self.images: list[np.ndarray] = []
+        self.boxes: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        for image, image_boxes, image_labels in zip(images, boxes, labels):
+            image_labels = np.asarray(image_labels, dtype=np.int64).reshape(-1)
+            image, image_boxes = resize_with_boxes(np.asarray(image), image_boxes, self.size)
+            if len(image_boxes) != len(image_labels):
+                raise ValueError(f"got {len(image_boxes)} boxes but {len(image_labels)} labels for one image")
+            self.images.append(image)
+            self.boxes.append(image_boxes)
+            self.labels.append(image_labels)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, boxes, labels = self.images[index], self.boxes[index].copy(), self.labels[index].copy()
+        if self.transform is not None:
+            image, boxes, labels = self.transform(image, boxes, labels)
+            image, boxes = resize_with_boxes(image, boxes, self.size)
+        height, width = self.size
+        limits = np.asarray([width, height, width, height], dtype=np.float32)
+        boxes = np.clip(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), 0, limits).astype(np.float32, copy=False)
+        keep = ((boxes[:, 2] - boxes[:, 0]) >= self.min_box_size) & ((boxes[:, 3] - boxes[:, 1]) >= self.min_box_size)
+        x = to_input_tensor(np.ascontiguousarray(image)[None])[0]
+        target = {
+            "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep])),
+            "labels": torch.from_numpy(np.asarray(labels, dtype=np.int64).reshape(-1)[keep]),
+        }
+        return x, target
+
+
+def collate_boxes(items: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Batch :class:`BoxTensorDataset` items: stacked NCHW images and the list of per-image targets."""
+    return torch.stack([x for x, _ in items]), [target for _, target in items]
+
+
 class HeadModule(pl.LightningModule):
     """Generic LightningModule: a head, a loss, AdamW with a per-step cosine schedule.
 
@@ -145,7 +267,8 @@ class HeadModule(pl.LightningModule):
 
     Args:
         head: The network; ``head(x)`` gives what ``loss_fn`` takes.
-        loss_fn: ``(outputs, targets) -> loss``.
+        loss_fn: ``(outputs, targets) -> loss``; None: the head computes its own loss
+            (:func:`head_loss`).
         lr: Peak learning rate.
         weight_decay: AdamW weight decay.
         min_lr_ratio: The cosine schedule ends at ``lr * min_lr_ratio``.
@@ -160,7 +283,7 @@ class HeadModule(pl.LightningModule):
     def __init__(
         self,
         head: nn.Module,
-        loss_fn: LossFn,
+        loss_fn: LossFn | None,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         min_lr_ratio: float = 0.01,
@@ -187,8 +310,8 @@ class HeadModule(pl.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, Any], split: str) -> torch.Tensor:
         x, y = batch
-        loss = self.loss_fn(self.head(x), y)
-        n = int(x.shape[0])
+        loss = head_loss(self.head, x, y) if self.loss_fn is None else self.loss_fn(self.head(x), y)
+        n = len(x)
         self._sums[split][0] += float(loss.detach()) * n
         self._sums[split][1] += n
         return loss
@@ -292,7 +415,7 @@ def fit_head(
     head: nn.Module,
     train_dataset: Dataset,
     val_dataset: Dataset | None,
-    loss_fn: LossFn,
+    loss_fn: LossFn | None,
     *,
     epochs: int,
     batch_size: int,
@@ -307,6 +430,8 @@ def fit_head(
     restore_best: bool = False,
     warmup_steps: int = 0,
     deterministic: bool = True,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    sampler: Sampler | None = None,
 ) -> dict[str, Any]:
     """Train ``head`` in place on CPU with Lightning and return a JSON-able summary.
 
@@ -314,7 +439,8 @@ def fit_head(
         head: The network (trained in place; left in ``eval()`` mode).
         train_dataset: Yields ``(input tensor, target)``; shuffled each epoch with ``seed``.
         val_dataset: Evaluated after every epoch (None or empty: no validation).
-        loss_fn: ``(head(x), targets) -> scalar loss``.
+        loss_fn: ``(head(x), targets) -> scalar loss``; None when the head computes its own loss
+            (``head(x, targets)``, e.g. torchvision detectors; see :func:`head_loss`).
         epochs: Training epochs.
         batch_size: Samples per step (the last, smaller batch is kept).
         lr: Peak AdamW learning rate of the cosine schedule.
@@ -329,6 +455,10 @@ def fit_head(
         restore_best: Load the weights of the epoch with the lowest validation loss at the end.
         warmup_steps: Linear learning-rate warm-up steps.
         deterministic: Ask torch for deterministic algorithms during the fit (cheap on CPU).
+        collate_fn: Batches a list of dataset items (default: stack tensors); detection targets of
+            different lengths need :func:`collate_boxes`.
+        sampler: Draws the training items of an epoch instead of a seeded shuffle (e.g. a
+            ``WeightedRandomSampler`` that oversamples rare classes; seed its own generator).
 
     Returns:
         ``epochs``, ``steps``, ``train_samples``, ``val_samples``, ``train_loss`` (last epoch),
@@ -347,12 +477,12 @@ def fit_head(
     has_val = val_dataset is not None and len(val_dataset) > 0  # type: ignore[arg-type]
     generator = torch.Generator().manual_seed(int(seed))
     train_loader = DataLoader(
-        train_dataset, batch_size=int(batch_size), shuffle=True, num_workers=int(num_workers),
-        generator=generator, persistent_workers=num_workers > 0,
+        train_dataset, batch_size=int(batch_size), shuffle=sampler is None, sampler=sampler,
+        num_workers=int(num_workers), generator=generator, persistent_workers=num_workers > 0, collate_fn=collate_fn,
     )
     val_loader = (
         DataLoader(val_dataset, batch_size=int(batch_size), shuffle=False, num_workers=int(num_workers),
-                   persistent_workers=num_workers > 0)
+                   persistent_workers=num_workers > 0, collate_fn=collate_fn)
         if has_val else None
     )
     module = HeadModule(head, loss_fn, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
@@ -416,4 +546,4 @@ def _round(value: float | int | None, digits: int = 6) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-__all__ = ["HeadModule", "ImageTensorDataset", "fit_head"]
+__all__ = ["BoxTensorDataset", "HeadModule", "ImageTensorDataset", "collate_boxes", "fit_head", "head_loss", "resize_with_boxes"]
