@@ -1,0 +1,273 @@
+"""One-stage box detectors (torchvision FCOS / RetinaNet) on the offline EfficientNet-Lite0 backbone.
+
+Both are plain torchvision detection models: in train mode ``model(images, targets)`` returns a
+dict of loss terms, in eval mode ``model(images)`` returns one ``{"boxes", "scores", "labels"}``
+dict per image (NMS and the focal loss are torchvision's). What defectkit changes:
+
+* the backbone is EfficientNet-Lite0 (``features_only``, offline ImageNet weights) at strides
+  8/16/32 plus a torchvision :class:`~torchvision.ops.FeaturePyramidNetwork` (P3-P5 by default,
+  see :class:`LiteFPN` for why);
+* inputs are :func:`~defectkit.heads.backbones.to_input_tensor`'s [-1, 1] images, like every
+  defectkit head, so the internal normalisation is the identity (mean 0, std 1);
+* torchvision's internal resize keeps the given ``image_size`` (callers resize; boxes come back in
+  the coordinates of the tensors passed in);
+* the focal loss's ``alpha``/``gamma``, fixed at 0.25/2 inside torchvision's heads, are options.
+
+Options of both (keyword arguments of :func:`fcos` / :func:`retinanet`): ``num_classes``,
+``image_size`` ``(height, width)`` (multiples of 32), ``pretrained``, ``fpn_channels`` (multiple
+of 32), ``extra_levels`` (add P6/P7), ``score_thresh`` / ``nms_thresh`` / ``detections_per_img`` /
+``topk_candidates`` (torchvision's post-processing), ``focal_alpha`` / ``focal_gamma``. FCOS adds
+``head_convs`` (convs per head branch) and ``center_sampling_radius`` (in strides); RetinaNet adds
+``anchor_sizes`` (base size per level, default 16/32/64), ``aspect_ratios`` and
+``fg_iou_thresh`` / ``bg_iou_thresh``.
+
+Labels are class indices ``0..num_classes-1`` (sigmoid classifiers: no background class).
+defectkit adds nothing to the forward pass that leaves torch (no numpy, no Python-side data
+dependence), so the eval model exports to ONNX at a fixed image size like torchvision's own
+detectors (checked with ``torch.onnx.export(..., dynamo=False)``, opset 17, against onnxruntime).
+
+Example:
+    >>> from defectkit.registry import HEADS, build
+    >>> model = build(HEADS, dict(type="fcos", num_classes=1, image_size=(128, 128), pretrained=False)).eval()
+    >>> out = model([torch.zeros(3, 128, 128)])
+    >>> sorted(out[0])
+    ['boxes', 'labels', 'scores']
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.detection import FCOS, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.retinanet import (
+    RetinaNetClassificationHead,
+    RetinaNetHead,
+)
+from torchvision.ops import FeaturePyramidNetwork, sigmoid_focal_loss
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from defectkit.heads.backbones import create_feature_extractor
+from defectkit.registry import HEADS
+
+DETECTOR_TYPES = ("fcos", "retinanet")
+"""Detectors :func:`build_detector` knows (the ``type`` names registered in HEADS)."""
+
+STRIDES = (8, 16, 32)
+"""Strides of the Lite0 feature maps feeding the FPN (P3, P4, P5)."""
+
+_LITE0_STRIDE_INDICES = (2, 3, 4)
+"""timm ``out_indices`` of EfficientNet-Lite0's stride 8/16/32 stages (40, 112, 320 channels)."""
+
+
+class LiteFPN(nn.Module):
+    """EfficientNet-Lite0 strides 8/16/32 and a feature pyramid: the backbone torchvision's detectors take.
+
+    P3-P5 only by default: skin lesions on 640 px photos are ~5-60 px, which FCOS assigns to P3/P4
+    (regression distance < 64 / < 128 px). P6/P7 (strides 64/128) only serve objects larger than
+    ~256 px, i.e. none here, and would add head work and easy negatives. A stride-4 P2 would help
+    lesions under ~8 px but costs four times P3's head compute on CPU; slice large photos instead
+    (sliced training and inference) so lesions reach P3's range. ``extra_levels=True`` adds
+    torchvision's P6/P7 for data sets with large objects.
+
+    Args:
+        out_channels: Channels of every pyramid level (multiple of 32: the heads use GroupNorm(32)).
+        extra_levels: Add P6/P7 (strides 64/128) computed from P5.
+        pretrained: Start the Lite0 body from the offline ImageNet weights.
+
+    Example:
+        >>> fpn = LiteFPN(64, pretrained=False)
+        >>> [tuple(v.shape) for v in fpn(torch.zeros(1, 3, 64, 64)).values()]
+        [(1, 64, 8, 8), (1, 64, 4, 4), (1, 64, 2, 2)]
+    """
+
+    def __init__(self, out_channels: int = 96, extra_levels: bool = False, pretrained: bool = True) -> None:
+        super().__init__()
+        if int(out_channels) < 32 or int(out_channels) % 32:
+            raise ValueError(f"fpn_channels must be a multiple of 32, got {out_channels}")
+        self.body = create_feature_extractor(out_indices=_LITE0_STRIDE_INDICES, pretrained=pretrained)
+        extra = LastLevelP6P7(int(out_channels), int(out_channels)) if extra_levels else None
+        self.fpn = FeaturePyramidNetwork(list(self.body.feature_info.channels()), int(out_channels), extra_blocks=extra)
+        self.out_channels = int(out_channels)  # torchvision's detectors read this attribute
+        self.num_levels = len(STRIDES) + (2 if extra_levels else 0)
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        features = self.body(x)
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
+
+
+class FocalFCOSHead(FCOSHead):
+    """torchvision's FCOS head with the classification focal loss's ``alpha``/``gamma`` as options.
+
+    torchvision calls ``sigmoid_focal_loss`` with its defaults (0.25, 2.0) inside
+    ``compute_loss``; this head recomputes that one term with its own values (same targets, same
+    normalisation by the number of foreground points), leaving box and centerness losses as they are.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, num_convs: int = 4, alpha: float = 0.25, gamma: float = 2.0) -> None:
+        super().__init__(in_channels, 1, num_classes, num_convs)
+        self.alpha, self.gamma = float(alpha), float(gamma)
+
+    def compute_loss(
+        self,
+        targets: list[dict[str, torch.Tensor]],
+        head_outputs: dict[str, torch.Tensor],
+        anchors: list[torch.Tensor],
+        matched_idxs: list[torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        cls_logits = head_outputs["cls_logits"]  # N x points x classes
+        gt_classes = torch.zeros_like(cls_logits)
+        for index, (target, matched) in enumerate(zip(targets, matched_idxs)):
+            foreground = matched >= 0
+            gt_classes[index, foreground, target["labels"][matched[foreground]]] = 1.0
+        num_foreground = sum(int((m >= 0).sum()) for m in matched_idxs)
+        loss = sigmoid_focal_loss(cls_logits, gt_classes, alpha=self.alpha, gamma=self.gamma, reduction="sum")
+        losses["classification"] = loss / max(1, num_foreground)
+        return losses
+
+
+class FocalRetinaNetClassificationHead(RetinaNetClassificationHead):
+    """torchvision's RetinaNet classification head with the focal loss's ``alpha``/``gamma`` as options.
+
+    Same targets, ignored anchors (between the IoU thresholds) and per-image normalisation as
+    torchvision's ``compute_loss``, which fixes ``alpha=0.25, gamma=2``.
+    """
+
+    def __init__(self, in_channels: int, num_anchors: int, num_classes: int, alpha: float = 0.25, gamma: float = 2.0,
+                 norm_layer: Any = None) -> None:
+        super().__init__(in_channels, num_anchors, num_classes, norm_layer=norm_layer)
+        self.alpha, self.gamma = float(alpha), float(gamma)
+
+    def compute_loss(self, targets: list[dict[str, torch.Tensor]], head_outputs: dict[str, torch.Tensor],
+                     matched_idxs: list[torch.Tensor]) -> torch.Tensor:
+        losses = []
+        for target, logits, matched in zip(targets, head_outputs["cls_logits"], matched_idxs):
+            foreground = matched >= 0
+            gt_classes = torch.zeros_like(logits)
+            gt_classes[foreground, target["labels"][matched[foreground]]] = 1.0
+            valid = matched != self.BETWEEN_THRESHOLDS
+            loss = sigmoid_focal_loss(logits[valid], gt_classes[valid], alpha=self.alpha, gamma=self.gamma, reduction="sum")
+            losses.append(loss / max(1, int(foreground.sum())))
+        return torch.stack(losses).sum() / len(targets)
+
+
+def _check_common(num_classes: int, image_size: Sequence[int]) -> tuple[int, tuple[int, int]]:
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    size = (int(image_size[0]), int(image_size[1]))
+    if any(v < 32 or v % 32 for v in size):
+        raise ValueError(f"detector image_size must be multiples of 32 (>= 32), got {list(size)}")
+    return int(num_classes), size
+
+
+def _transform_args(image_size: tuple[int, int]) -> dict[str, Any]:
+    """GeneralizedRCNNTransform settings that keep ``image_size`` inputs as they are.
+
+    Its resize scales the short side to ``min_size`` unless the long side would pass ``max_size``:
+    with both taken from ``image_size`` the scale is exactly 1. Mean 0 / std 1: inputs already have
+    the backbone's [-1, 1] scaling (:func:`~defectkit.heads.backbones.to_input_tensor`).
+    """
+    return dict(min_size=min(image_size), max_size=max(image_size), image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0])
+
+
+@HEADS.register_module(name="fcos")
+def fcos(
+    num_classes: int = 1,
+    image_size: Sequence[int] = (640, 640),
+    pretrained: bool = True,
+    fpn_channels: int = 96,
+    head_convs: int = 2,
+    extra_levels: bool = False,
+    center_sampling_radius: float = 1.5,
+    score_thresh: float = 0.2,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+    topk_candidates: int = 1000,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+) -> FCOS:
+    """Anchor-free FCOS on EfficientNet-Lite0 + FPN (P3-P5), for ``image_size`` [-1, 1] inputs."""
+    num_classes, size = _check_common(num_classes, image_size)
+    # The defaults size the head for CPU (as NanoDet does: 96 channels, 2 convs per branch). The
+    # head runs at every P3 position, so torchvision's usual 4 convs x 128-256 channels would cost
+    # 4x the Lite0 backbone: 28.5 GFLOP per 640 px image at 128 channels, against 13.1 here.
+    backbone = LiteFPN(fpn_channels, extra_levels, pretrained)
+    # FCOS needs one "anchor" per location whose size equals the level's stride: its scale ranges
+    # (which level regresses which object size) are derived from these sizes. A location is a
+    # positive only inside a box, so a lesion narrower than 8 px at the network's input may fall
+    # between P3's points and never be learned: upscale (slice) such images, or use RetinaNet,
+    # whose matcher gives every box at least its best anchor.
+    strides = STRIDES + ((64, 128) if extra_levels else ())
+    anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
+    head = FocalFCOSHead(backbone.out_channels, num_classes, int(head_convs), focal_alpha, focal_gamma)
+    return FCOS(
+        backbone, num_classes, anchor_generator=anchors, head=head, center_sampling_radius=float(center_sampling_radius),
+        score_thresh=float(score_thresh), nms_thresh=float(nms_thresh), detections_per_img=int(detections_per_img),
+        topk_candidates=int(topk_candidates), **_transform_args(size),
+    )
+
+
+@HEADS.register_module(name="retinanet")
+def retinanet(
+    num_classes: int = 1,
+    image_size: Sequence[int] = (640, 640),
+    pretrained: bool = True,
+    fpn_channels: int = 96,
+    extra_levels: bool = False,
+    anchor_sizes: Sequence[float] | None = None,
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    fg_iou_thresh: float = 0.5,
+    bg_iou_thresh: float = 0.4,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+    topk_candidates: int = 1000,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+) -> RetinaNet:
+    """Anchor-based RetinaNet on EfficientNet-Lite0 + FPN (P3-P5) with small anchors, for ``image_size`` inputs."""
+    num_classes, size = _check_common(num_classes, image_size)
+    backbone = LiteFPN(fpn_channels, extra_levels, pretrained)
+    # Base anchor size per level, half of torchvision's (32 at P3): lesions of 10-100 px then have
+    # anchors close to their size; each level gets 3 octave scales (x1, x2^(1/3), x2^(2/3)).
+    default_sizes = (16, 32, 64, 128, 256)[: backbone.num_levels]
+    base_sizes = tuple(float(v) for v in (anchor_sizes or default_sizes))
+    if len(base_sizes) != backbone.num_levels:
+        raise ValueError(f"anchor_sizes needs one base size per pyramid level ({backbone.num_levels}), got {list(base_sizes)}")
+    sizes = tuple(tuple(b * 2 ** (k / 3) for k in range(3)) for b in base_sizes)
+    anchors = AnchorGenerator(sizes, (tuple(float(r) for r in aspect_ratios),) * len(sizes))
+    num_anchors = anchors.num_anchors_per_location()[0]
+    # GroupNorm in both branches (torchvision's "v2" RetinaNet): stable with CPU-sized batches.
+    norm = partial(nn.GroupNorm, 32)
+    head = RetinaNetHead(backbone.out_channels, num_anchors, num_classes, norm_layer=norm)
+    head.classification_head = FocalRetinaNetClassificationHead(
+        backbone.out_channels, num_anchors, num_classes, focal_alpha, focal_gamma, norm_layer=norm
+    )
+    return RetinaNet(
+        backbone, num_classes, anchor_generator=anchors, head=head, fg_iou_thresh=float(fg_iou_thresh),
+        bg_iou_thresh=float(bg_iou_thresh), score_thresh=float(score_thresh), nms_thresh=float(nms_thresh),
+        detections_per_img=int(detections_per_img), topk_candidates=int(topk_candidates), **_transform_args(size),
+    )
+
+
+def build_detector(cfg: dict[str, Any], num_classes: int, pretrained: bool = True) -> nn.Module:
+    """Build a registered detector from ``cfg`` (``type`` plus its keyword arguments) for ``num_classes``."""
+    from defectkit.registry import build
+
+    args = dict(cfg)
+    args["num_classes"] = int(num_classes)
+    args["pretrained"] = bool(pretrained)
+    return build(HEADS, args)
+
+
+__all__ = [
+    "DETECTOR_TYPES", "STRIDES", "FocalFCOSHead", "FocalRetinaNetClassificationHead", "LiteFPN", "build_detector",
+    "fcos", "retinanet",
+]

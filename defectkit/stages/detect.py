@@ -1,0 +1,539 @@
+"""Detector stage: a one-stage box detector (FCOS or RetinaNet on EfficientNet-Lite0) giving instances.
+
+The stage fills ``sample.instances`` with boxes (``polygon`` empty) in image coordinates. Its
+:meth:`Detector.detect` follows the detector protocol of the
+:class:`~defectkit.stages.tiling.Tiling` stage (``detect(images) -> list[Detections]`` plus
+``classes``), so the same trained detector runs on whole images or on slices of large ones; with
+``train_slices`` (or inside a Tiling stage) it also trains on the windows sliced inference uses.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+
+from defectkit.data.copy_paste import CopyPaste
+from defectkit.data.sampling import oversampling_weights
+from defectkit.data.split import stable_order_key
+from defectkit.data.transforms import Resize, build_albumentation
+from defectkit.errors import ConfigError
+from defectkit.heads.backbones import to_input_tensor
+from defectkit.heads.detector import DETECTOR_TYPES, build_detector
+from defectkit.registry import STAGES
+from defectkit.sample import Detections, Record, Sample, detections_to_instances
+from defectkit.stages.base import FitContext, TrainableStage
+from defectkit.training import (
+    BoxTensorDataset,
+    collate_boxes,
+    fit_head,
+    resize_with_boxes,
+)
+
+DEFAULT_DETECT_AUGMENT: dict[str, Any] = dict(
+    type="Albumentations",
+    transforms=[
+        dict(type="HorizontalFlip", p=0.5),
+        dict(type="RandomBrightnessContrast", brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+    ],
+)
+"""Flips (boxes follow) and mild photometric changes: faces are left-right symmetric, cheap on CPU."""
+
+DEFAULT_TRAIN_SLICES: dict[str, Any] = dict(overlap=0.2, min_visible_ratio=0.3, min_side=2.0, keep_empty=0.1)
+"""Sliced-training settings a ``train_slices`` dict does not set (``size`` has no default)."""
+
+Item = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""A training item: HxWx3 uint8 image at ``image_size``, Nx4 float32 xyxy boxes, N int64 labels."""
+
+
+def has_box_annotations(record: Record) -> bool:
+    """Whether ``record`` can train a detector: it has a box list (empty: checked, nothing found) or is a normal image."""
+    return record.boxes is not None or record.label == 0
+
+
+class BoxAugment:
+    """An albumentations pipeline from an ``Albumentations`` config whose geometric transforms move boxes too.
+
+    Boxes are Pascal VOC ``(x1, y1, x2, y2)`` pixels; boxes a transform pushes out of the image are
+    clipped, and dropped when less than ``min_visibility`` of their area remains.
+
+    Args:
+        cfg: ``dict(type="Albumentations", transforms=[...], p=1.0, seed=None)`` as for
+            :class:`~defectkit.data.transforms.Albumentations`.
+        seed: Seed used when ``cfg`` sets none.
+        min_visibility: Smallest visible share of a box after a crop-like transform.
+
+    Example:
+        >>> flip = BoxAugment(dict(type="Albumentations", transforms=[dict(type="HorizontalFlip", p=1.0)]), seed=0)
+        >>> _, boxes, labels = flip(np.zeros((10, 20, 3), np.uint8), np.array([[0, 0, 5, 5]], np.float32), np.array([0]))
+        >>> boxes.tolist(), labels.tolist()
+        ([[15.0, 0.0, 20.0, 5.0]], [0])
+    """
+
+    def __init__(self, cfg: dict[str, Any], seed: int, min_visibility: float = 0.3) -> None:
+        args = dict(cfg)
+        if args.pop("type", None) != "Albumentations":
+            raise ConfigError(
+                f"Detector augment must be dict(type='Albumentations', transforms=[...]) (only albumentations moves "
+                f"boxes with the image), got {cfg!r}"
+            )
+        unknown = sorted(set(args) - {"transforms", "p", "seed"})
+        if unknown:
+            raise ConfigError(f"Detector augment got unknown key(s) {', '.join(map(repr, unknown))}; valid: transforms, p, seed")
+        transforms = args.get("transforms")
+        if not isinstance(transforms, (list, tuple)):
+            raise ConfigError(f"Detector augment transforms must be a list of dicts, got {transforms!r}")
+        bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=float(min_visibility), clip=True)
+        seed_value = args.get("seed")
+        self.compose = A.Compose(
+            [build_albumentation(t) for t in transforms], bbox_params=bbox_params, p=float(args.get("p", 1.0)),
+            seed=int(seed) if seed_value is None else int(seed_value),
+        )
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> Item:
+        out = self.compose(image=image, bboxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+                           labels=np.asarray(labels, np.int64).reshape(-1))
+        return (out["image"], np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4),
+                np.asarray(out["labels"], dtype=np.int64).reshape(-1))
+
+
+def _check_options(option: str, target: Callable[..., Any], options: dict[str, Any], **given: Any) -> None:
+    """Fail now, not after loading the data, on ``options`` that ``target`` does not take or rejects.
+
+    ``given`` are the arguments the stage itself passes (not options of the config).
+    """
+    valid = [name for name in inspect.signature(target).parameters if name != "self" and name not in given]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(f"Detector {option} got unknown option(s) {', '.join(map(repr, unknown))}; valid options: {', '.join(valid)}")
+    target(**given, **options)  # raises ConfigError for values out of range
+
+
+def _chain(steps: Sequence[Callable[[np.ndarray, np.ndarray, np.ndarray], Item]]) -> Callable[[np.ndarray, np.ndarray, np.ndarray], Item] | None:
+    """One per-item transform applying ``steps`` in order (None when there are none)."""
+    if not steps:
+        return None
+
+    def apply(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> Item:
+        for step in steps:
+            image, boxes, labels = step(image, boxes, labels)
+        return image, boxes, labels
+
+    return apply
+
+
+@STAGES.register_module()
+class Detector(TrainableStage):
+    """Defect boxes from a one-stage detector (FCOS or RetinaNet) on EfficientNet-Lite0.
+
+    Fitting: training records with box annotations (a ``boxes`` list, possibly empty, or a normal
+    image: :func:`has_box_annotations`) are decoded in chunks through ``context.load_samples`` (so
+    earlier stages apply); their boxes, given in original image coordinates, are mapped onto the
+    decoded image, which is resized to ``image_size`` with its boxes (or, with ``train_slices``,
+    cut into the windows sliced inference uses, each resized to ``image_size``). Box class names
+    index into ``context.classes``. Per training item, ``copy_paste`` pastes lesions from other
+    training images, then ``augment`` flips and changes brightness/contrast (boxes follow). The
+    network (offline ImageNet backbone) is trained with its own focal + box losses by the shared
+    Lightning loop (:func:`defectkit.training.fit_head`), optionally drawing items with
+    class-aware ``oversample`` weights; with annotated validation records the weights of the best
+    validation epoch are kept.
+
+    Prediction: :meth:`detect` resizes images to ``image_size`` in batches and maps the boxes back
+    to each image's own pixels; :meth:`predict` stores boxes scoring at least ``min_score`` as
+    ``sample.instances`` (box only). The detector makes no image-level decision: ``gate_label`` /
+    ``gate_score`` stay as an earlier gate left them (as with the Tiling stage).
+
+    Args:
+        model: Head config: ``dict(type="fcos")`` (default) or ``dict(type="retinanet")`` plus the
+            head's options (``fpn_channels``, ``score_thresh``, ``nms_thresh``,
+            ``detections_per_img``, ...; see :mod:`defectkit.heads.detector`). ``num_classes``,
+            ``pretrained`` and ``image_size`` come from the stage.
+        image_size: ``(height, width)`` the network sees; multiples of 32.
+        epochs: Training epochs.
+        batch_size: Images per step and per prediction batch.
+        lr: Peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear learning-rate warm-up steps (new detection heads diverge easily at
+            full rate).
+        augment: Albumentations config (``dict(type="Albumentations", transforms=[...])``) whose
+            geometric transforms move the boxes, or None; default: horizontal flips and mild
+            brightness/contrast.
+        min_score: Boxes scoring below this are not reported by :meth:`predict` (:meth:`detect`
+            returns everything above the head's ``score_thresh``).
+        focal: ``dict(alpha=0.25, gamma=2.0)``: the classification focal loss's parameters.
+        train_slices: Sliced training: ``dict(size=(h, w), overlap=0.2, min_visible_ratio=0.3,
+            min_side=2.0, keep_empty=0.1)`` (see :func:`defectkit.tiling.slice_training_items`),
+            windows of the decoded image, each resized to ``image_size`` as :meth:`detect` resizes
+            a slice (set ``image_size`` to the slice size to keep pixels 1:1); None: whole images,
+            unless a Tiling stage around this one configures its slicing
+            (:meth:`configure_slicing`); False: whole images always.
+        copy_paste: Box copy-paste augmentation: :class:`defectkit.data.copy_paste.CopyPaste` options
+            (e.g. ``dict(p=0.5, max_pastes=3, box_alpha="ellipse")``; ``seed`` defaults to the
+            stage's), or None.
+        oversample: Class-aware oversampling: :func:`defectkit.data.sampling.oversampling_weights`
+            options (e.g. ``dict(threshold=0.1)``, or ``dict()`` for its defaults), or None.
+        max_images: Train on at most this many annotated images (a deterministic subset).
+        seed: Seeds the subset, slicing, shuffling, augmentation and initialisation.
+        pretrained: Start the backbone from the offline ImageNet weights.
+        chunk_size: Records decoded at once while loading.
+        name: Stage name (file stem of its saved state).
+
+    Example:
+        >>> det = build(STAGES, dict(type="Detector", model=dict(type="fcos"), image_size=(640, 640),
+        ...                          epochs=12, copy_paste=dict(p=0.5)))      # doctest: +SKIP
+        >>> summary = det.fit(train_records, val_records, context)            # doctest: +SKIP
+        >>> det.predict(samples)[0].instances[0].box                           # doctest: +SKIP
+        (312.4, 201.9, 330.8, 219.0)
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any] | None = None,
+        image_size: Sequence[int] = (640, 640),
+        epochs: int = 12,
+        batch_size: int = 8,
+        lr: float = 5e-4,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 20,
+        augment: dict[str, Any] | None = DEFAULT_DETECT_AUGMENT,
+        min_score: float = 0.3,
+        focal: dict[str, float] | None = None,
+        train_slices: dict[str, Any] | bool | None = None,
+        copy_paste: dict[str, Any] | None = None,
+        oversample: dict[str, Any] | None = None,
+        max_images: int | None = None,
+        seed: int = 0,
+        pretrained: bool = True,
+        chunk_size: int = 32,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name or "detector")
+        self.model_cfg = dict(model or dict(type="fcos"))
+        if self.model_cfg.get("type") not in DETECTOR_TYPES:
+            raise ConfigError(f"Detector model type must be one of {list(DETECTOR_TYPES)}, got {self.model_cfg.get('type')!r}")
+        for key in ("num_classes", "pretrained", "image_size", "focal_alpha", "focal_gamma"):
+            if key in self.model_cfg:
+                source = "the stage's focal option" if key.startswith("focal") else "the classes / the stage"
+                raise ConfigError(f"Detector model config must not set {key!r} (it comes from {source})")
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        if any(v < 32 or v % 32 for v in self.image_size):
+            raise ConfigError(f"Detector image_size must be multiples of 32 (>= 32), got {list(self.image_size)}")
+        if epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {epochs}")
+        self.epochs = int(epochs)
+        self.batch_size = max(1, int(batch_size))
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.warmup_steps = max(0, int(warmup_steps))
+        self.seed = int(seed)
+        self.augment_cfg = None if augment is None else dict(augment)
+        if self.augment_cfg is not None:
+            BoxAugment(self.augment_cfg, self.seed)  # fail on a bad config now, not after loading data
+        if not 0.0 <= float(min_score) <= 1.0:
+            raise ConfigError(f"Detector min_score must be in [0, 1], got {min_score!r}")
+        self.min_score = float(min_score)
+        self.focal = self._focal_options(focal)
+        self.train_slices = self._slice_options(train_slices)
+        self.copy_paste_cfg = None if copy_paste is None else dict(copy_paste)
+        if self.copy_paste_cfg is not None:
+            _check_options("copy_paste", CopyPaste, {"seed": self.seed, **self.copy_paste_cfg})
+        self.oversample_cfg = None if oversample is None else dict(oversample)
+        if self.oversample_cfg is not None:
+            _check_options("oversample", oversampling_weights, self.oversample_cfg, label_sets=[])
+        self.max_images = None if max_images is None else int(max_images)
+        self.pretrained = bool(pretrained)
+        self.chunk_size = max(1, int(chunk_size))
+        self.classes: list[str] = []
+        self.model: torch.nn.Module | None = None
+        self.summary: dict[str, Any] = {}
+        self._resize = Resize(self.image_size)
+
+    # ------------------------------------------------------------------ configuration
+    @staticmethod
+    def _focal_options(focal: dict[str, float] | None) -> dict[str, float]:
+        options = dict(alpha=0.25, gamma=2.0)  # torchvision's (and the RetinaNet paper's) values
+        unknown = sorted(set(focal or {}) - set(options))
+        if unknown:
+            raise ConfigError(f"Detector focal got unknown key(s) {', '.join(map(repr, unknown))}; valid keys: alpha, gamma")
+        options.update({k: float(v) for k, v in (focal or {}).items()})
+        if options["gamma"] < 0:
+            raise ConfigError(f"Detector focal gamma must be >= 0, got {options['gamma']}")
+        return options
+
+    @staticmethod
+    def _slice_options(train_slices: dict[str, Any] | bool | None) -> dict[str, Any] | bool | None:
+        if train_slices is None or train_slices is False:
+            return train_slices
+        if not isinstance(train_slices, dict) or "size" not in train_slices:
+            raise ConfigError(f"Detector train_slices must be dict(size=(h, w), ...), None or False, got {train_slices!r}")
+        unknown = sorted(set(train_slices) - {"size", *DEFAULT_TRAIN_SLICES})
+        if unknown:
+            raise ConfigError(f"Detector train_slices got unknown key(s) {', '.join(map(repr, unknown))}; "
+                              f"valid keys: size, {', '.join(DEFAULT_TRAIN_SLICES)}")
+        return {**DEFAULT_TRAIN_SLICES, **train_slices}
+
+    def configure_slicing(self, slice_size: Sequence[int], overlap: Sequence[float]) -> None:
+        """Train on the windows a Tiling stage around this one predicts on (called by Tiling before ``fit``).
+
+        The slice size and overlap become Tiling's; the other ``train_slices`` settings are kept.
+        ``train_slices=False`` opts out: the detector then trains on whole images.
+        """
+        if self.train_slices is False:
+            return
+        base = self.train_slices if isinstance(self.train_slices, dict) else DEFAULT_TRAIN_SLICES
+        self.train_slices = {**base, "size": [int(v) for v in slice_size], "overlap": [float(v) for v in overlap]}
+
+    def _head_cfg(self) -> dict[str, Any]:
+        return {**self.model_cfg, "image_size": self.image_size,
+                "focal_alpha": self.focal["alpha"], "focal_gamma": self.focal["gamma"]}
+
+    # ------------------------------------------------------------------ data
+    def _image_boxes(self, sample: Sample) -> tuple[list[tuple[str, float, float, float, float]], list[str]]:
+        """The record's boxes in decoded-image coordinates (known classes, valid boxes) and problems."""
+        assert sample.image is not None
+        sx, sy = sample.original_factors()  # image -> original; boxes go the other way
+        kept, problems = [], []
+        for index, box in enumerate(sample.record.boxes or []):
+            try:
+                class_name, x1, y1, x2, y2 = box
+                x1, y1, x2, y2 = float(x1) / sx, float(y1) / sy, float(x2) / sx, float(y2) / sy
+            except (TypeError, ValueError):
+                problems.append(f"{sample.record.path}: box {index} is not (class, x1, y1, x2, y2): {box!r}")
+                continue
+            if class_name not in self.classes:
+                problems.append(f"{sample.record.path}: box class {class_name!r} is not in the config's classes {self.classes}")
+            elif not all(np.isfinite((x1, y1, x2, y2))) or x2 <= x1 or y2 <= y1:
+                problems.append(f"{sample.record.path}: box {index} {[x1, y1, x2, y2]} is empty or not finite")
+            else:
+                kept.append((str(class_name), x1, y1, x2, y2))
+        return kept, problems
+
+    def _arrays(self, boxes: Sequence[tuple[str, float, float, float, float]]) -> tuple[np.ndarray, np.ndarray]:
+        coords = np.asarray([b[1:] for b in boxes], dtype=np.float32).reshape(-1, 4)
+        labels = np.asarray([self.classes.index(b[0]) for b in boxes], dtype=np.int64)
+        return coords, labels
+
+    def _items(self, sample: Sample, rng: np.random.Generator) -> tuple[list[Item], list[str]]:
+        """A decoded sample as training items at ``image_size``: the whole image, or its training slices."""
+        image = np.ascontiguousarray(sample.image)
+        boxes, problems = self._image_boxes(sample)
+        if not isinstance(self.train_slices, dict):
+            coords, labels = self._arrays(boxes)
+            resized, coords = resize_with_boxes(image, coords, self.image_size)
+            return [(resized, coords, labels)], problems
+        from defectkit.tiling import slice_training_items
+
+        options = self.train_slices
+        items = []
+        for (x1, y1, x2, y2), window_boxes in slice_training_items(
+            image.shape[0], image.shape[1], boxes, options["size"], options["overlap"],
+            options["min_visible_ratio"], options["min_side"], options["keep_empty"], rng,
+        ):
+            coords, labels = self._arrays(window_boxes)
+            # A copy: a view would keep the whole decoded photo alive for as long as the slice.
+            crop, coords = resize_with_boxes(image[y1:y2, x1:x2].copy(), coords, self.image_size)
+            items.append((crop, coords, labels))
+        return items, problems
+
+    def _load(self, records: Sequence[Record], context: FitContext, description: str, seed: int) -> tuple[list[Item], int, list[str]]:
+        """Decode records in chunks into training items; returns the items, decoded image count and problems."""
+        advance = context.progress(description, len(records))
+        rng = np.random.default_rng(seed)  # one generator for the whole set: slices do not repeat a pattern
+        items: list[Item] = []
+        decoded = 0
+        problems: list[str] = []
+        for start in range(0, len(records), self.chunk_size):
+            chunk = list(records[start : start + self.chunk_size])
+            for sample in context.load_samples(chunk):
+                if not sample.ok or sample.image is None:
+                    continue
+                decoded += 1
+                sample_items, found = self._items(sample, rng)
+                items.extend(sample_items)
+                problems.extend(found)
+            advance(len(chunk))
+        return items, decoded, problems
+
+    def _dataset(self, items: Sequence[Item], transform: Callable[[np.ndarray, np.ndarray, np.ndarray], Item] | None) -> BoxTensorDataset:
+        return BoxTensorDataset([i[0] for i in items], [i[1] for i in items], [i[2] for i in items], self.image_size,
+                                transform=transform)
+
+    def _copy_paste_step(self, items: Sequence[Item]) -> Callable[[np.ndarray, np.ndarray, np.ndarray], Item] | None:
+        """Copy-paste over a bank of every training item's boxes (None when not configured).
+
+        The bank is cut from the items at ``image_size`` (whole images or slices), so pasted lesions
+        keep the scale the network sees. The dataset's per-item transform does not say which item
+        it is, so an image may get one of its own lesions back: about one paste in N for N training
+        images, and harmless.
+        """
+        if self.copy_paste_cfg is None:
+            return None
+        paste = CopyPaste.from_items([i[0] for i in items], [i[1] for i in items], [i[2] for i in items],
+                                     **{"seed": self.seed, **self.copy_paste_cfg})
+
+        def step(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> Item:
+            pasted, new_boxes, new_labels, _ = paste(image, boxes, labels)
+            return pasted, new_boxes, new_labels
+
+        return step
+
+    def _sampler(self, items: Sequence[Item]) -> torch.utils.data.Sampler | None:
+        """Class-aware oversampling: a seeded WeightedRandomSampler over the items' LVIS repeat factors."""
+        if self.oversample_cfg is None:
+            return None
+        label_sets = [[self.classes[label] for label in item[2]] for item in items]
+        # Each item is drawn about its repeat factor times per epoch; the epoch grows by the repeats.
+        weights, draws = oversampling_weights(label_sets, **self.oversample_cfg)
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights), max(1, draws), replacement=True, generator=generator)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, train: Sequence[Record], val: Sequence[Record], context: FitContext) -> dict[str, Any]:
+        """Train the detector on the box-annotated ``train`` records (validation loss on annotated ``val``).
+
+        Returns:
+            A JSON-able summary: head type, classes, image and item (slice) counts, boxes per class,
+            annotation problems and the training summary.
+        """
+        self.classes = [str(c) for c in context.classes]
+        if not self.classes:
+            raise ValueError(f"{self.name}: the config has no defect classes to detect")
+        annotated = sorted((r for r in train if has_box_annotations(r)), key=lambda r: stable_order_key(self.seed, r.path))
+        if self.max_images is not None:
+            annotated = annotated[: self.max_images]
+        if not any(r.boxes for r in annotated):
+            raise ValueError(f"{self.name}: no training record has boxes to learn from")
+        val_annotated = [r for r in val if has_box_annotations(r)]
+        train_items, train_decoded, problems = self._load(annotated, context, f"{self.name}: load train", self.seed)
+        val_items, val_decoded, val_problems = self._load(val_annotated, context, f"{self.name}: load val", self.seed + 1)
+        problems.extend(val_problems)
+        if not train_items:
+            raise ValueError(f"{self.name}: none of the {len(annotated)} annotated training images gave a training item")
+        for problem in problems[:10]:
+            context.log(f"{self.name}: {problem}")
+
+        torch.manual_seed(self.seed)  # FPN and head initialisation
+        self.model = build_detector(self._head_cfg(), len(self.classes), pretrained=self.pretrained)
+        # Paste first, then augment: pasted lesions are flipped and re-lit with the rest of the image.
+        steps = [step for step in (self._copy_paste_step(train_items),) if step is not None]
+        if self.augment_cfg is not None:
+            steps.append(BoxAugment(self.augment_cfg, self.seed))
+        train_ds = self._dataset(train_items, _chain(steps))
+        val_ds = self._dataset(val_items, None) if val_items else None
+        training = fit_head(
+            self.model, train_ds, val_ds, None,
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+            progress=context.progress, description=f"{self.name}: train", seed=self.seed,
+            restore_best=val_ds is not None, warmup_steps=self.warmup_steps,
+            collate_fn=collate_boxes, sampler=self._sampler(train_items),
+        )
+        self.model.eval()
+        self.fitted = True
+        labels = np.concatenate([i[2] for i in train_items]) if train_items else np.zeros(0, np.int64)
+        self.summary = {
+            "arch": self.model_cfg["type"],
+            "classes": self.classes,
+            "image_size": list(self.image_size),
+            "train_images": train_decoded,
+            "train_items": len(train_items),
+            "val_images": val_decoded,
+            "val_items": len(val_items),
+            "train_boxes": {c: int((labels == i).sum()) for i, c in enumerate(self.classes)},
+            "train_slices": self.train_slices if isinstance(self.train_slices, dict) else None,
+            "copy_paste": self.copy_paste_cfg,
+            "oversample": self.oversample_cfg,
+            "focal": self.focal,
+            "skipped_unannotated": len(train) - len([r for r in train if has_box_annotations(r)]),
+            "skipped_undecodable": len(annotated) - train_decoded + len(val_annotated) - val_decoded,
+            "annotation_problems": len(problems),
+            "training": training,
+        }
+        context.log(
+            f"{self.name}: trained {self.model_cfg['type']} on {len(train_items)} items from {train_decoded} images "
+            f"(val {len(val_items)}); train loss {training['train_loss']}, best val loss {training['best_val_loss']}"
+        )
+        return self.summary
+
+    # ------------------------------------------------------------------ predict
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Boxes in HxWx3 uint8 images, each in its own pixel coordinates (batches of ``batch_size``).
+
+        Every image is resized to ``image_size`` for the network and its boxes scaled back, so
+        images of any size (whole photos, slices) can be mixed in one call.
+        """
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: detect before fit or load")
+        self.model.eval()
+        height_in, width_in = self.image_size
+        out: list[Detections] = []
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start : start + self.batch_size]
+            x = to_input_tensor([self._resize(np.ascontiguousarray(im))[0] for im in batch])
+            with torch.no_grad():
+                found = self.model(list(x))
+            for image, result in zip(batch, found):
+                height, width = image.shape[:2]
+                boxes = result["boxes"].numpy().astype(np.float32)
+                # Clipping to the image can flatten a border box to no area: not a finding.
+                keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+                detections = Detections(
+                    boxes[keep], result["scores"].numpy().astype(np.float32)[keep], result["labels"].numpy().astype(np.int64)[keep],
+                )
+                out.append(detections.scaled(width / width_in, height / height_in))
+        return out
+
+    def predict(self, samples: list[Sample]) -> list[Sample]:
+        """Set ``instances`` (boxes scoring at least ``min_score``, image coordinates) of active samples."""
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: predict before fit or load")
+        active = [s for s in samples if s.active and s.image is not None]
+        if not active:
+            return samples
+        for sample, detections in zip(active, self.detect([s.image for s in active])):
+            sample.instances = detections_to_instances(detections, self.classes, self.min_score)
+        return samples
+
+    # ------------------------------------------------------------------ state
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The network's weights; head config, classes and image size as JSON."""
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: nothing to save before fit or load")
+        tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
+        extra = {
+            "arch": self.model_cfg["type"],
+            "model": self.model_cfg,
+            "focal": self.focal,
+            "classes": self.classes,
+            "image_size": list(self.image_size),
+            "summary": self.summary,
+        }
+        return tensors, extra
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        """Rebuild the network (no ImageNet weights needed) and restore its weights."""
+        self.model_cfg = dict(extra.get("model") or dict(type=extra["arch"]))
+        self.focal = self._focal_options(extra.get("focal"))
+        self.classes = [str(c) for c in extra.get("classes", [])]
+        if not self.classes:
+            raise ValueError(f"{self.name}: saved state has no classes")
+        self.image_size = tuple(int(v) for v in extra.get("image_size", self.image_size))  # type: ignore[assignment]
+        self._resize = Resize(self.image_size)
+        self.summary = dict(extra.get("summary", {}))
+        model = build_detector(self._head_cfg(), len(self.classes), pretrained=False)
+        weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        model.load_state_dict(weights, strict=True)
+        self.model = model.eval()
+        self.fitted = True
+
+    def describe(self) -> dict[str, Any]:
+        """Type, name, head type, classes, image size, min score and the fit summary (without the loss history)."""
+        info: dict[str, Any] = {**super().describe(), "arch": self.model_cfg.get("type"), "image_size": list(self.image_size),
+                                "classes": self.classes, "min_score": self.min_score}
+        return {**info, **{k: v for k, v in self.summary.items() if k not in info and k != "training"}}
+
+
+__all__ = ["DEFAULT_DETECT_AUGMENT", "DEFAULT_TRAIN_SLICES", "BoxAugment", "Detector", "has_box_annotations"]
