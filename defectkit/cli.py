@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
+
+# Decoding and writing threads share the cores with torch's OpenMP threads; spinning OpenMP
+# workers (the default wait policy) then starve them and each other. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SOME_INPUTS_FAILED = 0, 1, 2, 3
 

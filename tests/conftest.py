@@ -6,7 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# Test processes share two cores with decode threads and each other: OpenMP workers that spin
+# while waiting slow small forward passes down by orders of magnitude. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
