@@ -1,0 +1,53 @@
+# Skin-trouble detection: small lesions on face photos, evaluated by mAP50 and mean F1.
+# A one-stage detector (FCOS on EfficientNet-Lite0 + FPN) inside a Tiling stage: sliced inference
+# (as in SAHI) magnifies small lesions; copy-paste augmentation adds lesions where there are none.
+_base_ = ["_base_/default_runtime.py"]
+
+description = "skin-trouble detection: FCOS (EfficientNet-Lite0 + FPN) with sliced inference"
+image_classes = ["normal", "defect"]
+# acne04's class names are not lesion types: every image carries exactly one name, and it equals
+# the image's severity grade (levle0 -> "whitehead and blackhead", ... levle3 -> "nodules and
+# cysts"), so learning them would teach the detector to grade faces, not to tell lesions apart.
+# The boxes themselves are per lesion, so the config detects one class, "lesion".
+classes = ["lesion"]
+
+# --data-root ../shared/data/acne04: valid/<name>.jpg + <name>.xml (Pascal VOC). Roboflow names
+# several exports of one source photo <levleG_N>_jpg.rf.<hash>: the group keeps them together.
+dataset = dict(type="VocBoxes", classes=classes, label_map={"*": "lesion"}, group_pattern=r"levle\d+_\d+")
+
+pipeline = [
+    dict(
+        type="Tiling",
+        name="detector",
+        # Windows of 320 px (20% overlap) resized to the detector's 512 px input: lesions are seen
+        # 1.6x larger than in the whole-image pass, which is merged in too (full_image).
+        slice_size=(320, 320),
+        overlap=0.2,
+        merge=dict(method="GREEDYNMM", match_metric="IOS", threshold=0.5),
+        full_image=True,
+        batch_size=8,
+        # Without slicing (same weights): --cfg-options pipeline.0.enabled=False
+        enabled=True,
+        inner=dict(
+            type="Detector",
+            model=dict(type="fcos"),
+            image_size=(512, 512),
+            epochs=12,
+            batch_size=8,
+            lr=1e-3,
+            min_score=0.25,
+            # Whole-image training; dict(size=(320, 320), overlap=0.2, keep_empty=0.1) trains on
+            # the windows sliced inference uses (slower on CPU: nine windows per photo).
+            train_slices=False,
+            # Copy-paste lesions from other photos (flip, 90-degree turns, resize), never over
+            # existing boxes; p=0 keeps it off: --cfg-options pipeline.0.inner.copy_paste.p=0.5
+            copy_paste=dict(p=0.0, max_pastes=8, box_alpha="ellipse"),
+            # Class-aware oversampling and the focal loss's parameters (one class here: no effect
+            # of the former; the latter is the detector's classification loss).
+            oversample=None,
+            focal=dict(alpha=0.25, gamma=2.0),
+        ),
+    ),
+]
+
+metrics = [dict(type="DetectionMAP"), dict(type="DetectionF1")]
