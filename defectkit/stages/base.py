@@ -6,7 +6,7 @@ training records and persist their state as safetensors plus a JSON manifest (ne
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,24 @@ class FitContext:
     image_classes: list[str] = field(default_factory=lambda: ["normal", "defect"])
     progress: Callable[[str, int], Callable[[int], None]] = lambda description, total: (lambda n=1: None)
     log: Callable[[str], None] = print
+
+    def decoded_samples(self, records: Sequence[Record], description: str, chunk_size: int = 32) -> Iterator[Sample]:
+        """The records that decode, as samples through :attr:`load_samples`, ``chunk_size`` at a time.
+
+        Decoding in chunks bounds memory: a caller that keeps only what it needs of each sample (a
+        resized image, crops) never holds a whole data set of full-size photos. Progress advances
+        per chunk under ``description``; samples that failed to decode are left out.
+
+        Example:
+            >>> images = [s.image for s in context.decoded_samples(records, "gate: load train")]  # doctest: +SKIP
+        """
+        advance = self.progress(description, len(records))
+        for start in range(0, len(records), chunk_size):
+            chunk = list(records[start : start + chunk_size])
+            for sample in self.load_samples(chunk):
+                if sample.ok and sample.image is not None:
+                    yield sample
+            advance(len(chunk))
 
 
 class Stage:
@@ -99,3 +117,17 @@ class TrainableStage(Stage):
 
     def has_saved_state(self, directory: str | Path) -> bool:
         return has_state(directory, self.name)
+
+    def ready_to_predict(self) -> bool:
+        """Whether :meth:`predict` can run: the stage was fitted or loaded."""
+        return bool(self.fitted)
+
+    def active_samples(self, samples: Sequence[Sample]) -> list[Sample]:
+        """The samples :meth:`predict` works on: active ones (not failed, not finished by a gate) with an image.
+
+        Raises:
+            RuntimeError: The stage cannot predict yet (:meth:`ready_to_predict`).
+        """
+        if not self.ready_to_predict():
+            raise RuntimeError(f"{self.name}: predict before fit or load")
+        return [s for s in samples if s.active and s.image is not None]

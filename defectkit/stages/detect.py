@@ -19,20 +19,14 @@ import torch
 
 from defectkit.data.copy_paste import CopyPaste
 from defectkit.data.sampling import oversampling_weights
-from defectkit.data.split import stable_order_key
-from defectkit.data.transforms import Resize, build_albumentation
+from defectkit.data.transforms import build_albumentation
 from defectkit.errors import ConfigError
-from defectkit.heads.backbones import to_input_tensor
 from defectkit.heads.detector import DETECTOR_TYPES, build_detector
 from defectkit.registry import STAGES
 from defectkit.sample import Detections, Record, Sample, detections_to_instances
-from defectkit.stages.base import FitContext, TrainableStage
-from defectkit.training import (
-    BoxTensorDataset,
-    collate_boxes,
-    fit_head,
-    resize_with_boxes,
-)
+from defectkit.stages.base import FitContext
+from defectkit.stages.network import NetworkStage
+from defectkit.training import BoxTensorDataset, collate_boxes, resize_with_boxes
 
 DEFAULT_DETECT_AUGMENT: dict[str, Any] = dict(
     type="Albumentations",
@@ -127,7 +121,7 @@ def _chain(steps: Sequence[Callable[[np.ndarray, np.ndarray, np.ndarray], Item]]
 
 
 @STAGES.register_module()
-class Detector(TrainableStage):
+class Detector(NetworkStage):
     """Defect boxes from a one-stage detector (FCOS or RetinaNet) on EfficientNet-Lite0.
 
     Fitting: training records with box annotations (a ``boxes`` list, possibly empty, or a normal
@@ -190,6 +184,12 @@ class Detector(TrainableStage):
         (312.4, 201.9, 330.8, 219.0)
     """
 
+    model_types = tuple(DETECTOR_TYPES)
+    reserved_model_keys = {
+        "num_classes": "the classes", "pretrained": "the stage", "image_size": "the stage",
+        "focal_alpha": "the stage's focal option", "focal_gamma": "the stage's focal option",
+    }
+
     def __init__(
         self,
         model: dict[str, Any] | None = None,
@@ -211,25 +211,11 @@ class Detector(TrainableStage):
         chunk_size: int = 32,
         name: str | None = None,
     ) -> None:
-        super().__init__(name or "detector")
-        self.model_cfg = dict(model or dict(type="fcos"))
-        if self.model_cfg.get("type") not in DETECTOR_TYPES:
-            raise ConfigError(f"Detector model type must be one of {list(DETECTOR_TYPES)}, got {self.model_cfg.get('type')!r}")
-        for key in ("num_classes", "pretrained", "image_size", "focal_alpha", "focal_gamma"):
-            if key in self.model_cfg:
-                source = "the stage's focal option" if key.startswith("focal") else "the classes / the stage"
-                raise ConfigError(f"Detector model config must not set {key!r} (it comes from {source})")
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        if any(v < 32 or v % 32 for v in self.image_size):
-            raise ConfigError(f"Detector image_size must be multiples of 32 (>= 32), got {list(self.image_size)}")
-        if epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {epochs}")
-        self.epochs = int(epochs)
-        self.batch_size = max(1, int(batch_size))
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
+        super().__init__(
+            name or "detector", dict(model or dict(type="fcos")), image_size, epochs, max(1, int(batch_size)), lr,
+            weight_decay, max_images, seed, pretrained, chunk_size,
+        )
         self.warmup_steps = max(0, int(warmup_steps))
-        self.seed = int(seed)
         self.augment_cfg = None if augment is None else dict(augment)
         if self.augment_cfg is not None:
             BoxAugment(self.augment_cfg, self.seed)  # fail on a bad config now, not after loading data
@@ -244,13 +230,6 @@ class Detector(TrainableStage):
         self.oversample_cfg = None if oversample is None else dict(oversample)
         if self.oversample_cfg is not None:
             _check_options("oversample", oversampling_weights, self.oversample_cfg, label_sets=[])
-        self.max_images = None if max_images is None else int(max_images)
-        self.pretrained = bool(pretrained)
-        self.chunk_size = max(1, int(chunk_size))
-        self.classes: list[str] = []
-        self.model: torch.nn.Module | None = None
-        self.summary: dict[str, Any] = {}
-        self._resize = Resize(self.image_size)
 
     # ------------------------------------------------------------------ configuration
     @staticmethod
@@ -287,9 +266,18 @@ class Detector(TrainableStage):
         base = self.train_slices if isinstance(self.train_slices, dict) else DEFAULT_TRAIN_SLICES
         self.train_slices = {**base, "size": [int(v) for v in slice_size], "overlap": [float(v) for v in overlap]}
 
-    def _head_cfg(self) -> dict[str, Any]:
-        return {**self.model_cfg, "image_size": self.image_size,
-                "focal_alpha": self.focal["alpha"], "focal_gamma": self.focal["gamma"]}
+    def build_network(self, pretrained: bool) -> torch.nn.Module:
+        """An FCOS / RetinaNet for the classes, its input size and focal loss from the stage."""
+        head_cfg = {**self.model_cfg, "image_size": self.image_size,
+                    "focal_alpha": self.focal["alpha"], "focal_gamma": self.focal["gamma"]}
+        return build_detector(head_cfg, len(self.classes), pretrained=pretrained)
+
+    def saved_settings(self) -> dict[str, Any]:
+        """The focal loss parameters (part of the head)."""
+        return {"focal": self.focal}
+
+    def restore_settings(self, extra: dict[str, Any]) -> None:
+        self.focal = self._focal_options(extra.get("focal"))
 
     # ------------------------------------------------------------------ data
     def _image_boxes(self, sample: Sample) -> tuple[list[tuple[str, float, float, float, float]], list[str]]:
@@ -341,21 +329,15 @@ class Detector(TrainableStage):
 
     def _load(self, records: Sequence[Record], context: FitContext, description: str, seed: int) -> tuple[list[Item], int, list[str]]:
         """Decode records in chunks into training items; returns the items, decoded image count and problems."""
-        advance = context.progress(description, len(records))
         rng = np.random.default_rng(seed)  # one generator for the whole set: slices do not repeat a pattern
         items: list[Item] = []
         decoded = 0
         problems: list[str] = []
-        for start in range(0, len(records), self.chunk_size):
-            chunk = list(records[start : start + self.chunk_size])
-            for sample in context.load_samples(chunk):
-                if not sample.ok or sample.image is None:
-                    continue
-                decoded += 1
-                sample_items, found = self._items(sample, rng)
-                items.extend(sample_items)
-                problems.extend(found)
-            advance(len(chunk))
+        for sample in context.decoded_samples(records, description, self.chunk_size):
+            decoded += 1
+            sample_items, found = self._items(sample, rng)
+            items.extend(sample_items)
+            problems.extend(found)
         return items, decoded, problems
 
     def _dataset(self, items: Sequence[Item], transform: Callable[[np.ndarray, np.ndarray, np.ndarray], Item] | None) -> BoxTensorDataset:
@@ -399,12 +381,8 @@ class Detector(TrainableStage):
             A JSON-able summary: head type, classes, image and item (slice) counts, boxes per class,
             annotation problems and the training summary.
         """
-        self.classes = [str(c) for c in context.classes]
-        if not self.classes:
-            raise ValueError(f"{self.name}: the config has no defect classes to detect")
-        annotated = sorted((r for r in train if has_box_annotations(r)), key=lambda r: stable_order_key(self.seed, r.path))
-        if self.max_images is not None:
-            annotated = annotated[: self.max_images]
+        self.take_classes(context, "detect")
+        annotated = self.training_subset(train, has_box_annotations)
         if not any(r.boxes for r in annotated):
             raise ValueError(f"{self.name}: no training record has boxes to learn from")
         val_annotated = [r for r in val if has_box_annotations(r)]
@@ -413,50 +391,34 @@ class Detector(TrainableStage):
         problems.extend(val_problems)
         if not train_items:
             raise ValueError(f"{self.name}: none of the {len(annotated)} annotated training images gave a training item")
-        for problem in problems[:10]:
-            context.log(f"{self.name}: {problem}")
+        self.log_problems(context, problems)
 
-        torch.manual_seed(self.seed)  # FPN and head initialisation
-        self.model = build_detector(self._head_cfg(), len(self.classes), pretrained=self.pretrained)
+        self.fresh_network()
         # Paste first, then augment: pasted lesions are flipped and re-lit with the rest of the image.
         steps = [step for step in (self._copy_paste_step(train_items),) if step is not None]
         if self.augment_cfg is not None:
             steps.append(BoxAugment(self.augment_cfg, self.seed))
         train_ds = self._dataset(train_items, _chain(steps))
         val_ds = self._dataset(val_items, None) if val_items else None
-        training = fit_head(
-            self.model, train_ds, val_ds, None,
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-            progress=context.progress, description=f"{self.name}: train", seed=self.seed,
-            restore_best=val_ds is not None, warmup_steps=self.warmup_steps,
-            collate_fn=collate_boxes, sampler=self._sampler(train_items),
+        training = self.train_network(
+            context, train_ds, val_ds, None,
+            warmup_steps=self.warmup_steps, collate_fn=collate_boxes, sampler=self._sampler(train_items),
         )
-        self.model.eval()
-        self.fitted = True
         labels = np.concatenate([i[2] for i in train_items]) if train_items else np.zeros(0, np.int64)
-        self.summary = {
-            "arch": self.model_cfg["type"],
-            "classes": self.classes,
-            "image_size": list(self.image_size),
-            "train_images": train_decoded,
-            "train_items": len(train_items),
-            "val_images": val_decoded,
-            "val_items": len(val_items),
-            "train_boxes": {c: int((labels == i).sum()) for i, c in enumerate(self.classes)},
-            "train_slices": self.train_slices if isinstance(self.train_slices, dict) else None,
-            "copy_paste": self.copy_paste_cfg,
-            "oversample": self.oversample_cfg,
-            "focal": self.focal,
-            "skipped_unannotated": len(train) - len([r for r in train if has_box_annotations(r)]),
-            "skipped_undecodable": len(annotated) - train_decoded + len(val_annotated) - val_decoded,
-            "annotation_problems": len(problems),
-            "training": training,
-        }
-        context.log(
-            f"{self.name}: trained {self.model_cfg['type']} on {len(train_items)} items from {train_decoded} images "
-            f"(val {len(val_items)}); train loss {training['train_loss']}, best val loss {training['best_val_loss']}"
+        return self.finish_fit(
+            context, training, problems, f"{len(train_items)} items from {train_decoded} images", len(val_items),
+            train_images=train_decoded,
+            train_items=len(train_items),
+            val_images=val_decoded,
+            val_items=len(val_items),
+            train_boxes={c: int((labels == i).sum()) for i, c in enumerate(self.classes)},
+            train_slices=self.train_slices if isinstance(self.train_slices, dict) else None,
+            copy_paste=self.copy_paste_cfg,
+            oversample=self.oversample_cfg,
+            focal=self.focal,
+            skipped_unannotated=len(train) - len([r for r in train if has_box_annotations(r)]),
+            skipped_undecodable=len(annotated) - train_decoded + len(val_annotated) - val_decoded,
         )
-        return self.summary
 
     # ------------------------------------------------------------------ predict
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
@@ -465,16 +427,12 @@ class Detector(TrainableStage):
         Every image is resized to ``image_size`` for the network and its boxes scaled back, so
         images of any size (whole photos, slices) can be mixed in one call.
         """
-        if self.model is None:
-            raise RuntimeError(f"{self.name}: detect before fit or load")
-        self.model.eval()
+        model = self.network("detect").eval()
         height_in, width_in = self.image_size
         out: list[Detections] = []
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start : start + self.batch_size]
-            x = to_input_tensor([self._resize(np.ascontiguousarray(im))[0] for im in batch])
+        for batch, x in self.input_batches(images):
             with torch.no_grad():
-                found = self.model(list(x))
+                found = model(list(x))
             for image, result in zip(batch, found):
                 height, width = image.shape[:2]
                 boxes = result["boxes"].numpy().astype(np.float32)
@@ -488,52 +446,14 @@ class Detector(TrainableStage):
 
     def predict(self, samples: list[Sample]) -> list[Sample]:
         """Set ``instances`` (boxes scoring at least ``min_score``, image coordinates) of active samples."""
-        if self.model is None:
-            raise RuntimeError(f"{self.name}: predict before fit or load")
-        active = [s for s in samples if s.active and s.image is not None]
-        if not active:
-            return samples
+        active = self.active_samples(samples)
         for sample, detections in zip(active, self.detect([s.image for s in active])):
             sample.instances = detections_to_instances(detections, self.classes, self.min_score)
         return samples
 
-    # ------------------------------------------------------------------ state
-    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """The network's weights; head config, classes and image size as JSON."""
-        if self.model is None:
-            raise RuntimeError(f"{self.name}: nothing to save before fit or load")
-        tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
-        extra = {
-            "arch": self.model_cfg["type"],
-            "model": self.model_cfg,
-            "focal": self.focal,
-            "classes": self.classes,
-            "image_size": list(self.image_size),
-            "summary": self.summary,
-        }
-        return tensors, extra
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
-        """Rebuild the network (no ImageNet weights needed) and restore its weights."""
-        self.model_cfg = dict(extra.get("model") or dict(type=extra["arch"]))
-        self.focal = self._focal_options(extra.get("focal"))
-        self.classes = [str(c) for c in extra.get("classes", [])]
-        if not self.classes:
-            raise ValueError(f"{self.name}: saved state has no classes")
-        self.image_size = tuple(int(v) for v in extra.get("image_size", self.image_size))  # type: ignore[assignment]
-        self._resize = Resize(self.image_size)
-        self.summary = dict(extra.get("summary", {}))
-        model = build_detector(self._head_cfg(), len(self.classes), pretrained=False)
-        weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-        model.load_state_dict(weights, strict=True)
-        self.model = model.eval()
-        self.fitted = True
-
     def describe(self) -> dict[str, Any]:
-        """Type, name, head type, classes, image size, min score and the fit summary (without the loss history)."""
-        info: dict[str, Any] = {**super().describe(), "arch": self.model_cfg.get("type"), "image_size": list(self.image_size),
-                                "classes": self.classes, "min_score": self.min_score}
-        return {**info, **{k: v for k, v in self.summary.items() if k not in info and k != "training"}}
+        """Type, name, head type, image size, classes, min score and the fit summary (without the loss history)."""
+        return self.network_description(min_score=self.min_score)
 
 
 __all__ = ["DEFAULT_DETECT_AUGMENT", "DEFAULT_TRAIN_SLICES", "BoxAugment", "Detector", "has_box_annotations"]

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from defectkit.errors import ConfigError
-from defectkit.heads.detector import build_detector
 from defectkit.registry import STAGES, build
 from defectkit.sample import Instance, Record, Sample
 from defectkit.stages.base import FitContext
@@ -198,7 +197,8 @@ def test_copy_paste_and_oversampling_plug_into_training(data) -> None:
 
 def test_focal_options_reach_the_head() -> None:
     stage = Detector(**{**{k: v for k, v in STAGE.items() if k != "type"}, "focal": dict(alpha=0.5, gamma=1.0)})
-    head = build_detector(stage._head_cfg(), 1, pretrained=False).head
+    stage.classes = ["lesion"]
+    head = stage.build_network(pretrained=False).head
     assert (head.alpha, head.gamma) == (0.5, 1.0)
 
 

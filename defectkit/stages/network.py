@@ -1,0 +1,263 @@
+"""The base of stages that own one torch network trained on the config's defect classes.
+
+Such a stage (:class:`~defectkit.stages.detect.Detector`, :class:`~defectkit.stages.segment.Segmenter`)
+keeps its network in ``model``, built from a head config for the classes of ``context.classes``
+and trained by the shared Lightning loop on images resized to ``image_size``. Its state is the
+network's weights under ``model.`` plus what rebuilds it (head config, classes, image size, fit
+summary), so loading needs no ImageNet weights. Subclasses decide what the network learns from
+and what its predictions fill in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from defectkit.data.split import stable_order_key
+from defectkit.data.transforms import Resize
+from defectkit.errors import ConfigError
+from defectkit.heads.backbones import to_input_tensor
+from defectkit.sample import Record
+from defectkit.stages.base import FitContext, TrainableStage
+from defectkit.training import fit_head
+
+
+class NetworkStage(TrainableStage):
+    """A trainable stage owning one torch network, ``model``, for the config's defect classes.
+
+    Subclasses set :attr:`model_types` and :attr:`reserved_model_keys`, implement
+    :meth:`build_network`, ``fit`` (built from :meth:`take_classes`, :meth:`training_subset`,
+    :meth:`fresh_network`, :meth:`train_network` and :meth:`finish_fit`) and ``predict`` (which
+    starts with :meth:`active_samples` and feeds the network :meth:`input_batches`). Settings of
+    their own that rebuilding the network needs go through :meth:`saved_settings` and
+    :meth:`restore_settings`.
+
+    Args:
+        name: Stage name (file stem of its saved state).
+        model: Head config: ``type`` (one of :attr:`model_types`) plus the head's options.
+        image_size: ``(height, width)`` the network sees; multiples of 32.
+        epochs: Training epochs.
+        batch_size: Images per step and per prediction batch.
+        lr: Peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        max_images: Train on at most this many annotated images (a deterministic subset).
+        seed: Seeds the subset, shuffling, augmentation and initialisation.
+        pretrained: Start the backbone from the offline ImageNet weights.
+        chunk_size: Records decoded at once while loading.
+    """
+
+    model_types: Sequence[str] = ()
+    """The head ``type`` names the stage can build."""
+
+    reserved_model_keys: Mapping[str, str] = {}
+    """Head config keys the stage sets itself, each with where its value comes from (for the error)."""
+
+    settings_error: type[ValueError] = ConfigError
+    """Raised for invalid settings."""
+
+    def __init__(
+        self,
+        name: str,
+        model: dict[str, Any],
+        image_size: Sequence[int],
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        weight_decay: float,
+        max_images: int | None,
+        seed: int,
+        pretrained: bool,
+        chunk_size: int,
+    ) -> None:
+        super().__init__(name)
+        kind = type(self).__name__
+        self.model_cfg = dict(model)
+        if self.model_cfg.get("type") not in self.model_types:
+            raise self.settings_error(f"{kind} model type must be one of {list(self.model_types)}, got {self.model_cfg.get('type')!r}")
+        for key, source in self.reserved_model_keys.items():
+            if key in self.model_cfg:
+                raise self.settings_error(f"{kind} model config must not set {key!r} (it comes from {source})")
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        if any(v < 32 or v % 32 for v in self.image_size):
+            raise self.settings_error(f"{kind} image_size must be multiples of 32 (>= 32), got {list(self.image_size)}")
+        if epochs < 1:
+            raise self.settings_error(f"epochs must be >= 1, got {epochs}")
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.max_images = None if max_images is None else int(max_images)
+        self.seed = int(seed)
+        self.pretrained = bool(pretrained)
+        self.chunk_size = max(1, int(chunk_size))
+        self.classes: list[str] = []
+        self.model: torch.nn.Module | None = None
+        self.summary: dict[str, Any] = {}
+        self._resize = Resize(self.image_size)
+
+    def build_network(self, pretrained: bool) -> torch.nn.Module:
+        """A new network for ``model_cfg`` and the classes (ImageNet backbone weights if ``pretrained``)."""
+        raise NotImplementedError
+
+    def saved_settings(self) -> dict[str, Any]:
+        """This stage's own settings that :meth:`build_network` needs, saved beside the weights as JSON."""
+        return {}
+
+    def restore_settings(self, extra: dict[str, Any]) -> None:
+        """Take back what :meth:`saved_settings` saved (before the network is rebuilt)."""
+
+    # ------------------------------------------------------------------ fit
+    def take_classes(self, context: FitContext, task: str) -> None:
+        """The config's defect classes become the network's (``task``, e.g. "detect", names what they are for).
+
+        Raises:
+            ValueError: The config has no defect classes.
+        """
+        self.classes = [str(c) for c in context.classes]
+        if not self.classes:
+            raise ValueError(f"{self.name}: the config has no defect classes to {task}")
+
+    def training_subset(self, records: Sequence[Record], annotated: Callable[[Record], bool]) -> list[Record]:
+        """The ``annotated`` records in a seeded order that does not depend on the input order, at most ``max_images``."""
+        subset = sorted((r for r in records if annotated(r)), key=lambda r: stable_order_key(self.seed, r.path))
+        return subset if self.max_images is None else subset[: self.max_images]
+
+    def log_problems(self, context: FitContext, problems: Sequence[str]) -> None:
+        """Log the first annotation problems (all of them are counted in the summary)."""
+        for problem in problems[:10]:
+            context.log(f"{self.name}: {problem}")
+
+    def fresh_network(self) -> torch.nn.Module:
+        """Build ``model`` to train, seeded so that the layers not taken from ImageNet start the same every run."""
+        torch.manual_seed(self.seed)
+        self.model = self.build_network(pretrained=self.pretrained)
+        return self.model
+
+    def train_network(
+        self,
+        context: FitContext,
+        train: torch.utils.data.Dataset,
+        val: torch.utils.data.Dataset | None,
+        loss_fn: Callable[..., torch.Tensor] | None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Train ``model`` with the shared loop and this stage's settings; returns the loop's summary.
+
+        With validation data the weights of the best validation epoch are kept. ``options`` are
+        further :func:`~defectkit.training.fit_head` arguments (e.g. ``collate_fn``, ``sampler``).
+        """
+        assert self.model is not None, "fresh_network() first"
+        return fit_head(
+            self.model, train, val, loss_fn,
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+            progress=context.progress, description=f"{self.name}: train", seed=self.seed,
+            restore_best=val is not None, **options,
+        )
+
+    def finish_fit(
+        self,
+        context: FitContext,
+        training: dict[str, Any],
+        problems: Sequence[str],
+        trained_on: str,
+        val_count: int,
+        **details: Any,
+    ) -> dict[str, Any]:
+        """Mark the stage fitted, log what it trained on and return its summary.
+
+        Args:
+            context: The fit context (for the log).
+            training: The training loop's summary.
+            problems: Annotation problems found while loading (their count goes in the summary).
+            trained_on: What the network trained on, for the log (e.g. "120 images").
+            val_count: Validation items, for the log.
+            details: The stage's own summary entries, between the architecture, classes and image
+                size and the problem count and training summary.
+        """
+        assert self.model is not None, "fresh_network() first"
+        self.model.eval()
+        self.fitted = True
+        self.summary = {
+            "arch": self.model_cfg["type"],
+            "classes": self.classes,
+            "image_size": list(self.image_size),
+            **details,
+            "annotation_problems": len(problems),
+            "training": training,
+        }
+        context.log(
+            f"{self.name}: trained {self.model_cfg['type']} on {trained_on} "
+            f"(val {val_count}); train loss {training['train_loss']}, best val loss {training['best_val_loss']}"
+        )
+        return self.summary
+
+    # ------------------------------------------------------------------ predict
+    def network(self, action: str = "predict") -> torch.nn.Module:
+        """The trained network.
+
+        Args:
+            action: What needs it, for the error: ``"<action> before fit or load"``.
+
+        Raises:
+            RuntimeError: The stage was neither fitted nor loaded.
+        """
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: {action} before fit or load")
+        return self.model
+
+    def ready_to_predict(self) -> bool:
+        """Whether there is a network to predict with (fitted or loaded)."""
+        return self.model is not None
+
+    def input_batches(self, images: Sequence[np.ndarray]) -> Iterator[tuple[Sequence[np.ndarray], torch.Tensor]]:
+        """HxWx3 uint8 images ``batch_size`` at a time, each batch with its network input (NCHW at ``image_size``)."""
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start : start + self.batch_size]
+            yield batch, to_input_tensor([self._resize(np.ascontiguousarray(im))[0] for im in batch])
+
+    # ------------------------------------------------------------------ state
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The network's weights; head config, :meth:`saved_settings`, classes, image size and fit summary as JSON."""
+        model = self.network("nothing to save")
+        tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+        extra = {
+            "arch": self.model_cfg["type"],
+            "model": self.model_cfg,
+            **self.saved_settings(),
+            "classes": self.classes,
+            "image_size": list(self.image_size),
+            "summary": self.summary,
+        }
+        return tensors, extra
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        """Rebuild the network (no ImageNet weights needed) and restore its weights."""
+        self.model_cfg = dict(extra.get("model") or dict(type=extra["arch"]))
+        self.restore_settings(extra)
+        self.classes = [str(c) for c in extra.get("classes", [])]
+        if not self.classes:
+            raise ValueError(f"{self.name}: saved state has no classes")
+        self.image_size = tuple(int(v) for v in extra.get("image_size", self.image_size))  # type: ignore[assignment]
+        self._resize = Resize(self.image_size)
+        self.summary = dict(extra.get("summary", {}))
+        model = self.build_network(pretrained=False)
+        weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        model.load_state_dict(weights, strict=True)
+        self.model = model.eval()
+        self.fitted = True
+
+    def describe(self) -> dict[str, Any]:
+        """Type, name, architecture, image size, classes and the fit summary (without the loss history)."""
+        return self.network_description()
+
+    def network_description(self, **settings: Any) -> dict[str, Any]:
+        """:meth:`describe` with the stage's own ``settings`` after the classes."""
+        info: dict[str, Any] = {**super().describe(), "arch": self.model_cfg.get("type"), "image_size": list(self.image_size),
+                                "classes": self.classes, **settings}
+        return {**info, **{k: v for k, v in self.summary.items() if k not in info and k != "training"}}
+
+
+__all__ = ["NetworkStage"]
