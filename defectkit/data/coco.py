@@ -6,7 +6,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,8 +158,81 @@ def coco_polygons(segmentation: Any, height: int, width: int) -> list[Any]:
     return polygons
 
 
+class CocoFileLayout:
+    """What every reader of one COCO annotation file shares: its settings, opening it, and walking its image list.
+
+    Mixed into :class:`~defectkit.data.class_mapped.ClassMappedDataset` subclasses (it uses their
+    ``check_root``, ``layout_error``, ``resolve`` and ``report``); :meth:`set_coco_layout` goes in
+    ``__init__``.
+    """
+
+    ann_file: str
+    image_dir: str
+    crowd: str
+
+    def set_coco_layout(self, ann_file: str, image_dir: str | None, crowd: str, crowd_modes: Sequence[str]) -> None:
+        """Check and keep the annotation file, image folder (default: the file's folder) and crowd mode.
+
+        Raises:
+            ConfigError: A path that is absolute or leaves the data root, or an unknown crowd mode.
+        """
+        reader = type(self).__name__
+        for name, value in (("ann_file", ann_file), ("image_dir", image_dir)):
+            if value is not None and (os.path.isabs(value) or ".." in Path(value).parts):
+                raise ConfigError(f"{reader}: {name} must be relative to the data root, got {value!r}")
+        if crowd not in crowd_modes:
+            raise ConfigError(f"{reader}: crowd must be one of {tuple(crowd_modes)}, got {crowd!r}")
+        self.ann_file = ann_file
+        self.image_dir = os.path.dirname(ann_file) if image_dir is None else image_dir
+        self.crowd = crowd
+
+    def layout_details(self) -> str:
+        return f"ann_file={self.ann_file!r}, image_dir={self.image_dir!r}"
+
+    def open_annotations(self) -> tuple[Path, CocoIndex]:
+        """The annotation file's path and its index.
+
+        Raises:
+            DataError: Missing root or annotation file, or a file that is not COCO.
+        """
+        root = self.check_root()  # type: ignore[attr-defined]
+        ann_path = root / self.ann_file
+        if not ann_path.is_file():
+            raise self.layout_error(f"annotation file {self.ann_file} not found")  # type: ignore[attr-defined]
+        return ann_path, load_coco(ann_path)
+
+    def listed_images(self, index: CocoIndex, ann_path: Path) -> Iterator[tuple[Any, dict[str, Any], Path, str]]:
+        """``(image id, entry, image path, where)`` for each listed image file that exists, once each.
+
+        Entries outside the root, listed twice or missing are reported and skipped; once the list is
+        exhausted, image files in the image folder that the annotation file does not list are
+        reported too. ``where`` names the entry for messages.
+        """
+        listed: set[Path] = set()
+        for image_id, entry in index.images.items():
+            where = f"{ann_path} image {image_id!r} ({entry['file_name']})"
+            try:
+                image = self.resolve(os.path.join(self.image_dir, str(entry["file_name"])))  # type: ignore[attr-defined]
+            except DataError as exc:
+                self.report("outside_root", where, f"{exc}; image skipped")  # type: ignore[attr-defined]
+                continue
+            if image in listed:
+                self.report("duplicate_image", where, "file listed twice under different ids; first kept")  # type: ignore[attr-defined]
+                continue
+            listed.add(image)
+            if not image.is_file():
+                self.report("missing_image", where, f"image file {image} not found; skipped")  # type: ignore[attr-defined]
+                continue
+            yield image_id, entry, image, where
+        image_root = self.check_root() / self.image_dir  # type: ignore[attr-defined]
+        if image_root.is_dir():
+            for path in sorted(image_root.iterdir()):
+                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and path not in listed:
+                    self.report("missing_label", path, f"image not listed in {self.ann_file}; ignored")  # type: ignore[attr-defined]
+
+
 @DATASETS.register_module()
-class CocoSegmentation(ClassMappedDataset):
+class CocoSegmentation(CocoFileLayout, ClassMappedDataset):
     """COCO instance segmentation (polygons or RLE) as per-class polygons.
 
     Category names go through ``label_map`` (None: category name = class name). Crowd annotations
@@ -207,17 +280,7 @@ class CocoSegmentation(ClassMappedDataset):
         image_classes: Sequence[str] = ("normal", "defect"),
     ) -> None:
         super().__init__(data_root, classes, label_map, group_pattern, image_classes)
-        for name, value in (("ann_file", ann_file), ("image_dir", image_dir)):
-            if value is not None and (os.path.isabs(value) or ".." in Path(value).parts):
-                raise ConfigError(f"CocoSegmentation: {name} must be relative to the data root, got {value!r}")
-        if crowd not in CROWD_MODES:
-            raise ConfigError(f"CocoSegmentation: crowd must be one of {CROWD_MODES}, got {crowd!r}")
-        self.ann_file = ann_file
-        self.image_dir = os.path.dirname(ann_file) if image_dir is None else image_dir
-        self.crowd = crowd
-
-    def layout_details(self) -> str:
-        return f"ann_file={self.ann_file!r}, image_dir={self.image_dir!r}"
+        self.set_coco_layout(ann_file, image_dir, crowd, CROWD_MODES)
 
     def records(self, split: str | None = None) -> list[Record]:
         """Every listed image whose file exists, sorted by path; the rest is in ``problems``.
@@ -227,37 +290,14 @@ class CocoSegmentation(ClassMappedDataset):
         """
         self.check_split(split)
         self.start()
-        root = self.check_root()
-        ann_path = root / self.ann_file
-        if not ann_path.is_file():
-            raise self.layout_error(f"annotation file {self.ann_file} not found")
-        index = load_coco(ann_path)
+        ann_path, index = self.open_annotations()
         for kind, message in index.problems:
             self.report(kind, ann_path, message.removeprefix(f"{ann_path}: "))
         records: list[Record] = []
-        listed: set[Path] = set()
-        for image_id, entry in index.images.items():
-            where = f"{ann_path} image {image_id!r} ({entry['file_name']})"
-            try:
-                image = self.resolve(os.path.join(self.image_dir, str(entry["file_name"])))
-            except DataError as exc:
-                self.report("outside_root", where, f"{exc}; image skipped")
-                continue
-            if image in listed:
-                self.report("duplicate_image", where, "file listed twice under different ids; first kept")
-                continue
-            listed.add(image)
-            if not image.is_file():
-                self.report("missing_image", where, f"image file {image} not found; skipped")
-                continue
+        for image_id, entry, image, where in self.listed_images(index, ann_path):
             record = self._record(image, entry, index, where)
             if record is not None:
                 records.append(record)
-        image_root = root / self.image_dir
-        if image_root.is_dir():
-            for entry in sorted(image_root.iterdir()):
-                if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES and entry not in listed:
-                    self.report("missing_label", entry, f"image not listed in {self.ann_file}; ignored")
         return self.finish(records, f"no usable image listed in {self.ann_file}")
 
     def _record(self, image: Path, entry: dict[str, Any], index: CocoIndex, where: str) -> Record | None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from defectkit.data.box_dataset import DEFAULT_MAX_OVERSHOOT, Box, BoxDataset
 from defectkit.data.class_mapped import parse_size
-from defectkit.data.coco import CocoIndex, coco_bbox_xyxy, load_coco
-from defectkit.errors import ConfigError, DataError
-from defectkit.io.images import IMAGE_SUFFIXES
+from defectkit.data.coco import CocoFileLayout, CocoIndex, coco_bbox_xyxy
+from defectkit.errors import DataError
 from defectkit.registry import DATASETS
 from defectkit.sample import Record
 
@@ -20,7 +18,7 @@ BOX_CROWD_MODES = ("keep", "skip")
 
 
 @DATASETS.register_module()
-class CocoBoxes(BoxDataset):
+class CocoBoxes(CocoFileLayout, BoxDataset):
     """COCO object detection: the ``bbox`` of every annotation, as per-image boxes.
 
     Category names go through ``label_map`` (None: category name = class name). Images listed
@@ -78,17 +76,7 @@ class CocoBoxes(BoxDataset):
         image_classes: Sequence[str] = ("normal", "defect"),
     ) -> None:
         super().__init__(data_root, classes, label_map, group_pattern, max_overshoot, image_classes)
-        for name, value in (("ann_file", ann_file), ("image_dir", image_dir)):
-            if value is not None and (os.path.isabs(value) or ".." in Path(value).parts):
-                raise ConfigError(f"CocoBoxes: {name} must be relative to the data root, got {value!r}")
-        if crowd not in BOX_CROWD_MODES:
-            raise ConfigError(f"CocoBoxes: crowd must be one of {BOX_CROWD_MODES}, got {crowd!r}")
-        self.ann_file = ann_file
-        self.image_dir = os.path.dirname(ann_file) if image_dir is None else image_dir
-        self.crowd = crowd
-
-    def layout_details(self) -> str:
-        return f"ann_file={self.ann_file!r}, image_dir={self.image_dir!r}"
+        self.set_coco_layout(ann_file, image_dir, crowd, BOX_CROWD_MODES)
 
     def records(self, split: str | None = None) -> list[Record]:
         """Every listed image whose file exists, sorted by path; missing files are noted in ``problems``.
@@ -98,41 +86,18 @@ class CocoBoxes(BoxDataset):
         """
         self.check_split(split)
         self.start()
-        root = self.check_root()
-        ann_path = root / self.ann_file
-        if not ann_path.is_file():
-            raise self.layout_error(f"annotation file {self.ann_file} not found")
-        index = load_coco(ann_path)
+        ann_path, index = self.open_annotations()
         if index.problems:
             # load_coco notes what it would skip; for boxes a skipped entry is a wrong evaluation.
             first = index.problems[0][1].rsplit("; ", 1)[0]
             more = f" (and {len(index.problems) - 1} more such problems)" if len(index.problems) > 1 else ""
             raise DataError(f"{first}{more}; fix the annotation file")
         records: list[Record] = []
-        listed: set[Path] = set()
-        for image_id, entry in index.images.items():
-            where = f"{ann_path} image {image_id!r} ({entry['file_name']})"
-            try:
-                image = self.resolve(os.path.join(self.image_dir, str(entry["file_name"])))
-            except DataError as exc:
-                self.report("outside_root", where, f"{exc}; image skipped")
-                continue
-            if image in listed:
-                self.report("duplicate_image", where, "file listed twice under different ids; first kept")
-                continue
-            listed.add(image)
-            if not image.is_file():
-                self.report("missing_image", where, f"image file {image} not found; skipped")
-                continue
+        for image_id, entry, image, where in self.listed_images(index, ann_path):
             size = parse_size(entry.get("width"), entry.get("height")) or self.image_size(image)
             if size is not None:
                 boxes = self._boxes(index, image_id, size, where)
                 records.append(self.make_box_record(image, boxes, size, meta={"image_id": image_id}))
-        image_root = root / self.image_dir
-        if image_root.is_dir():
-            for entry in sorted(image_root.iterdir()):
-                if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES and entry not in listed:
-                    self.report("missing_label", entry, f"image not listed in {self.ann_file}; ignored")
         return self.finish(records, f"no usable image listed in {self.ann_file}")
 
     def _boxes(self, index: CocoIndex, image_id: Any, size: tuple[int, int], where: str) -> list[Box]:

@@ -135,9 +135,7 @@ class RoiCrop(WrappingStage):
     # ------------------------------------------------------------------ predict
     def predict(self, samples: list[Sample]) -> list[Sample]:
         """Run the inner stage on each active sample's region of interest; results in image coordinates."""
-        if not self.fitted:
-            raise RuntimeError(f"{self.name}: predict before fit or load")
-        active = [s for s in samples if s.active and s.image is not None]
+        active = self.active_samples(samples)
         if not active:
             return samples
         boxes = [self.given_box(s) for s in active]

@@ -251,9 +251,7 @@ class Tiling(WrappingStage):
 
     def predict(self, samples: list[Sample]) -> list[Sample]:
         """Set ``instances`` (detector) or ``prob_maps`` and ``map_classes`` (segmenter) of active samples."""
-        if not self.fitted:
-            raise RuntimeError(f"{self.name}: predict before fit or load")
-        active = [s for s in samples if s.active and s.image is not None]
+        active = self.active_samples(samples)
         if not active:
             return samples
         images = [s.image for s in active]
