@@ -17,14 +17,27 @@ import numpy as np
 import torch
 
 from defectkit.data.split import stable_order_key
+from defectkit.errors import ConfigError
 from defectkit.evaluation.thresholds import THRESHOLD_METRICS, best_threshold
 from defectkit.heads.anomaly import pooled_features
 from defectkit.heads.backbones import create_feature_extractor, to_input_tensor
 from defectkit.registry import HEADS, STAGES, build
 from defectkit.sample import Record, Sample
 from defectkit.stages.base import FitContext, TrainableStage
+from defectkit.tiling import Window, overlap_pair, slice_size_pair, slice_windows, stitch_maps
 
 _EPS = 1e-6
+
+
+def _tile_options(tiles: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``{"slice_size": [h, w], "overlap": [a, b]}`` from a ``tiles`` option (None stays None)."""
+    if tiles is None:
+        return None
+    if not isinstance(tiles, dict) or "slice_size" not in tiles or set(tiles) - {"slice_size", "overlap"}:
+        raise ConfigError(f"AnomalyGate tiles must be dict(slice_size=(h, w), overlap=0.2) or None, got {tiles!r}")
+    return {"slice_size": list(slice_size_pair(tiles["slice_size"])), "overlap": list(overlap_pair(tiles.get("overlap", 0.2)))}
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     """Numerically stable logistic function."""
     return 0.5 * (1.0 + np.tanh(0.5 * x))
@@ -67,6 +80,13 @@ class AnomalyGate(TrainableStage):
         match_class_ratio: Weight the calibration images so that defects and normals count in the
             proportion of the labelled train+val records (the calibration set itself is defect-heavy,
             and macro F1's best threshold depends on the class proportion).
+        tiles: ``dict(slice_size=(h, w), overlap=0.2)`` to score overlapping windows of each image,
+            each resized to ``image_size``, instead of the whole image (small defects on large
+            images): the memory bank holds the windows of normal images, an image's score is its
+            highest window score (so the threshold is calibrated on exactly what prediction
+            computes), and the window maps are blended without seams. A
+            :class:`~defectkit.stages.tiling.Tiling` stage around the gate sets it from its own
+            slicing. None: whole images.
         seed: Seeds every subset choice.
         name: Stage name (file stem of its saved state).
 
@@ -91,6 +111,7 @@ class AnomalyGate(TrainableStage):
         map_sharpness: float = 4.0,
         no_defect_quantile: float = 0.99,
         match_class_ratio: bool = True,
+        tiles: dict[str, Any] | None = None,
         seed: int = 0,
         name: str | None = None,
     ) -> None:
@@ -111,6 +132,7 @@ class AnomalyGate(TrainableStage):
         self.map_sharpness = float(map_sharpness)
         self.no_defect_quantile = float(no_defect_quantile)
         self.match_class_ratio = bool(match_class_ratio)
+        self.tiles = _tile_options(tiles)
         self._defect_weight = 1.0
         self.seed = int(seed)
         self.model = build(HEADS, self.model_cfg)
@@ -161,6 +183,66 @@ class AnomalyGate(TrainableStage):
         chosen = [r for c, q in zip(cats, quota) for r in by_cat[c][:q]]
         return sorted(chosen, key=lambda r: stable_order_key(self.seed, r.path))
 
+    def configure_tiling(self, slice_size: Sequence[int] | None, overlap: Sequence[float] = (0.2, 0.2)) -> None:
+        """Score windows of ``slice_size`` (``(height, width)``, overlap ratios) from now on; None: whole images.
+
+        Called by a Tiling stage around the gate before ``fit``: the threshold is then calibrated on
+        window scores, so it must not change after fitting (a loaded gate keeps its saved tiling).
+        """
+        self.tiles = None if slice_size is None else _tile_options(dict(slice_size=slice_size, overlap=overlap))
+
+    def _windows(self, image: np.ndarray) -> list[Window]:
+        height, width = image.shape[:2]
+        if self.tiles is None:
+            return [(0, 0, width, height)]
+        return slice_windows(height, width, *self.tiles["slice_size"], *self.tiles["overlap"])
+
+    def _embed_images(
+        self, images: Sequence[np.ndarray], collect: bool, want_pooled: bool, want_maps: bool
+    ) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray]]:
+        """Run the head over every view (the image, or its windows) of HxWx3 uint8 images.
+
+        With ``collect`` the views' embeddings go into the model (nothing is scored). Otherwise
+        each image gets the highest score of its views, the element-wise maximum of their pooled
+        features (if ``want_pooled``) and, if ``want_maps``, its log anomaly map at the image's
+        resolution, window maps blended.
+
+        Returns:
+            Scores (empty when collecting), pooled features or None, and log maps (or ``[]``).
+        """
+        windows = [self._windows(image) for image in images]
+        jobs = [(i, window) for i, image_windows in enumerate(windows) for window in image_windows]
+        scores = np.full(len(images), -np.inf)
+        pooled: list[np.ndarray | None] = [None] * len(images)
+        view_maps: list[list[np.ndarray]] = [[] for _ in images]
+        for b in range(0, len(jobs), self.batch_size):
+            batch = jobs[b : b + self.batch_size]
+            views = [np.ascontiguousarray(images[i][y1:y2, x1:x2]) for i, (x1, y1, x2, y2) in batch]
+            x = self._to_tensor(views)
+            with torch.no_grad():
+                emb = self.model.extract(x)
+                if collect:
+                    self.model.collect(emb)
+                else:
+                    view_scores, amaps = self.model.score_embedding(emb, x.shape[-2:])
+            features = self._supervised_features(views, emb) if want_pooled else None
+            for k, (i, (x1, y1, x2, y2)) in enumerate(batch):
+                if features is not None:
+                    pooled[i] = features[k] if pooled[i] is None else np.maximum(pooled[i], features[k])
+                if collect:
+                    continue
+                scores[i] = max(scores[i], float(view_scores[k]))
+                if want_maps:
+                    log_map = torch.log(amaps[k].clamp_min(0) + _EPS).numpy()
+                    view_maps[i].append(cv2.resize(log_map, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)[None])
+        maps = []
+        for image, image_windows, image_maps in zip(images, windows, view_maps):
+            if image_maps:
+                height, width = image.shape[:2]
+                maps.append(image_maps[0][0] if len(image_maps) == 1 else stitch_maps(image_maps, image_windows, height, width)[0])
+        pooled_arr = np.stack(pooled) if want_pooled and images else None
+        return (np.zeros(0) if collect else scores), pooled_arr, maps
+
     def _embed_records(
         self, records: Sequence[Record], context: FitContext, description: str, collect: bool, want_pooled: bool
     ) -> tuple[list[Record], np.ndarray, np.ndarray | None]:
@@ -170,27 +252,25 @@ class AnomalyGate(TrainableStage):
             The records that decoded, their anomaly scores (empty when collecting) and, if asked,
             their pooled features.
         """
-        advance = context.progress(description, len(records))
         kept: list[Record] = []
         scores: list[np.ndarray] = []
         pooled: list[np.ndarray] = []
-        for start in range(0, len(records), self.chunk_size):
-            chunk = list(records[start : start + self.chunk_size])
-            samples = [s for s in context.load_samples(chunk) if s.ok and s.image is not None]
-            for b in range(0, len(samples), self.batch_size):
-                batch = samples[b : b + self.batch_size]
-                x = self._to_tensor([s.image for s in batch])
-                with torch.no_grad():
-                    emb = self.model.extract(x)
-                    if collect:
-                        self.model.collect(emb)
-                    else:
-                        s, _ = self.model.score_embedding(emb, x.shape[-2:])
-                        scores.append(s.double().numpy())
-                if want_pooled:
-                    pooled.append(self._supervised_features([s.image for s in batch], emb))
-                kept.extend(sample.record for sample in batch)
-            advance(len(chunk))
+        chunk: list[Sample] = []
+
+        def embed_chunk() -> None:
+            chunk_scores, chunk_pooled, _ = self._embed_images([s.image for s in chunk], collect, want_pooled, False)
+            scores.append(chunk_scores)
+            if chunk_pooled is not None:
+                pooled.append(chunk_pooled)
+            kept.extend(s.record for s in chunk)
+            chunk.clear()
+
+        for sample in context.decoded_samples(records, description, self.chunk_size):
+            chunk.append(sample)
+            if len(chunk) == self.chunk_size:
+                embed_chunk()
+        if chunk:
+            embed_chunk()
         score_arr = np.concatenate(scores) if scores else np.zeros(0)
         pooled_arr = np.concatenate(pooled) if pooled else None
         return kept, score_arr, pooled_arr
@@ -323,26 +403,15 @@ class AnomalyGate(TrainableStage):
 
     def score_images(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """Gate scores, raw anomaly scores and [0, 1] anomaly maps (image resolution) of HxWx3 uint8 images."""
-        gate, raw, maps = [], [], []
-        for b in range(0, len(images), self.batch_size):
-            batch = images[b : b + self.batch_size]
-            x = self._to_tensor(batch)
-            with torch.no_grad():
-                emb = self.model.extract(x)
-                scores, amaps = self.model.score_embedding(emb, x.shape[-2:])
-            pooled = self._supervised_features(batch, emb) if self.decision is not None else None
-            scores = scores.double().numpy()
-            gate.append(_sigmoid(self._gate_logit(np.log(scores + _EPS), pooled)))
-            raw.append(scores)
-            log_maps = torch.log(amaps.clamp_min(0) + _EPS).numpy()
-            for image, log_map in zip(batch, log_maps):
-                h, w = image.shape[:2]
-                resized = cv2.resize(log_map, (w, h), interpolation=cv2.INTER_LINEAR)
-                prob = _sigmoid(self.map_sharpness * (resized.astype(np.float64) - self.anomaly_threshold))
-                maps.append(prob.astype(np.float32)[None])
-        if not gate:
+        if not images:
             return np.zeros(0), np.zeros(0), []
-        return np.concatenate(gate), np.concatenate(raw), maps
+        scores, pooled, log_maps = self._embed_images(images, False, self.decision is not None, True)
+        gate = _sigmoid(self._gate_logit(np.log(scores + _EPS), pooled))
+        maps = [
+            _sigmoid(self.map_sharpness * (log_map.astype(np.float64) - self.anomaly_threshold)).astype(np.float32)[None]
+            for log_map in log_maps
+        ]
+        return gate, scores, maps
 
     def predict(self, samples: list[Sample]) -> list[Sample]:
         """Set ``gate_score``, ``gate_label``, ``finished`` (normal images) and ``prob_maps`` on each sample."""
@@ -379,6 +448,7 @@ class AnomalyGate(TrainableStage):
             "map_sharpness": self.map_sharpness,
             "supervised": self.decision is not None,
             "supervised_cfg": self.supervised_cfg,
+            "tiles": self.tiles,
             "summary": self.summary,
         }
         return tensors, extra
@@ -389,6 +459,7 @@ class AnomalyGate(TrainableStage):
         self.image_size = tuple(int(v) for v in extra.get("image_size", self.image_size))
         self.map_sharpness = float(extra.get("map_sharpness", self.map_sharpness))
         self.supervised_cfg = extra.get("supervised_cfg", self.supervised_cfg)
+        self.tiles = _tile_options(extra.get("tiles"))  # the threshold was calibrated on this tiling
         self._sup_extractor = None
         self.model = build(HEADS, self.model_cfg).eval()
         buffers = dict(self.model.named_buffers())
@@ -408,4 +479,5 @@ class AnomalyGate(TrainableStage):
 
     def describe(self) -> dict[str, Any]:
         """Type, name, head config and the fit summary."""
-        return {**super().describe(), "model": self.model_cfg, "image_size": list(self.image_size), **self.summary}
+        return {**super().describe(), "model": self.model_cfg, "image_size": list(self.image_size), "tiles": self.tiles,
+                **self.summary}

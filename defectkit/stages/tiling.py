@@ -22,9 +22,12 @@ Inner-stage protocol (duck-typed; any object with these methods works, registere
   ``(height, width)`` slice size and overlap ratios so training uses the windows prediction uses
   (:func:`defectkit.tiling.slice_training_items`).
 
-The anomaly gate is not wrapped: its scores and threshold are calibrated on whole images resized to
-its input size, so per-window scores would be judged against a threshold they were never
-calibrated for, and its per-image decision (``finished``) has no per-window meaning.
+* Anomaly gate: ``configure_tiling(slice_size, overlap)`` and ``predict(samples)``. A gate's
+  threshold is calibrated on the scores it computes, so the windows cannot be cut outside it: this
+  stage hands the gate its slicing before ``fit`` and the gate scores every window of an image
+  itself (memory bank of normal windows, image score = highest window score, window maps blended
+  without seams; :class:`~defectkit.stages.anomaly_gate.AnomalyGate` ``tiles``). The saved gate
+  keeps the tiling it was calibrated with.
 """
 
 from __future__ import annotations
@@ -56,24 +59,23 @@ its other half and with the whole-image box, without chaining neighbouring defec
 
 
 def _inner_kind(inner: Any) -> str:
-    """``"detector"`` or ``"segmenter"`` by the methods ``inner`` has."""
+    """``"detector"``, ``"segmenter"`` or ``"gate"`` by the methods ``inner`` has."""
     if callable(getattr(inner, "detect", None)):
         return "detector"
     if callable(getattr(inner, "probability_maps", None)):
         return "segmenter"
-    gate_hint = (
-        " (the anomaly gate is calibrated on whole images and cannot be tiled)"
-        if callable(getattr(inner, "score_images", None)) else ""
-    )
+    if callable(getattr(inner, "configure_tiling", None)) and callable(getattr(inner, "predict", None)):
+        return "gate"
     raise ConfigError(
-        f"Tiling inner stage {type(inner).__name__} is neither a detector (detect(images) -> list[Detections]) "
-        f"nor a segmenter (probability_maps(images) -> list of CxHxW maps){gate_hint}"
+        f"Tiling inner stage {type(inner).__name__} is neither a detector (detect(images) -> list[Detections]), "
+        f"a segmenter (probability_maps(images) -> list of CxHxW maps) nor a gate that tiles itself "
+        f"(configure_tiling(slice_size, overlap))"
     )
 
 
 @STAGES.register_module()
 class Tiling(WrappingStage):
-    """Run a detector or segmenter on overlapping windows of each image and reassemble the results.
+    """Run a detector, segmenter or anomaly gate on overlapping windows of each image and reassemble the results.
 
     Fitting, saved state and ``fitted`` are the inner stage's (:class:`WrappingStage`).
 
@@ -138,8 +140,8 @@ class Tiling(WrappingStage):
         self.enabled = bool(enabled)
         super().__init__(inner, name or "tiling")
         self.kind = _inner_kind(self.inner)
-        if self.kind == "segmenter" and full_image:
-            raise ConfigError("Tiling full_image applies to detectors only; a segmenter's window maps are blended on their own")
+        if self.kind != "detector" and full_image:
+            raise ConfigError(f"Tiling full_image applies to detectors only; a {self.kind}'s window maps are blended on their own")
         self.full_image = self.kind == "detector" if full_image is None else bool(full_image)
 
     # ------------------------------------------------------------------ configuration
@@ -250,7 +252,14 @@ class Tiling(WrappingStage):
         return out
 
     def predict(self, samples: list[Sample]) -> list[Sample]:
-        """Set ``instances`` (detector) or ``prob_maps`` and ``map_classes`` (segmenter) of active samples."""
+        """Set ``instances`` (detector) or ``prob_maps`` and ``map_classes`` (segmenter) of active samples.
+
+        A gate inside tiles itself (module docstring): its own ``predict`` runs.
+        """
+        if self.kind == "gate":
+            if not self.fitted:
+                raise RuntimeError(f"{self.name}: predict before fit or load")
+            return self.inner.predict(samples)
         active = self.active_samples(samples)
         if not active:
             return samples
@@ -268,6 +277,9 @@ class Tiling(WrappingStage):
     # ------------------------------------------------------------------ fit
     def prepare_inner_fit(self) -> None:
         """Give an inner stage that trains on slices (``configure_slicing``) this stage's windows."""
+        if self.kind == "gate":
+            self.inner.configure_tiling(self.slice_size if self.enabled else None, self.overlap)
+            return
         configure = getattr(self.inner, "configure_slicing", None)
         if callable(configure) and self.enabled:
             configure(self.slice_size, self.overlap)

@@ -144,6 +144,51 @@ def test_gate_skips_undecodable_images_and_limits_defects(data, tmp_path) -> Non
     assert summary["supervised"] is False
 
 
+TILED_GATE = dict(GATE, image_size=(32, 32), tiles=dict(slice_size=(32, 32), overlap=0.25))
+
+
+@pytest.fixture(scope="module")
+def tiled(data) -> AnomalyGate:
+    gate = build(STAGES, dict(TILED_GATE))
+    gate.fit(data["train"], data["val"], FitContext(work_dir=Path(data["root"][0].path), load_samples=load_samples))
+    return gate
+
+
+def test_tiled_gate_scores_an_image_by_its_most_anomalous_window(tiled, data) -> None:
+    image = load_samples(data["test"][-1:])[0].image
+    windows = tiled._windows(image)
+    assert len(windows) == 9  # 32 px windows, 24 px apart, over 64 px
+    _, tiled_raw, _ = tiled.score_images([image])
+    tiled.tiles = None
+    try:
+        _, window_raw, _ = tiled.score_images([np.ascontiguousarray(image[y1:y2, x1:x2]) for x1, y1, x2, y2 in windows])
+    finally:
+        tiled.configure_tiling((32, 32), (0.25, 0.25))
+    assert tiled_raw[0] == pytest.approx(window_raw.max())
+
+
+def test_tiled_gate_separates_defects_with_maps_at_image_resolution(tiled, data) -> None:
+    samples = tiled.predict(load_samples(data["test"]))
+    assert [int(s.gate_label == "defect") for s in samples] == [s.record.label for s in samples]
+    assert all(s.prob_maps.shape == (1, SIZE, SIZE) for s in samples)
+    assert tiled.summary["bank_images"] == 12  # images, each contributing its nine windows
+
+
+def test_tiled_gate_keeps_its_calibrated_tiling_when_loaded(tiled, data, tmp_path) -> None:
+    tiled.save(tmp_path)
+    reloaded = build(STAGES, dict(GATE))  # config without tiles: the saved calibration decides
+    reloaded.load(tmp_path)
+    assert reloaded.tiles == {"slice_size": [32, 32], "overlap": [0.25, 0.25]}
+    a = tiled.predict(load_samples(data["test"]))
+    b = reloaded.predict(load_samples(data["test"]))
+    assert [s.gate_score for s in a] == [s.gate_score for s in b]
+
+
+def test_bad_tiles_option_names_the_valid_form() -> None:
+    with pytest.raises(ValueError, match=r"tiles must be dict\(slice_size"):
+        build(STAGES, dict(GATE, tiles=dict(size=32)))
+
+
 def test_best_threshold_maximises_macro_f1() -> None:
     scores = np.array([0.1, 0.2, 0.3, 0.8, 0.9, 0.35])
     labels = np.array([0, 0, 0, 1, 1, 1])

@@ -295,6 +295,30 @@ def test_a_pipeline_fits_saves_and_reloads_a_tiling_detector(tmp_path):
     assert torch.equal(restored.stages[0].inner.weight, torch.tensor([1.0, 2.0, 3.0]))
 
 
+def test_a_tiled_anomaly_gate_is_fitted_and_calibrated_on_the_stages_windows(tmp_path):
+    rng = np.random.default_rng(0)
+    records, images = [], {}
+    for i in range(16):
+        image = rng.integers(100, 120, (64, 96, 3), dtype=np.uint8)
+        label = int(i >= 10)
+        if label:
+            y, x = rng.integers(4, 50, 2)
+            image[y : y + 8, x : x + 8] = 255
+        path = str(tmp_path / f"{i}.png")
+        images[path] = image
+        records.append(Record(path=path, label=label))
+    context = FitContext(work_dir=tmp_path, load_samples=lambda recs: [Sample(record=r, image=images[r.path]) for r in recs])
+    gate = dict(type="AnomalyGate", model=dict(type="PatchCore", layers=(2, 3), coreset_size=200), image_size=(32, 32))
+    tiling = build(STAGES, dict(type="Tiling", inner=gate, slice_size=32, overlap=0.25))
+    assert tiling.kind == "gate"
+    with pytest.raises(RuntimeError, match="before fit"):
+        tiling.predict(samples_of(images[records[0].path]))
+    tiling.fit(records[:12], records[12:14], context)
+    assert tiling.inner.tiles == {"slice_size": [32, 32], "overlap": [0.25, 0.25]}
+    sample = tiling.predict([Sample(record=records[-1], image=images[records[-1].path])])[0]
+    assert sample.prob_maps.shape == (1, 64, 96) and sample.gate_label in ("normal", "defect")
+
+
 def test_predict_before_fit_is_an_error():
     with pytest.raises(RuntimeError, match="before fit"):
         Tiling(inner=TrainableBrightBoxDetector()).predict(samples_of(image_with(10, 10)))
@@ -311,7 +335,7 @@ class GateLike:
     [
         (dict(), "needs inner"),
         (dict(inner=object()), "neither a detector"),
-        (dict(inner=GateLike()), "anomaly gate"),
+        (dict(inner=GateLike()), "gate that tiles itself"),
         (dict(inner=dict(type="Tiling")), "cannot wrap another Tiling"),
         (dict(inner=AlternatingSegmenter(), full_image=True), "detectors only"),
         (dict(inner=BrightBoxDetector(), overlap=1.0), r"\[0, 1\)"),
