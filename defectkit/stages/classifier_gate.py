@@ -304,7 +304,7 @@ class ClassifierGate(TrainableStage):
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
             progress=context.progress, description=f"{self.name}: train", seed=self.seed,
             frozen=lambda name: not name.startswith("classifier."), freeze_epochs=self.freeze_backbone_epochs,
-            restore_best=val_ds is not None,
+            restore_best=val_ds is not None, log=context.log,
         )
         self.active, self.fitted = True, True
 

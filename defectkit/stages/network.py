@@ -154,7 +154,7 @@ class NetworkStage(TrainableStage):
             self.model, train, val, loss_fn,
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
             progress=context.progress, description=f"{self.name}: train", seed=self.seed,
-            restore_best=val is not None, **options,
+            restore_best=val is not None, log=context.log, **options,
         )
 
     def finish_fit(

@@ -273,6 +273,9 @@ class HeadModule(pl.LightningModule):
         weight_decay: AdamW weight decay.
         min_lr_ratio: The cosine schedule ends at ``lr * min_lr_ratio``.
         warmup_steps: Linear warm-up steps before the cosine decay (0 = none).
+        log: Called with one line per finished epoch (losses, seconds), e.g. ``FitContext.log``;
+            progress bars do not show in redirected output, these lines do.
+        description: Prefix of those lines.
 
     Example:
         >>> module = HeadModule(nn.Linear(4, 2), nn.CrossEntropyLoss(), lr=1e-3)
@@ -288,8 +291,13 @@ class HeadModule(pl.LightningModule):
         weight_decay: float = 1e-4,
         min_lr_ratio: float = 0.01,
         warmup_steps: int = 0,
+        log: Callable[[str], None] | None = None,
+        description: str = "training",
     ) -> None:
         super().__init__()
+        self.log_line = log
+        self.description = description
+        self._epoch_start = time.perf_counter()
         self.head = head
         self.loss_fn = loss_fn
         self.lr = float(lr)
@@ -324,6 +332,7 @@ class HeadModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._sums["train"] = [0.0, 0]
+        self._epoch_start = time.perf_counter()
 
     def on_validation_epoch_start(self) -> None:
         self._sums["val"] = [0.0, 0]
@@ -344,6 +353,13 @@ class HeadModule(pl.LightningModule):
         if val_n and val_sum / val_n < self.best_val_loss:
             self.best_val_loss, self.best_epoch = val_sum / val_n, int(self.current_epoch)
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
+        if self.log_line is not None:
+            epoch = self.history[-1]
+            val = "" if epoch["val_loss"] is None else f", val loss {epoch['val_loss']:.4f}"
+            self.log_line(
+                f"{self.description}: epoch {int(self.current_epoch) + 1}/{self.trainer.max_epochs} "
+                f"train loss {epoch['train_loss']:.4f}{val} ({time.perf_counter() - self._epoch_start:.0f} s)"
+            )
 
     def configure_optimizers(self) -> dict[str, Any]:
         # Every parameter goes to the optimizer, frozen or not: AdamW skips parameters whose grad is
@@ -432,6 +448,7 @@ def fit_head(
     deterministic: bool = True,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     sampler: Sampler | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``head`` in place on CPU with Lightning and return a JSON-able summary.
 
@@ -459,6 +476,8 @@ def fit_head(
             different lengths need :func:`collate_boxes`.
         sampler: Draws the training items of an epoch instead of a seeded shuffle (e.g. a
             ``WeightedRandomSampler`` that oversamples rare classes; seed its own generator).
+        log: Receives one line per finished epoch (``"<description>: epoch 3/8 train loss ...,
+            val loss ... (41 s)"``), e.g. ``FitContext.log``. None: silent.
 
     Returns:
         ``epochs``, ``steps``, ``train_samples``, ``val_samples``, ``train_loss`` (last epoch),
@@ -485,7 +504,8 @@ def fit_head(
                    persistent_workers=num_workers > 0, collate_fn=collate_fn)
         if has_val else None
     )
-    module = HeadModule(head, loss_fn, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
+    module = HeadModule(head, loss_fn, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, log=log,
+                        description=description)
     callbacks: list[pl.Callback] = []
     if progress is not None:
         callbacks.append(_ProgressCallback(progress(description, int(epochs) * len(train_loader))))

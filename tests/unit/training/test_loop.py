@@ -70,6 +70,16 @@ def test_fit_head_advances_progress_once_per_batch_and_is_quiet(capsys, caplog) 
     assert not torch.are_deterministic_algorithms_enabled()  # the global flag is given back
 
 
+def test_fit_head_logs_one_line_per_epoch_with_its_losses() -> None:
+    train = ImageTensorDataset(*bright_dark(8, 0), size=(16, 16))
+    val = ImageTensorDataset(*bright_dark(4, 1), size=(16, 16))
+    lines: list[str] = []
+    summary = fit_head(tiny_head(), train, val, nn.CrossEntropyLoss(), epochs=2, batch_size=4, lr=1e-2,
+                       description="toy: train", log=lines.append)
+    assert [line.split(" train loss")[0] for line in lines] == ["toy: train: epoch 1/2", "toy: train: epoch 2/2"]
+    assert f"val loss {summary['history'][1]['val_loss']:.4f}" in lines[1]
+
+
 def test_fit_head_is_reproducible_with_a_seed() -> None:
     train = ImageTensorDataset(*bright_dark(12, 0), size=(16, 16))
     a, b = tiny_head(), tiny_head()
