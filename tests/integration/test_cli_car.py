@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -30,8 +29,6 @@ TINY_CAR_OPTIONS = [
     "runtime.num_threads=1",
     "split.ratios=(0.5,0.15,0.35)",  # enough test photos for both gate outcomes
 ]
-if importlib.util.find_spec("pydensecrf") is None:  # the [crf] extra; its rules have their own unit tests
-    TINY_CAR_OPTIONS += ["pipeline.3.rules.scratch.crf=False", "pipeline.3.rules.spacing.crf=False"]
 
 
 def read_lines(path: Path) -> list[dict]:

@@ -193,3 +193,53 @@ def test_crf_on_a_downscaled_region_still_snaps_to_the_image_edge():
     (sample,) = policy.predict([_sample(prob, ["defect"], image)])
     assert _iou(sample.masks[0], square) > _iou(prob > 0.5, square)
     assert not sample.masks[0][:40].any()  # far from the candidate region nothing changes
+
+
+# ----------------------------------------------------------------------------- calibrated thresholds
+def _calibration_context(tmp_path, dent_prob: float, background_prob: float):
+    """Validation records with a dent square whose maps are ``dent_prob`` inside and ``background_prob`` outside."""
+    square = [[[[10.0, 10.0], [29.0, 10.0], [29.0, 29.0], [10.0, 29.0]]]]
+    records = [Record(f"v{i}.png", polygons={"dent": square}) for i in range(3)] + [Record("unannotated.png")]
+    maps = np.full((2, 40, 40), background_prob, np.float32)
+    maps[0, 10:30, 10:30] = dent_prob
+    maps[1] = 0.0  # scratch: no ground truth anywhere
+
+    def load_samples(batch):
+        return [Sample(r, image=np.zeros((40, 40, 3), np.uint8), prob_maps=maps.copy(), map_classes=["dent", "scratch"])
+                for r in batch]
+
+    from defectkit.stages.base import FitContext
+
+    return records, FitContext(work_dir=tmp_path, load_samples=load_samples, classes=["dent", "scratch"], log=lambda m: None)
+
+
+def test_calibrated_policy_picks_the_threshold_with_the_best_validation_iou(tmp_path):
+    records, context = _calibration_context(tmp_path, dent_prob=0.3, background_prob=0.1)
+    policy = build(STAGES, dict(type="CalibratedMaskPolicy", rules=dict(default=dict(threshold=0.5))))
+    summary = policy.fit([], records, context)
+    assert 0.1 <= summary["thresholds"]["dent"] < 0.3 and summary["val_iou"]["dent"] == 1.0
+    assert summary["val_images"] == 3
+    sample = policy.predict([context.load_samples(records[:1])[0]])[0]
+    assert sample.masks[0].sum() == 400  # the under-confident square, found at the calibrated threshold
+
+
+def test_classes_without_validation_truth_keep_their_rule_threshold(tmp_path):
+    records, context = _calibration_context(tmp_path, dent_prob=0.3, background_prob=0.1)
+    policy = build(STAGES, dict(type="CalibratedMaskPolicy", rules=dict(scratch=dict(threshold=0.7))))
+    policy.fit([], records, context)
+    assert "scratch" not in policy.thresholds and policy.rule_for("scratch").threshold == 0.7
+
+
+def test_calibrated_thresholds_survive_save_and_load(tmp_path):
+    records, context = _calibration_context(tmp_path, dent_prob=0.8, background_prob=0.6)
+    policy = build(STAGES, dict(type="CalibratedMaskPolicy"))
+    policy.fit([], records, context)
+    policy.save(tmp_path)
+    loaded = build(STAGES, dict(type="CalibratedMaskPolicy"))
+    loaded.load(tmp_path)
+    assert loaded.thresholds == policy.thresholds and 0.6 <= loaded.rule_for("dent").threshold < 0.8
+
+
+def test_a_threshold_grid_outside_zero_to_one_is_a_config_error():
+    with pytest.raises(ConfigError, match="grid"):
+        build(STAGES, dict(type="CalibratedMaskPolicy", grid=[0.5, 1.0]))
