@@ -121,6 +121,11 @@ class Instance:
         }
 
 
+MIN_BOX_SIDE = 1.0
+"""Boxes narrower or lower than this many pixels are not reported: they cover no whole pixel, and
+scaling, clipping to the image or merging can leave such slivers of a real box."""
+
+
 def detections_to_instances(detections: Detections, classes: list[str], min_score: float = 0.0) -> list[Instance]:
     """A detector's boxes as the instances a sample reports (box only, no polygon).
 
@@ -133,7 +138,8 @@ def detections_to_instances(detections: Detections, classes: list[str], min_scor
         min_score: Keep boxes scoring at least this.
 
     Returns:
-        Instances by decreasing score, ``area`` the box's area.
+        Instances by decreasing score, ``area`` the box's area; boxes with a side under
+        :data:`MIN_BOX_SIDE` pixels are left out.
 
     Raises:
         ValueError: A label that is not an index into ``classes``.
@@ -152,7 +158,9 @@ def detections_to_instances(detections: Detections, classes: list[str], min_scor
         if score < min_score:
             continue
         x1, y1, x2, y2 = (float(v) for v in detections.boxes[index])
-        area = max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
+        if x2 - x1 < MIN_BOX_SIDE or y2 - y1 < MIN_BOX_SIDE:
+            continue
+        area = (x2 - x1) * (y2 - y1)
         instances.append(Instance(classes[int(labels[index])], score, (x1, y1, x2, y2), area, []))
     return instances
 

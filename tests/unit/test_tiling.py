@@ -340,6 +340,11 @@ def test_detections_become_instances_with_class_names_and_box_areas_best_first()
     ]
 
 
+def test_slivers_under_a_pixel_are_not_reported_as_instances():
+    found = dets([[5, 16.0, 70, 16.04], [5, 5, 5.5, 40], [5, 5, 6, 6]], [0.9, 0.8, 0.7])
+    assert [i.box for i in detections_to_instances(found, ["scratch"])] == [(5.0, 5.0, 6.0, 6.0)]
+
+
 def test_a_label_outside_the_classes_is_an_error():
     with pytest.raises(ValueError, match="classes"):
         detections_to_instances(dets([[0, 0, 1, 1]], [0.5], labels=[2]), ["scratch", "dent"])
