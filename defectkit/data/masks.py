@@ -9,6 +9,11 @@ from defectkit.polygons import polygons_to_mask
 from defectkit.sample import Record
 
 
+def has_annotations(record: Record) -> bool:
+    """Whether ``record`` carries pixel ground truth (a mask file or polygons)."""
+    return bool(record.mask_path) or bool(record.polygons)
+
+
 def ground_truth_masks(
     record: Record, shape: tuple[int, int], classes: list[str], scale: float = 1.0
 ) -> tuple[np.ndarray, list[str]]:

@@ -255,22 +255,12 @@ class AnomalyGate(TrainableStage):
         kept: list[Record] = []
         scores: list[np.ndarray] = []
         pooled: list[np.ndarray] = []
-        chunk: list[Sample] = []
-
-        def embed_chunk() -> None:
+        for chunk in context.decoded_chunks(records, description, self.chunk_size):
             chunk_scores, chunk_pooled, _ = self._embed_images([s.image for s in chunk], collect, want_pooled, False)
             scores.append(chunk_scores)
             if chunk_pooled is not None:
                 pooled.append(chunk_pooled)
             kept.extend(s.record for s in chunk)
-            chunk.clear()
-
-        for sample in context.decoded_samples(records, description, self.chunk_size):
-            chunk.append(sample)
-            if len(chunk) == self.chunk_size:
-                embed_chunk()
-        if chunk:
-            embed_chunk()
         score_arr = np.concatenate(scores) if scores else np.zeros(0)
         pooled_arr = np.concatenate(pooled) if pooled else None
         return kept, score_arr, pooled_arr

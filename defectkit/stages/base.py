@@ -38,23 +38,29 @@ class FitContext:
     progress: Callable[[str, int], Callable[[int], None]] = lambda description, total: (lambda n=1: None)
     log: Callable[[str], None] = print
 
-    def decoded_samples(self, records: Sequence[Record], description: str, chunk_size: int = 32) -> Iterator[Sample]:
-        """The records that decode, as samples through :attr:`load_samples`, ``chunk_size`` at a time.
+    def decoded_chunks(self, records: Sequence[Record], description: str, chunk_size: int = 32) -> Iterator[list[Sample]]:
+        """The records that decode, as lists of samples through :attr:`load_samples`, ``chunk_size`` records at a time.
 
         Decoding in chunks bounds memory: a caller that keeps only what it needs of each sample (a
         resized image, crops) never holds a whole data set of full-size photos. Progress advances
         per chunk under ``description``; samples that failed to decode are left out.
-
-        Example:
-            >>> images = [s.image for s in context.decoded_samples(records, "gate: load train")]  # doctest: +SKIP
         """
         advance = self.progress(description, len(records))
         for start in range(0, len(records), chunk_size):
             chunk = list(records[start : start + chunk_size])
-            for sample in self.load_samples(chunk):
-                if sample.ok and sample.image is not None:
-                    yield sample
+            decoded = [s for s in self.load_samples(chunk) if s.ok and s.image is not None]
+            if decoded:
+                yield decoded
             advance(len(chunk))
+
+    def decoded_samples(self, records: Sequence[Record], description: str, chunk_size: int = 32) -> Iterator[Sample]:
+        """:meth:`decoded_chunks`, one sample at a time.
+
+        Example:
+            >>> images = [s.image for s in context.decoded_samples(records, "gate: load train")]  # doctest: +SKIP
+        """
+        for chunk in self.decoded_chunks(records, description, chunk_size):
+            yield from chunk
 
 
 class Stage:

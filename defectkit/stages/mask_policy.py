@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import torch
 
-from defectkit.data.masks import ground_truth_masks
+from defectkit.data.masks import ground_truth_masks, has_annotations
 from defectkit.errors import ConfigError
 from defectkit.polygons import mask_to_polygons
 from defectkit.registry import STAGES
@@ -149,7 +149,7 @@ class CalibratedMaskPolicy(MaskPolicy, TrainableStage):
         Returns:
             ``thresholds`` per calibrated class, the validation IoU each reached, and the image count.
         """
-        annotated = [r for r in val if r.mask_path or r.polygons]
+        annotated = [r for r in val if has_annotations(r)]
         intersection: dict[str, np.ndarray] = {}
         union: dict[str, np.ndarray] = {}
         images = 0

@@ -55,9 +55,6 @@ class NetworkStage(TrainableStage):
     reserved_model_keys: Mapping[str, str] = {}
     """Head config keys the stage sets itself, each with where its value comes from (for the error)."""
 
-    settings_error: type[ValueError] = ConfigError
-    """Raised for invalid settings."""
-
     def __init__(
         self,
         name: str,
@@ -76,15 +73,15 @@ class NetworkStage(TrainableStage):
         kind = type(self).__name__
         self.model_cfg = dict(model)
         if self.model_cfg.get("type") not in self.model_types:
-            raise self.settings_error(f"{kind} model type must be one of {list(self.model_types)}, got {self.model_cfg.get('type')!r}")
+            raise ConfigError(f"{kind} model type must be one of {list(self.model_types)}, got {self.model_cfg.get('type')!r}")
         for key, source in self.reserved_model_keys.items():
             if key in self.model_cfg:
-                raise self.settings_error(f"{kind} model config must not set {key!r} (it comes from {source})")
+                raise ConfigError(f"{kind} model config must not set {key!r} (it comes from {source})")
         self.image_size = (int(image_size[0]), int(image_size[1]))
         if any(v < 32 or v % 32 for v in self.image_size):
-            raise self.settings_error(f"{kind} image_size must be multiples of 32 (>= 32), got {list(self.image_size)}")
+            raise ConfigError(f"{kind} image_size must be multiples of 32 (>= 32), got {list(self.image_size)}")
         if epochs < 1:
-            raise self.settings_error(f"epochs must be >= 1, got {epochs}")
+            raise ConfigError(f"epochs must be >= 1, got {epochs}")
         self.epochs = int(epochs)
         self.batch_size = int(batch_size)
         self.lr = float(lr)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from defectkit.data.masks import ground_truth_masks
+from defectkit.data.masks import ground_truth_masks, has_annotations
 from defectkit.data.transforms import build_augmentation
 from defectkit.heads.segmenter import ARCHITECTURES, bce_dice_loss, build_segmenter
 from defectkit.registry import STAGES
@@ -32,11 +32,6 @@ DEFAULT_SEGMENT_AUGMENT: dict[str, Any] = dict(
     ],
 )
 """Flips and mild photometric changes: geometry-preserving, cheap on CPU, masks follow the flips."""
-
-
-def has_annotations(record: Record) -> bool:
-    """Whether ``record`` carries pixel ground truth (a mask file or polygons)."""
-    return bool(record.mask_path) or bool(record.polygons)
 
 
 @STAGES.register_module()
