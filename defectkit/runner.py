@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from defectkit import __version__
 from defectkit.config import Config
 from defectkit.data.grouping import area_ratio_cuts, make_damage_stratum
+from defectkit.data.masks import ground_truth_masks
 from defectkit.data.split import default_stratum, load_split, save_split, split_records
 from defectkit.errors import ConfigError, DataError
 from defectkit.evaluation.records import make_eval_record
@@ -35,11 +37,13 @@ from defectkit.io.atomic import atomic_write_json
 from defectkit.io.images import DEFAULT_MAX_SIDE, decode_record
 from defectkit.io.overlays import draw_overlay, overlay_name, write_overlay
 from defectkit.io.report import write_report
+from defectkit.io.segmentation_report import segmentation_section_html
 from defectkit.io.results import ResultLog
 from defectkit.io.state import check_manifest
 from defectkit.pipeline import Pipeline
 from defectkit.registry import DATASETS, METRICS, build
-from defectkit.sample import Record, Sample
+from defectkit.runtime import resolve_device
+from defectkit.sample import Instance, Record, Sample
 from defectkit.stages.base import FitContext
 
 console = Console(stderr=True)
@@ -85,6 +89,10 @@ class Runner:
         torch.set_num_threads(int(threads))
         self._seed_everything()
         self.pipeline = Pipeline.from_config(cfg.pipeline)
+        # "auto": CUDA when a GPU is visible, else the CPU (defectkit.runtime).
+        self.device = resolve_device(runtime.get("device", "auto"))
+        for stage in self.pipeline.stages:
+            stage.use_device(self.device)
         self._records: dict[str, list[Record]] = {}
 
     def _seed_everything(self) -> None:
@@ -321,6 +329,14 @@ class Runner:
         for stage in self.pipeline.stages:
             if getattr(stage, "enabled", True) is False:
                 notes.append(f"stage {stage.name!r} is switched off in the config (enabled=False): every image went on to the next stage")
+        sections = []
+        if evaluate and self.classes:
+            by_key = {r.key: r for r in records}
+            line_by_key = {line["path"]: line for line in lines}
+            sections.append(segmentation_section_html(
+                out_dir, list(evals.values()), self.classes,
+                render=lambda key: self._truth_beside_prediction(by_key.get(key), line_by_key.get(key)),
+            ))
         write_report(
             out_dir,
             metrics,
@@ -330,8 +346,24 @@ class Runner:
             stage_summaries=[s.describe() for s in self.pipeline.stages],
             timings={k: v["seconds"] for k, v in timings["stages"].items()},
             notes=notes + [str(self.cfg.get("description", ""))],
+            sections=sections,
         )
         return metrics
+
+    def _truth_beside_prediction(self, record: Record | None, line: dict[str, Any] | None) -> np.ndarray | None:
+        """A photo with its ground-truth masks (left) and its predicted outlines (right), for the report."""
+        if record is None or line is None or line.get("status") != "ok":
+            return None
+        sample = decode_record(record, max_side=self.max_side)
+        if not sample.ok or sample.image is None:
+            return None
+        truth, _ = ground_truth_masks(record, sample.image.shape[:2], self.classes, scale=sample.scale)
+        sx, sy = sample.original_factors()
+        instances = [Instance(i["class"], i["score"], tuple(i["box"]), i["area"], i.get("polygon") or []).scaled(1 / sx, 1 / sy)
+                     for i in line.get("instances", [])]
+        left = draw_overlay(sample.image, SimpleNamespace(masks=truth, map_classes=self.classes, gate_label="ground truth"))
+        right = draw_overlay(sample.image, SimpleNamespace(instances=instances, gate_label="prediction"))
+        return np.concatenate([left, np.full((left.shape[0], 8, 3), 255, np.uint8), right], axis=1)
 
     def _pipeline_hash(self) -> str:
         relevant = {"pipeline": self.cfg.get("pipeline"), "classes": self.classes, "image_classes": self.image_classes}

@@ -1,5 +1,6 @@
 # Settings shared by every reference config.
-runtime = dict(seed=0, num_threads=None)  # None: use every core
+# device "auto": CUDA (mixed precision) when a GPU is visible, else the CPU; num_threads None: every core.
+runtime = dict(seed=0, num_threads=None, device="auto")
 # overlays: 'all' for review runs; 'defects' skips drawing images the gate passed as normal.
 predict = dict(batch_size=16, overlays="all", decode_workers=2)
 split = dict(ratios=(0.7, 0.1, 0.2), seed=0)

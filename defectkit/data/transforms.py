@@ -221,6 +221,107 @@ def car_damage_augmentation(size: Sequence[int] | None = None, seed: int | None 
     return build(TRANSFORMS, default_car_augmentation(size, seed))
 
 
+@TRANSFORMS.register_module()
+class ForegroundCrop:
+    """A random ``(height, width)`` crop that, with probability ``foreground_share``, contains a defect.
+
+    Training on crops at (near) native resolution keeps thin scratches and panel gaps as wide as
+    the network will see them at prediction time, where shrinking the whole photo to the training
+    size loses most of their width. Defects are a few percent of the pixels, so uniform crops
+    would mostly show paint: as nnU-Net oversamples foreground, a share of the crops is centred
+    (with jitter) on a pixel of one class present in the mask, the class drawn uniformly among
+    those present, so rare classes are seen as often as common ones. The other crops are uniform.
+    Crops always lie inside the image; an image smaller than the crop is padded with zeros (mask
+    background).
+
+    Args:
+        size: ``(height, width)`` of the crop.
+        foreground_share: Probability in [0, 1] that a crop is centred on a defect pixel (when the
+            mask has any).
+        seed: Seed of the crop generator.
+
+    Example:
+        >>> crop = ForegroundCrop((32, 32), foreground_share=1.0, seed=0)
+        >>> mask = np.zeros((2, 100, 100), bool); mask[1, 90:95, 5:10] = True
+        >>> image, out = crop(np.zeros((100, 100, 3), np.uint8), mask)
+        >>> image.shape, out.shape, bool(out[1].any())
+        ((32, 32, 3), (2, 32, 32), True)
+    """
+
+    def __init__(self, size: Sequence[int], foreground_share: float = 0.67, seed: int | None = None) -> None:
+        try:
+            height, width = (int(v) for v in size)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"ForegroundCrop: size must be (height, width), got {size!r}") from exc
+        if height < 1 or width < 1:
+            raise ConfigError(f"ForegroundCrop: size must be positive, got {size!r}")
+        if not 0.0 <= float(foreground_share) <= 1.0:
+            raise ConfigError(f"ForegroundCrop: foreground_share must be in [0, 1], got {foreground_share!r}")
+        self.size = (height, width)
+        self.foreground_share = float(foreground_share)
+        self.rng = np.random.default_rng(seed)
+
+    def origin(self, image_shape: Sequence[int], mask: np.ndarray | None) -> tuple[int, int]:
+        """The crop's top-left ``(y, x)`` in an image of ``image_shape`` (before any padding)."""
+        height, width = int(image_shape[0]), int(image_shape[1])
+        crop_h, crop_w = self.size
+        max_y, max_x = max(0, height - crop_h), max(0, width - crop_w)
+        if mask is not None and self.rng.random() < self.foreground_share:
+            channels = mask[None] if mask.ndim == 2 else mask
+            present = [c for c in range(len(channels)) if channels[c].any()]
+            if present:
+                ys, xs = np.nonzero(channels[present[int(self.rng.integers(len(present)))]])
+                pick = int(self.rng.integers(len(ys)))
+                # Jitter by up to a quarter crop so the defect is not always in the centre.
+                cy = ys[pick] + int(self.rng.integers(-(crop_h // 4), crop_h // 4 + 1))
+                cx = xs[pick] + int(self.rng.integers(-(crop_w // 4), crop_w // 4 + 1))
+                return int(np.clip(cy - crop_h // 2, 0, max_y)), int(np.clip(cx - crop_w // 2, 0, max_x))
+        return int(self.rng.integers(max_y + 1)), int(self.rng.integers(max_x + 1))
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        _check_image(image)
+        if mask is not None:
+            _check_mask(np.asarray(mask), image)
+        y, x = self.origin(image.shape, mask)
+        crop_h, crop_w = self.size
+        out = _pad_to(image[y : y + crop_h, x : x + crop_w], self.size)
+        if mask is None:
+            return out, None
+        return out, _pad_to(np.asarray(mask)[..., y : y + crop_h, x : x + crop_w], self.size)
+
+    def __repr__(self) -> str:
+        return f"ForegroundCrop(size={self.size}, foreground_share={self.foreground_share})"
+
+
+def _pad_to(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``array`` (HxWx3 image or HxW / CxHxW mask) zero-padded at the bottom and right to ``size``."""
+    image_like = array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8
+    height, width = array.shape[:2] if image_like else array.shape[-2:]
+    if (height, width) == size:
+        return np.ascontiguousarray(array)
+    pad = [(0, size[0] - height), (0, size[1] - width)]
+    pad = pad + [(0, 0)] if image_like else [(0, 0)] * (array.ndim - 2) + pad
+    return np.pad(array, pad)
+
+
+class Compose:
+    """Transforms applied in order, each ``(image, mask) -> (image, mask)``.
+
+    Example:
+        >>> flip = Compose([ForegroundCrop((8, 8), seed=0)])
+        >>> flip(np.zeros((16, 16, 3), np.uint8))[0].shape
+        (8, 8, 3)
+    """
+
+    def __init__(self, transforms: Sequence[Any]) -> None:
+        self.transforms = [t for t in transforms if t is not None]
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        for transform in self.transforms:
+            image, mask = transform(image, mask)
+        return image, mask
+
+
 SEEDED_AUGMENTATIONS = ("Albumentations", "CarDamageAugmentation")
 
 
@@ -240,7 +341,7 @@ def _empty_like(channels: np.ndarray, result: dict[str, Any]) -> np.ndarray:
     return np.zeros((0, height, width), dtype=channels.dtype)
 
 
-__all__ = ["Albumentations", "Resize", "albumentations_names", "build_albumentation", "build_augmentation", "car_damage_augmentation",
+__all__ = ["Albumentations", "Compose", "ForegroundCrop", "Resize", "albumentations_names", "build_albumentation", "build_augmentation", "car_damage_augmentation",
            "default_car_augmentation"]
 
 

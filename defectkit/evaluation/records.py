@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 
 from defectkit.data.masks import ground_truth_masks
@@ -49,6 +50,7 @@ def make_eval_record(sample: Sample, classes: list[str], positive_labels: set[st
     gt, problems = ground_truth_masks(record, shape, classes, scale=sample.scale)
     out["problems"] = problems
     pixel: dict[str, Any] = {}
+    predictions: dict[str, np.ndarray] = {}
     for index, class_name in enumerate(classes):
         truth = gt[index]
         stats: dict[str, Any] = {"gt_pixels": int(truth.sum())}
@@ -68,9 +70,26 @@ def make_eval_record(sample: Sample, classes: list[str], positive_labels: set[st
         stats["intersection"] = int(np.logical_and(predicted, truth).sum())
         stats["union"] = int(np.logical_or(predicted, truth).sum())
         stats["pred_pixels"] = int(predicted.sum())
+        # Outlines a reviewer sees against the damaged regions drawn: connected components of each.
+        stats["gt_regions"] = _count_regions(truth)
+        stats["pred_regions"] = sum(1 for i in sample.instances if i.class_name == class_name and i.polygon)
         pixel[class_name] = stats
+        predictions[class_name] = predicted
+    # Which ground-truth classes each class's prediction landed on (rows: predicted, columns: truth).
+    if len(classes) > 1:
+        for index, class_name in enumerate(classes):
+            predicted = predictions[class_name]
+            pixel[class_name]["on_gt"] = {other: int(np.logical_and(predicted, gt[j]).sum()) for j, other in enumerate(classes)}
     out["pixel"] = pixel
     return out
+
+
+def _count_regions(mask: np.ndarray) -> int:
+    """Connected regions (8-connectivity) of a bool mask."""
+    if not mask.any():
+        return 0
+    count, _ = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    return int(count) - 1
 
 
 def box_summary(sample: Sample) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -100,4 +101,89 @@ def bce_dice_loss(logits: torch.Tensor, targets: torch.Tensor, dice_weight: floa
     return loss
 
 
-__all__ = ["ARCHITECTURES", "ENCODER_NAME", "bce_dice_loss", "build_segmenter", "deeplabv3plus", "unet"]
+def focal_tversky_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.3, beta: float = 0.7, gamma: float = 0.75, eps: float = 1.0,
+) -> torch.Tensor:
+    """Focal Tversky loss (Abraham & Khan, 2019) per image and channel, averaged.
+
+    The Tversky index weighs false negatives by ``beta`` and false positives by ``alpha``: with
+    ``beta > alpha`` missing a thin scratch costs more than painting a little around it, which
+    suits rare, small classes. ``(1 - TI) ** gamma`` with ``gamma < 1`` keeps the gradient of
+    nearly solved channels from vanishing.
+
+    Example:
+        >>> float(focal_tversky_loss(torch.full((1, 1, 4, 4), 10.0), torch.ones(1, 1, 4, 4))) < 1e-2
+        True
+    """
+    targets = targets.to(logits.dtype)
+    probs = torch.sigmoid(logits).flatten(2)
+    flat = targets.flatten(2)
+    true_pos = (probs * flat).sum(-1)
+    false_neg = ((1 - probs) * flat).sum(-1)
+    false_pos = (probs * (1 - flat)).sum(-1)
+    tversky = (true_pos + eps) / (true_pos + float(alpha) * false_pos + float(beta) * false_neg + eps)
+    return ((1 - tversky).clamp_min(0) ** float(gamma)).mean()
+
+
+def lovasz_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Lovasz hinge (Berman et al., 2018) per channel over the batch: a convex surrogate of IoU itself.
+
+    Example:
+        >>> float(lovasz_loss(torch.full((1, 1, 4, 4), 10.0), torch.ones(1, 1, 4, 4))) == 0.0
+        True
+    """
+    channels = logits.shape[1]
+    flat_logits = logits.transpose(0, 1).reshape(channels, -1)
+    flat_targets = targets.to(logits.dtype).transpose(0, 1).reshape(channels, -1)
+    return torch.stack([_lovasz_hinge_flat(flat_logits[c], flat_targets[c]) for c in range(channels)]).mean()
+
+
+def _lovasz_hinge_flat(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    signs = 2.0 * labels - 1.0
+    errors = 1.0 - logits * signs
+    errors_sorted, order = torch.sort(errors, descending=True)
+    gt_sorted = labels[order]
+    total = gt_sorted.sum()
+    intersection = total - gt_sorted.cumsum(0)
+    union = total + (1.0 - gt_sorted).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    if len(jaccard) > 1:
+        jaccard[1:] = jaccard[1:] - jaccard[:-1]
+    return torch.dot(F.relu(errors_sorted), jaccard)
+
+
+SEGMENTATION_LOSSES = ("bce_dice", "bce_focal_tversky", "bce_lovasz")
+"""Loss names :func:`segmentation_loss` builds."""
+
+
+def segmentation_loss(name: str = "bce_dice", dice_weight: float = 0.5) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The multi-label segmentation loss ``name``: BCE plus ``dice_weight`` x a region term.
+
+    ``bce_dice``: soft Dice (:func:`bce_dice_loss`); ``bce_focal_tversky``: :func:`focal_tversky_loss`;
+    ``bce_lovasz``: :func:`lovasz_loss`. BCE keeps every pixel's gradient; the region term
+    counts a small defect as much as a large one.
+
+    Raises:
+        ConfigError: An unknown name.
+
+    Example:
+        >>> loss = segmentation_loss("bce_focal_tversky", dice_weight=1.0)
+        >>> float(loss(torch.full((1, 1, 4, 4), 10.0), torch.ones(1, 1, 4, 4))) < 0.01
+        True
+    """
+    if name not in SEGMENTATION_LOSSES:
+        raise ConfigError(f"loss must be one of {list(SEGMENTATION_LOSSES)}, got {name!r}")
+    weight = float(dice_weight)
+    if name == "bce_dice":
+        return lambda logits, targets: bce_dice_loss(logits, targets, dice_weight=weight)
+    region = focal_tversky_loss if name == "bce_focal_tversky" else lovasz_loss
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        bce = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+        return bce + weight * region(logits.float(), targets) if weight else bce
+
+    return loss
+
+
+__all__ = ["ARCHITECTURES", "ENCODER_NAME", "SEGMENTATION_LOSSES", "bce_dice_loss", "focal_tversky_loss", "lovasz_loss",
+           "segmentation_loss", "build_segmenter", "deeplabv3plus", "unet"]

@@ -6,6 +6,7 @@ import html
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -54,6 +55,7 @@ def write_report(
     stage_summaries: list[dict] | None = None,
     timings: dict[str, float] | None = None,
     notes: list[str] | None = None,
+    sections: Sequence[str] = (),
 ) -> Path:
     """Write ``work_dir/report.html`` and its plots under ``work_dir/plots/``.
 
@@ -75,6 +77,8 @@ def write_report(
         stage_summaries: One dict per stage (e.g. its name and settings), shown as small tables.
         timings: Stage name to seconds.
         notes: Free-text lines shown in the summary.
+        sections: Further HTML sections (already escaped), shown after the plots; e.g. the
+            segmentation section of :mod:`defectkit.io.segmentation_report`.
 
     Returns:
         The path of the written ``report.html``.
@@ -123,6 +127,8 @@ def write_report(
         for rel, alt in plot_files:
             parts.append(f'<a href="{_href(rel)}"><img src="{_href(rel)}" alt="{_e(alt)}"></a>')
         parts.append("</div>")
+
+    parts.extend(section for section in sections if section)
 
     parts.append("<h2>Worst cases</h2>")
     parts.append(_worst_cases_html(work_dir, plots_dir, ok_rows, metrics))

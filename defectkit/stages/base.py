@@ -83,6 +83,9 @@ class Stage:
         """A short JSON summary for reports."""
         return {"type": type(self).__name__, "name": self.name}
 
+    def use_device(self, device: torch.device) -> None:
+        """Run (and train) on ``device`` from now on; stages without a network ignore it."""
+
 
 class TrainableStage(Stage):
     """A stage with learned state.

@@ -23,6 +23,7 @@ from defectkit.data.transforms import build_albumentation
 from defectkit.errors import ConfigError
 from defectkit.heads.detector import DETECTOR_TYPES, build_detector
 from defectkit.registry import STAGES
+from defectkit.runtime import inference_mode
 from defectkit.sample import Detections, Record, Sample, detections_to_instances
 from defectkit.stages.base import FitContext
 from defectkit.stages.network import NetworkStage
@@ -431,8 +432,8 @@ class Detector(NetworkStage):
         height_in, width_in = self.image_size
         out: list[Detections] = []
         for batch, x in self.input_batches(images):
-            with torch.no_grad():
-                found = model(list(x))
+            with inference_mode(self.device):
+                found = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in r.items()} for r in model(list(x))]
             for image, result in zip(batch, found):
                 height, width = image.shape[:2]
                 boxes = result["boxes"].numpy().astype(np.float32)

@@ -102,22 +102,31 @@ class MaskPolicy(Stage):
 DEFAULT_THRESHOLD_GRID: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20))
 """Thresholds :class:`CalibratedMaskPolicy` tries: 0.05 to 0.95 in steps of 0.05."""
 
+DEFAULT_MIN_AREA_GRID: tuple[int, ...] = (0, 64, 256, 1024, 4096)
+"""Minimum region areas (pixels) :class:`CalibratedMaskPolicy` tries besides each rule's own."""
+
 
 @STAGES.register_module()
 class CalibratedMaskPolicy(MaskPolicy, TrainableStage):
-    """A :class:`MaskPolicy` whose per-class thresholds are chosen on the validation images.
+    """A :class:`MaskPolicy` whose per-class thresholds and minimum areas are chosen on the validation images.
 
     A segmenter trained briefly (as on a CPU) is often under-confident: its maps separate damage
     from paint, but rarely cross 0.5 for rare classes. Fitting runs the stages before this one on
     the annotated validation records and, for every class with ground truth there, keeps the
-    threshold of ``grid`` whose masks (the class's whole rule: CRF, morphology, minimum area)
-    reach the highest data-set IoU, the metric :class:`~defectkit.evaluation.segmentation.SegmentationIoU`
-    reports. Classes without validation pixels keep their configured threshold. The thresholds
-    are saved with the stage.
+    pair of ``grid`` threshold and ``min_area_grid`` minimum region area whose masks (the class's
+    whole rule: CRF, morphology, then the area filter) reach the highest data-set IoU, the metric
+    :class:`~defectkit.evaluation.segmentation.SegmentationIoU` reports. Dropping small regions
+    also removes the specks that would each become an outline for a reviewer; among areas within
+    ``area_tolerance`` of the best IoU the largest is kept, so outlines are not multiplied for a
+    negligible gain. Classes without validation pixels keep their configured rule. The choices are
+    saved with the stage.
 
     Args:
-        rules: As for :class:`MaskPolicy`; each rule's ``threshold`` is the fallback.
+        rules: As for :class:`MaskPolicy`; each rule's ``threshold`` and ``min_area`` are the fallback.
         grid: Thresholds to try.
+        min_area_grid: Minimum region areas (pixels at the photo's decoded resolution) to try, besides
+            the rule's own ``min_area``; empty: keep the rule's.
+        area_tolerance: IoU a larger minimum area may cost and still be preferred.
         name: Stage name (file stem of its saved state).
 
     Example:
@@ -130,28 +139,41 @@ class CalibratedMaskPolicy(MaskPolicy, TrainableStage):
         self,
         rules: dict[str, dict[str, Any]] | None = None,
         grid: Sequence[float] = DEFAULT_THRESHOLD_GRID,
+        min_area_grid: Sequence[int] = DEFAULT_MIN_AREA_GRID,
+        area_tolerance: float = 0.005,
         name: str | None = None,
     ) -> None:
         super().__init__(rules, name)
         self.grid = tuple(float(t) for t in grid)
         if not self.grid or not all(0.0 < t < 1.0 for t in self.grid):
             raise ConfigError(f"CalibratedMaskPolicy grid must be thresholds in (0, 1), got {list(grid)!r}")
+        self.min_area_grid = tuple(int(a) for a in min_area_grid)
+        if any(a < 0 for a in self.min_area_grid):
+            raise ConfigError(f"CalibratedMaskPolicy min_area_grid must be areas >= 0, got {list(min_area_grid)!r}")
+        self.area_tolerance = float(area_tolerance)
         self.thresholds: dict[str, float] = {}
+        self.min_areas: dict[str, int] = {}
         self.summary: dict[str, Any] = {}
 
     def rule_for(self, class_name: str) -> MaskRule:
         rule = super().rule_for(class_name)
-        return replace(rule, threshold=self.thresholds[class_name]) if class_name in self.thresholds else rule
+        if class_name in self.thresholds:
+            rule = replace(rule, threshold=self.thresholds[class_name])
+        if class_name in self.min_areas:
+            rule = replace(rule, min_area=self.min_areas[class_name])
+        return rule
 
     def fit(self, train: Sequence[Record], val: Sequence[Record], context: FitContext) -> dict[str, Any]:
-        """Choose each class's threshold on the annotated ``val`` records (data-set IoU over ``grid``).
+        """Choose each class's threshold and minimum area on the annotated ``val`` records (data-set IoU).
 
         Returns:
-            ``thresholds`` per calibrated class, the validation IoU each reached, and the image count.
+            ``thresholds`` and ``min_areas`` per calibrated class, the validation IoU each reached,
+            and the image count.
         """
         annotated = [r for r in val if has_annotations(r)]
         intersection: dict[str, np.ndarray] = {}
         union: dict[str, np.ndarray] = {}
+        areas: dict[str, tuple[int, ...]] = {}
         images = 0
         for sample in context.decoded_samples(annotated, f"{self.name}: calibrate", chunk_size=16):
             if sample.prob_maps is None:
@@ -160,43 +182,65 @@ class CalibratedMaskPolicy(MaskPolicy, TrainableStage):
             truth, _ = ground_truth_masks(sample.record, sample.prob_maps.shape[-2:], sample.map_classes, scale=sample.scale)
             for channel, class_name in enumerate(sample.map_classes):
                 rule = super().rule_for(class_name)
+                class_areas = areas.setdefault(class_name, tuple(sorted({rule.min_area, *self.min_area_grid})))
                 prob = sample.prob_maps[channel]
                 if rule.crf:
                     prob = refine_with_crf(sample.image, prob, rule)  # independent of the threshold: once
                     rule = replace(rule, crf=False)
-                inter = intersection.setdefault(class_name, np.zeros(len(self.grid)))
-                uni = union.setdefault(class_name, np.zeros(len(self.grid)))
+                inter = intersection.setdefault(class_name, np.zeros((len(self.grid), len(class_areas))))
+                uni = union.setdefault(class_name, np.zeros((len(self.grid), len(class_areas))))
+                gt = truth[channel]
+                gt_pixels = int(np.count_nonzero(gt))
                 for k, threshold in enumerate(self.grid):
-                    mask = apply_rule(prob, replace(rule, threshold=threshold))
-                    inter[k] += np.count_nonzero(mask & truth[channel])
-                    uni[k] += np.count_nonzero(mask | truth[channel])
-        self.thresholds, reached = {}, {}
+                    mask = apply_rule(prob, replace(rule, threshold=threshold, min_area=0))
+                    # One labelling per threshold; each area filter then removes whole regions.
+                    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+                    region_area = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
+                    region_hits = np.bincount(labels[gt], minlength=count).astype(np.int64)
+                    region_area[0], region_hits[0] = 0, 0  # background
+                    for j, min_area in enumerate(class_areas):
+                        kept = region_area >= max(min_area, 1)
+                        hits = int(region_hits[kept].sum())
+                        inter[k, j] += hits
+                        uni[k, j] += int(region_area[kept].sum()) + gt_pixels - hits
+        self.thresholds, self.min_areas, reached = {}, {}, {}
         for class_name, inter in intersection.items():
             if not union[class_name].any() or not inter.any():
                 continue  # no validation pixels of the class, or no threshold finds any: keep the rule's
             iou = inter / np.maximum(union[class_name], 1)
-            best = int(np.argmax(iou))
-            self.thresholds[class_name] = self.grid[best]
-            reached[class_name] = round(float(iou[best]), 4)
+            best_k, _ = np.unravel_index(int(np.argmax(iou)), iou.shape)
+            # Per area, the best threshold; then the largest area within the tolerance of the best IoU.
+            best_per_area = iou.max(axis=0)
+            j = max(j for j in range(len(best_per_area)) if best_per_area[j] >= best_per_area.max() - self.area_tolerance)
+            k = int(np.argmax(iou[:, j]))
+            self.thresholds[class_name] = self.grid[k]
+            self.min_areas[class_name] = int(areas[class_name][j])
+            reached[class_name] = round(float(iou[k, j]), 4)
         if not self.thresholds:
             context.log(f"{self.name}: no validation image with ground truth and maps; the rules' thresholds stay")
         else:
-            context.log(f"{self.name}: thresholds {self.thresholds} (validation IoU {reached}, {images} images)")
+            context.log(
+                f"{self.name}: thresholds {self.thresholds}, minimum areas {self.min_areas} "
+                f"(validation IoU {reached}, {images} images)"
+            )
         self.fitted = True
-        self.summary = {"thresholds": dict(self.thresholds), "val_iou": reached, "val_images": images}
+        self.summary = {"thresholds": dict(self.thresholds), "min_areas": dict(self.min_areas), "val_iou": reached,
+                        "val_images": images}
         return self.summary
 
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """No tensors; the calibrated thresholds and fit summary as JSON."""
-        return {}, {"thresholds": dict(self.thresholds), "summary": self.summary}
+        return {}, {"thresholds": dict(self.thresholds), "min_areas": dict(self.min_areas), "summary": self.summary}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         self.thresholds = {str(k): float(v) for k, v in extra.get("thresholds", {}).items()}
+        self.min_areas = {str(k): int(v) for k, v in extra.get("min_areas", {}).items()}
         self.summary = dict(extra.get("summary", {}))
         self.fitted = True
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "type": "CalibratedMaskPolicy", "thresholds": dict(self.thresholds)}
+        return {**super().describe(), "type": "CalibratedMaskPolicy", "thresholds": dict(self.thresholds),
+                "min_areas": dict(self.min_areas)}
 
 
 def apply_rule(prob: np.ndarray, rule: MaskRule, image: np.ndarray | None = None) -> np.ndarray:

@@ -20,6 +20,7 @@ from defectkit.data.split import stable_order_key
 from defectkit.data.transforms import Resize
 from defectkit.errors import ConfigError
 from defectkit.heads.backbones import to_input_tensor
+from defectkit.runtime import inference_mode, memory_format
 from defectkit.sample import Record
 from defectkit.stages.base import FitContext, TrainableStage
 from defectkit.training import fit_head
@@ -94,6 +95,20 @@ class NetworkStage(TrainableStage):
         self.model: torch.nn.Module | None = None
         self.summary: dict[str, Any] = {}
         self._resize = Resize(self.image_size)
+        self.device = torch.device("cpu")
+
+    def use_device(self, device: torch.device) -> None:
+        """Train and predict on ``device`` (the network moves there now, or when it is built or loaded)."""
+        self.device = torch.device(device)
+        if self.model is not None:
+            self._place(self.model)
+
+    def _place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` on the stage's device in the layout it runs fastest in there (the same after fit and load)."""
+        # Through the default layout first: a trained network's weights then have exactly the strides
+        # of the same weights loaded from a file, so a reloaded stage predicts bit for bit the same.
+        model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+        return model.to(self.device, memory_format=memory_format(self.device))  # type: ignore[call-overload]
 
     def build_network(self, pretrained: bool) -> torch.nn.Module:
         """A new network for ``model_cfg`` and the classes (ImageNet backbone weights if ``pretrained``)."""
@@ -151,7 +166,7 @@ class NetworkStage(TrainableStage):
             self.model, train, val, loss_fn,
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
             progress=context.progress, description=f"{self.name}: train", seed=self.seed,
-            restore_best=val is not None, log=context.log, **options,
+            restore_best=val is not None, log=context.log, device=self.device, **options,
         )
 
     def finish_fit(
@@ -175,7 +190,7 @@ class NetworkStage(TrainableStage):
                 size and the problem count and training summary.
         """
         assert self.model is not None, "fresh_network() first"
-        self.model.eval()
+        self._place(self.model).eval()
         self.fitted = True
         self.summary = {
             "arch": self.model_cfg["type"],
@@ -203,17 +218,26 @@ class NetworkStage(TrainableStage):
         """
         if self.model is None:
             raise RuntimeError(f"{self.name}: {action} before fit or load")
-        return self.model
+        # A no-op when fitted or loaded here; a network set from outside is brought to the device and layout.
+        return self.model.to(self.device, memory_format=memory_format(self.device))  # type: ignore[call-overload]
 
     def ready_to_predict(self) -> bool:
         """Whether there is a network to predict with (fitted or loaded)."""
         return self.model is not None
 
     def input_batches(self, images: Sequence[np.ndarray]) -> Iterator[tuple[Sequence[np.ndarray], torch.Tensor]]:
-        """HxWx3 uint8 images ``batch_size`` at a time, each batch with its network input (NCHW at ``image_size``)."""
+        """HxWx3 uint8 images ``batch_size`` at a time, each batch with its network input (NCHW at ``image_size``, on the stage's device)."""
+        layout = memory_format(self.device)
         for start in range(0, len(images), self.batch_size):
             batch = images[start : start + self.batch_size]
-            yield batch, to_input_tensor([self._resize(np.ascontiguousarray(im))[0] for im in batch])
+            x = to_input_tensor([self._resize(np.ascontiguousarray(im))[0] for im in batch])
+            yield batch, x.to(self.device).contiguous(memory_format=layout)
+
+    def forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``model(x)`` for prediction: no gradients, mixed precision on CUDA; outputs back on the CPU as fp32."""
+        with inference_mode(self.device):
+            out = model(x)
+        return out.float().cpu()
 
     # ------------------------------------------------------------------ state
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -243,7 +267,7 @@ class NetworkStage(TrainableStage):
         model = self.build_network(pretrained=False)
         weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         model.load_state_dict(weights, strict=True)
-        self.model = model.eval()
+        self.model = self._place(model).eval()
         self.fitted = True
 
     def describe(self) -> dict[str, Any]:

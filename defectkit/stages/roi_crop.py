@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from defectkit.errors import ConfigError
 from defectkit.registry import STAGES, build
@@ -77,6 +78,12 @@ class RoiCrop(WrappingStage):
         if self.localizer is not None and not callable(getattr(self.localizer, "detect", None)):
             raise ConfigError(f"RoiCrop localizer {type(self.localizer).__name__} has no detect(images) method")
         super().__init__(inner, name or "roi_crop")
+
+    def use_device(self, device: torch.device) -> None:
+        """The inner stage and the localizer run on ``device``."""
+        super().use_device(device)
+        if self.localizer is not None:
+            self.localizer.use_device(device)
 
     def settings(self) -> dict[str, Any]:
         return {

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from defectkit.data.masks import ground_truth_masks, has_annotations
-from defectkit.data.transforms import build_augmentation
-from defectkit.heads.segmenter import ARCHITECTURES, bce_dice_loss, build_segmenter
+from defectkit.data.transforms import Compose, ForegroundCrop, build_augmentation
+from defectkit.errors import ConfigError
+from defectkit.heads.segmenter import ARCHITECTURES, build_segmenter, segmentation_loss
 from defectkit.registry import STAGES
 from defectkit.sample import Record, Sample
 from defectkit.stages.base import FitContext
@@ -42,11 +43,18 @@ class Segmenter(NetworkStage):
     through ``context.load_samples`` (so earlier stages, e.g. enhancement, apply), their ground truth
     rasterised per class of ``context.classes`` (:func:`ground_truth_masks`), and both kept at
     ``image_size``. The network (offline ImageNet encoder) is trained with BCE + ``dice_weight`` x
-    soft Dice by the shared Lightning loop (:func:`defectkit.training.fit_head`); with annotated
-    validation records the weights of the best validation epoch are kept.
+    a region term (``loss``) by the shared Lightning loop (:func:`defectkit.training.fit_head`);
+    with annotated validation records the weights of the best validation epoch are kept. With
+    ``train_crop`` the network trains on crops of the images kept at ``image_size``
+    (:class:`~defectkit.data.transforms.ForegroundCrop`: ``foreground_share`` of them centred on a
+    defect of a class drawn uniformly among those present), so ``image_size`` can stay near the
+    photos' own resolution, where thin defects keep their width, at the cost per step of the crop.
+    Validation then uses one seeded crop per image.
 
-    Prediction: images are resized to ``image_size`` in batches, the sigmoid maps resized back to
-    each image's resolution (bilinear) and stored as ``sample.prob_maps`` with
+    Prediction: images are resized to ``image_size`` in batches (the network is fully
+    convolutional, so a model trained on crops predicts the whole image at once), optionally
+    averaged with the horizontally flipped prediction (``tta_flip``), the sigmoid maps resized
+    back to each image's resolution (bilinear) and stored as ``sample.prob_maps`` with
     ``sample.map_classes``.
 
     Args:
@@ -57,7 +65,14 @@ class Segmenter(NetworkStage):
         batch_size: Images per step and per prediction batch.
         lr: Peak AdamW learning rate.
         weight_decay: AdamW weight decay.
-        dice_weight: Weight of the soft Dice term next to BCE (0: BCE only).
+        dice_weight: Weight of the region term next to BCE (0: BCE only).
+        loss: Region term: ``"bce_dice"`` (soft Dice), ``"bce_focal_tversky"`` or ``"bce_lovasz"``
+            (see :func:`~defectkit.heads.segmenter.segmentation_loss`).
+        train_crop: ``(height, width)`` crops to train on (multiples of 32, at most ``image_size``),
+            or None to train on whole images.
+        foreground_share: With ``train_crop``, the share of crops centred on a defect.
+        tta_flip: Average each prediction with that of the horizontally flipped image (twice the
+            prediction cost).
         augment: Albumentations config dict (``build(TRANSFORMS, ...)``) or None; default: horizontal
             flips and mild brightness/contrast.
         max_images: Train on at most this many annotated images (a deterministic subset).
@@ -86,6 +101,10 @@ class Segmenter(NetworkStage):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         dice_weight: float = 0.5,
+        loss: str = "bce_dice",
+        train_crop: Sequence[int] | None = None,
+        foreground_share: float = 0.67,
+        tta_flip: bool = False,
         augment: dict[str, Any] | None = DEFAULT_SEGMENT_AUGMENT,
         max_images: int | None = None,
         seed: int = 0,
@@ -98,6 +117,19 @@ class Segmenter(NetworkStage):
             max_images, seed, pretrained, chunk_size,
         )
         self.dice_weight = float(dice_weight)
+        self.loss_name = str(loss)
+        segmentation_loss(self.loss_name, self.dice_weight)  # an unknown name fails now
+        self.train_crop = None if train_crop is None else (int(train_crop[0]), int(train_crop[1]))
+        if self.train_crop is not None and (
+            any(v < 32 or v % 32 for v in self.train_crop) or any(c > s for c, s in zip(self.train_crop, self.image_size))
+        ):
+            raise ConfigError(
+                f"Segmenter train_crop must be multiples of 32 no larger than image_size {list(self.image_size)}, "
+                f"got {list(self.train_crop)}"
+            )
+        self.foreground_share = float(foreground_share)
+        ForegroundCrop((32, 32), self.foreground_share)  # a share outside [0, 1] fails now
+        self.tta_flip = bool(tta_flip)
         self.augment_cfg = None if augment is None else dict(augment)
         if self.augment_cfg is not None:
             build_augmentation(self.augment_cfg, self.seed)  # fail on a bad config now, not after loading data
@@ -142,17 +174,25 @@ class Segmenter(NetworkStage):
 
         self.fresh_network()
         augment = build_augmentation(self.augment_cfg, self.seed)
-        train_ds = ImageTensorDataset(train_images, train_masks, self.image_size, transform=augment)
-        val_ds = ImageTensorDataset(val_images, val_masks, self.image_size) if val_images else None
-        dice_weight = self.dice_weight
-
-        def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            return bce_dice_loss(logits, targets, dice_weight=dice_weight)
-
-        training = self.train_network(context, train_ds, val_ds, loss_fn)
+        if self.train_crop is None:
+            train_ds = ImageTensorDataset(train_images, train_masks, self.image_size, transform=augment)
+            val_ds = ImageTensorDataset(val_images, val_masks, self.image_size) if val_images else None
+        else:
+            crop = ForegroundCrop(self.train_crop, self.foreground_share, seed=self.seed)
+            train_ds = ImageTensorDataset(train_images, train_masks, self.image_size, transform=Compose([crop, augment]),
+                                          output_size=self.train_crop)
+            # One seeded crop per validation image: the validation loss stays comparable between
+            # epochs and costs a crop's forward pass, not a whole photo's.
+            val_crop = ForegroundCrop(self.train_crop, self.foreground_share, seed=self.seed + 1)
+            val_pairs = [val_crop(image, mask) for image, mask in zip(val_images, val_masks)]
+            val_ds = (ImageTensorDataset([i for i, _ in val_pairs], [m for _, m in val_pairs], self.train_crop)
+                      if val_pairs else None)
+        training = self.train_network(context, train_ds, val_ds, segmentation_loss(self.loss_name, self.dice_weight))
         stacked = np.stack(train_masks)
         return self.finish_fit(
             context, training, problems, f"{len(train_images)} images", len(val_images),
+            loss=self.loss_name,
+            train_crop=None if self.train_crop is None else list(self.train_crop),
             train_images=len(train_images),
             val_images=len(val_images),
             skipped_unannotated=len(train) - len([r for r in train if has_annotations(r)]),
@@ -167,7 +207,10 @@ class Segmenter(NetworkStage):
         out: list[np.ndarray] = []
         for batch, x in self.input_batches(images):
             with torch.no_grad():
-                probs = torch.sigmoid(model(x).float())
+                probs = torch.sigmoid(self.forward(model, x).float())
+                if self.tta_flip:
+                    flipped = torch.sigmoid(self.forward(model, x.flip(-1)).float()).flip(-1)
+                    probs = (probs + flipped) / 2
             for image, p in zip(batch, probs):
                 height, width = image.shape[:2]
                 if (height, width) != tuple(p.shape[-2:]):

@@ -46,6 +46,10 @@ class WrappingStage(TrainableStage):
             return build(STAGES, inner)
         return inner
 
+    def use_device(self, device: torch.device) -> None:
+        """The inner stage runs on ``device``."""
+        self.inner.use_device(device)
+
     @property
     def classes(self) -> list[str]:
         """The inner stage's classes."""

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from defectkit.data.transforms import Resize
 from defectkit.heads.backbones import to_input_tensor
+from defectkit.runtime import lightning_accelerator, memory_format, training_precision
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -67,7 +68,10 @@ class ImageTensorDataset(Dataset):
         targets: One target per image.
         size: ``(height, width)`` every image (and mask) is resized to.
         transform: Optional ``(image, mask) -> (image, mask)`` (see :mod:`defectkit.data.transforms`),
-            applied per access after resizing; if it changes the size, the result is resized back.
+            applied per access after resizing; if its result is not ``output_size``, it is resized to it.
+        output_size: ``(height, width)`` of the items (default: ``size``); smaller than ``size``
+            when ``transform`` crops (e.g. :class:`~defectkit.data.transforms.ForegroundCrop`), so
+            the network trains on crops of images kept at ``size``.
 
     Example:
         >>> images = [np.zeros((40, 50, 3), np.uint8), np.full((30, 30, 3), 255, np.uint8)]
@@ -83,12 +87,15 @@ class ImageTensorDataset(Dataset):
         targets: Sequence[Any],
         size: Sequence[int],
         transform: ImageTransform | None = None,
+        output_size: Sequence[int] | None = None,
     ) -> None:
         if len(images) != len(targets):
             raise ValueError(f"got {len(images)} images but {len(targets)} targets")
         self.size = (int(size[0]), int(size[1]))
+        self.output_size = self.size if output_size is None else (int(output_size[0]), int(output_size[1]))
         self.transform = transform
         self._resize = Resize(self.size)
+        self._resize_output = Resize(self.output_size)
         self.images: list[np.ndarray] = []
         self.targets: list[Any] = []
         for image, target in zip(images, targets):
@@ -109,8 +116,8 @@ class ImageTensorDataset(Dataset):
         mask = _as_mask(target)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
-            if image.shape[:2] != self.size:
-                image, mask = self._resize(np.ascontiguousarray(image), mask)
+        if image.shape[:2] != self.output_size:
+            image, mask = self._resize_output(np.ascontiguousarray(image), mask)
         x = to_input_tensor(np.ascontiguousarray(image)[None])[0]
         return x, _target_tensor(mask if mask is not None else target)
 
@@ -305,6 +312,7 @@ class HeadModule(pl.LightningModule):
         self.min_lr_ratio = float(min_lr_ratio)
         self.warmup_steps = int(warmup_steps)
         self.history: list[dict[str, float | int | None]] = []
+        self.memory_format = torch.contiguous_format
         self._sums = {"train": [0.0, 0], "val": [0.0, 0]}
         # Lowest validation loss so far and a CPU copy of the head's weights at it (see fit_head's
         # restore_best). Tracked here, not in a callback: callbacks' epoch-end hooks run before the
@@ -318,6 +326,8 @@ class HeadModule(pl.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, Any], split: str) -> torch.Tensor:
         x, y = batch
+        if isinstance(x, torch.Tensor) and x.ndim == 4:
+            x = x.contiguous(memory_format=self.memory_format)
         loss = head_loss(self.head, x, y) if self.loss_fn is None else self.loss_fn(self.head(x), y)
         n = len(x)
         self._sums[split][0] += float(loss.detach()) * n
@@ -449,8 +459,9 @@ def fit_head(
     collate_fn: Callable[[list[Any]], Any] | None = None,
     sampler: Sampler | None = None,
     log: Callable[[str], None] | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Train ``head`` in place on CPU with Lightning and return a JSON-able summary.
+    """Train ``head`` in place with Lightning (on ``device``) and return a JSON-able summary.
 
     Args:
         head: The network (trained in place; left in ``eval()`` mode).
@@ -478,6 +489,9 @@ def fit_head(
             ``WeightedRandomSampler`` that oversamples rare classes; seed its own generator).
         log: Receives one line per finished epoch (``"<description>: epoch 3/8 train loss ...,
             val loss ... (41 s)"``), e.g. ``FitContext.log``. None: silent.
+        device: Where to train (:func:`defectkit.runtime.resolve_device`); None: the CPU. On CUDA
+            with mixed precision; image batches in channels-last layout. The head is left on the
+            CPU afterwards (stages move it where they predict).
 
     Returns:
         ``epochs``, ``steps``, ``train_samples``, ``val_samples``, ``train_loss`` (last epoch),
@@ -504,8 +518,12 @@ def fit_head(
                    persistent_workers=num_workers > 0, collate_fn=collate_fn)
         if has_val else None
     )
+    device = device or torch.device("cpu")
     module = HeadModule(head, loss_fn, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, log=log,
                         description=description)
+    module.memory_format = memory_format(device)
+    head.to(memory_format=module.memory_format)  # type: ignore[call-overload]
+    accelerator, devices = lightning_accelerator(device)
     callbacks: list[pl.Callback] = []
     if progress is not None:
         callbacks.append(_ProgressCallback(progress(description, int(epochs) * len(train_loader))))
@@ -517,15 +535,17 @@ def fit_head(
         previous_seed = os.environ.get("PL_GLOBAL_SEED")
         pl.seed_everything(int(seed), workers=True, verbose=False)
         trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
+            accelerator=accelerator,
+            devices=devices,
+            precision=training_precision(device),  # type: ignore[arg-type]
             max_epochs=int(epochs),
             enable_checkpointing=False,
             logger=False,
             enable_model_summary=False,
             enable_progress_bar=False,
             num_sanity_val_steps=0,  # a pre-training validation pass costs time and tells us nothing
-            deterministic=deterministic,
+            # CUDA has no deterministic kernels for some backward passes (bilinear upsampling): warn there.
+            deterministic=deterministic if device.type == "cpu" else ("warn" if deterministic else False),
             callbacks=callbacks,
         )
         try:
@@ -540,6 +560,7 @@ def fit_head(
             if frozen(name):
                 param.requires_grad_(True)  # a fit shorter than the freeze must not leave the head frozen
 
+    head.cpu()
     restored = False
     if restore_best and module.best_state is not None and module.best_epoch != len(module.history) - 1:
         head.load_state_dict(module.best_state)

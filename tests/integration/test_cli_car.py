@@ -25,6 +25,7 @@ TINY_CAR_OPTIONS = [
     # A few validation photos cannot calibrate a 0.98 recall; the early exit is what is tested here.
     "pipeline.1.target_recall=0.5",
     "pipeline.2.image_size=(64,96)",
+    "pipeline.2.train_crop=(64,64)",
     "pipeline.2.epochs=2",
     "runtime.num_threads=1",
     "split.ratios=(0.5,0.15,0.35)",  # enough test photos for both gate outcomes
@@ -101,3 +102,12 @@ def test_switched_off_gate_segments_every_image_and_the_report_says_so(car_work_
     lines = read_lines(work_dir / "predictions.jsonl")
     assert lines and all(line["gate"]["label"] is None and "segmenter" in line["timings_ms"] for line in lines)
     assert "switched off in the config" in (work_dir / "report.html").read_text()
+
+
+def test_the_report_shows_per_class_quality_and_the_worst_photos_beside_their_ground_truth(car_work_dir: Path):
+    report = (car_work_dir / "report.html").read_text()
+    assert "<h2>Segmentation</h2>" in report and "precision" in report and "recall" in report
+    assert (car_work_dir / "plots" / "photo_iou.png").stat().st_size > 0
+    assert (car_work_dir / "plots" / "class_confusion.png").stat().st_size > 0
+    worst = sorted((car_work_dir / "plots" / "worst").glob("*.jpg"))
+    assert worst and all(f"plots/worst/{p.name}" in report for p in worst)

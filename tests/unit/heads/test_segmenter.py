@@ -7,7 +7,7 @@ import torch
 
 from defectkit.errors import ConfigError
 from defectkit.heads.backbones import lite0_timm_state_dict
-from defectkit.heads.segmenter import bce_dice_loss
+from defectkit.heads.segmenter import SEGMENTATION_LOSSES, bce_dice_loss, segmentation_loss
 from defectkit.registry import HEADS, build
 
 
@@ -60,3 +60,16 @@ def test_loss_decreases_on_bright_square() -> None:
         optimizer.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] * 0.8, losses
+
+
+@pytest.mark.parametrize("name", SEGMENTATION_LOSSES)
+def test_every_loss_is_lower_for_the_right_answer_than_for_the_wrong_one(name):
+    target = torch.zeros(2, 3, 16, 16)
+    target[:, 1, 4:8, 4:12] = 1
+    loss = segmentation_loss(name, dice_weight=1.0)
+    right = loss(target * 20 - 10, target)
+    wrong = loss(10 - target * 20, target)
+    assert float(right) < 0.05 < float(wrong)
+    logits = torch.zeros(2, 3, 16, 16, requires_grad=True)
+    loss(logits, target).backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0

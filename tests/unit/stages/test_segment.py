@@ -134,3 +134,22 @@ def test_bad_config_fails_early() -> None:
         Segmenter(image_size=(100, 100))
     with pytest.raises(ValueError, match="Unet"):
         Segmenter(model=dict(type="FPN"))
+
+
+def test_a_segmenter_trained_on_crops_predicts_whole_images_at_their_resolution(data):
+    seg = build(STAGES, {**STAGE, "image_size": (64, 64), "train_crop": (32, 32), "foreground_share": 1.0,
+                         "loss": "bce_focal_tversky", "tta_flip": True})
+    summary = seg.fit(data["train"], data["val"], context(data["store"]))
+    assert summary["train_crop"] == [32, 32] and summary["loss"] == "bce_focal_tversky"
+    assert summary["training"]["val_samples"] == 2  # one seeded crop per validation image
+    samples = [Sample(record=r, image=data["store"].images[r.path]) for r in data["test"]]
+    for sample in seg.predict(samples):
+        assert sample.prob_maps.shape == (2, *sample.image.shape[:2])
+
+
+@pytest.mark.parametrize("options", [dict(train_crop=(48, 48)), dict(train_crop=(96, 64)), dict(loss="hinge")])
+def test_bad_crop_or_loss_settings_are_refused_when_the_stage_is_built(options):
+    from defectkit.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        build(STAGES, {**STAGE, **options})
