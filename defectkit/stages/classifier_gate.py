@@ -21,6 +21,7 @@ from defectkit.data.split import stable_order_key
 from defectkit.data.transforms import build_augmentation
 from defectkit.heads.backbones import create_classifier, to_input_tensor
 from defectkit.registry import STAGES
+from defectkit.runtime import inference_mode, memory_format
 from defectkit.sample import Record, Sample
 from defectkit.stages.base import FitContext, TrainableStage
 from defectkit.training import ImageTensorDataset, fit_head
@@ -156,6 +157,7 @@ class ClassifierGate(TrainableStage):
         self.positive: list[int] = []
         self.threshold = 0.5
         self.model: torch.nn.Module | None = None
+        self.device = torch.device("cpu")
         # False when fit found nothing to learn (one side missing): the gate then passes everything.
         self.active = False
         self.summary: dict[str, Any] = {}
@@ -233,12 +235,13 @@ class ClassifierGate(TrainableStage):
     def _probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Softmax class probabilities (N x classes, float64) of HxWx3 uint8 images, batched."""
         assert self.model is not None
-        self.model.eval()
+        model = self.model.to(self.device, memory_format=memory_format(self.device)).eval()  # type: ignore[call-overload]
         out = []
         for b in range(0, len(images), self.batch_size):
             x = to_input_tensor([self._resize(im) for im in images[b : b + self.batch_size]])
-            with torch.no_grad():
-                out.append(torch.softmax(self.model(x).double(), dim=1).numpy())
+            with inference_mode(self.device):
+                logits = model(x.to(self.device).contiguous(memory_format=memory_format(self.device)))
+            out.append(torch.softmax(logits.double().cpu(), dim=1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.image_classes)))
 
     def _positive_score(self, probs: np.ndarray) -> np.ndarray:
@@ -257,6 +260,10 @@ class ClassifierGate(TrainableStage):
         return self.summary
 
     # ------------------------------------------------------------------ fit
+    def use_device(self, device: torch.device) -> None:
+        """Train and classify on ``device``."""
+        self.device = torch.device(device)
+
     def fit(self, train: Sequence[Record], val: Sequence[Record], context: FitContext) -> dict[str, Any]:
         """Fine-tune the classifier on ``train`` and calibrate the recall threshold on ``val``.
 
@@ -304,7 +311,7 @@ class ClassifierGate(TrainableStage):
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
             progress=context.progress, description=f"{self.name}: train", seed=self.seed,
             frozen=lambda name: not name.startswith("classifier."), freeze_epochs=self.freeze_backbone_epochs,
-            restore_best=val_ds is not None, log=context.log,
+            restore_best=val_ds is not None, log=context.log, device=self.device,
         )
         self.active, self.fitted = True, True
 

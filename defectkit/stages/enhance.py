@@ -362,6 +362,11 @@ class ZeroDce(_LuminanceRule, TrainableStage):
         self.seed = int(seed)
         self.model = self._new_model(dict(n_filters=n_filters, n_iterations=n_iterations, depthwise=depthwise))
         self.summary: dict[str, Any] = {}
+        self.device = torch.device("cpu")
+
+    def use_device(self, device: torch.device) -> None:
+        """Train the curve estimator on ``device`` (enhancement itself runs on the CPU; see :meth:`fit`)."""
+        self.device = torch.device(device)
 
     def _new_model(self, cfg: Mapping[str, Any]) -> DceNet:
         """A freshly (and reproducibly) initialised DCE-Net in eval mode, channels-last.
@@ -436,7 +441,7 @@ class ZeroDce(_LuminanceRule, TrainableStage):
             raise ValueError("ZeroDce.fit needs at least one decodable training image")
         t_crops = time.perf_counter() - start
 
-        self.model = self._new_model(self.model.config())
+        self.model = self._new_model(self.model.config()).to(self.device)
         self.model.train()
         optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         n_batches = math.ceil(len(crops) / self.batch_size)
@@ -446,7 +451,7 @@ class ZeroDce(_LuminanceRule, TrainableStage):
             order = rng.permutation(len(crops))
             sums: dict[str, float] = {}
             for b in range(n_batches):
-                x = self._augment(crops[order[b * self.batch_size : (b + 1) * self.batch_size]], rng)
+                x = self._augment(crops[order[b * self.batch_size : (b + 1) * self.batch_size]], rng).to(self.device)
                 enhanced, curves = self.model(x)
                 loss, parts = zero_dce_loss(x, enhanced, curves, self.loss_weights)
                 optimizer.zero_grad(set_to_none=True)
@@ -459,7 +464,9 @@ class ZeroDce(_LuminanceRule, TrainableStage):
                 advance(1)
             last = {k: round(v / n_batches, 5) for k, v in sums.items()}
             context.log(f"{self.name}: epoch {epoch + 1}/{self.epochs} " + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
-        self.model.eval()
+        # Enhancement itself stays on the CPU: the curves come from a 4x downscaled photo (a few
+        # thousand weights), so moving full-size photos to a GPU and back would cost more than it saves.
+        self.model.cpu().eval()
         self.fitted = True
         t_train = time.perf_counter() - start - t_crops
 
