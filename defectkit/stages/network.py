@@ -216,6 +216,10 @@ class NetworkStage(TrainableStage):
             yield batch, to_input_tensor([self._resize(np.ascontiguousarray(im))[0] for im in batch])
 
     # ------------------------------------------------------------------ state
+    def expected_model(self) -> dict[str, Any] | None:
+        """The head config the stage's config asks for; a saved state must have been made with it."""
+        return self.model_cfg
+
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The network's weights; head config, :meth:`saved_settings`, classes, image size and fit summary as JSON."""
         model = self.network("nothing to save")
