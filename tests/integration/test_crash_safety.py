@@ -31,7 +31,8 @@ from defectkit.cli import EXIT_SOME_INPUTS_FAILED
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "texture_defect.py")
 N_GOOD, N_BAD, TRIALS = 44, 4, 20
-PREDICT_OPTIONS = ["--cfg-options", "predict.batch_size=4", "runtime.num_threads=1"]
+# The work dir's gate was fitted with coreset_size=500 (tests/integration/conftest.py); loading checks the model config.
+PREDICT_OPTIONS = ["--cfg-options", "predict.batch_size=4", "runtime.num_threads=1", "pipeline.0.model.coreset_size=500"]
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork and SIGKILL")
 
