@@ -105,7 +105,8 @@ def _os_error_line(exc: OSError) -> str:
     reason = exc.strerror or str(exc) or type(exc).__name__
     paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
     where = " -> ".join(paths) if paths else "(no path given)"
-    return " ".join(f"{where}: {reason}".split())
+    # A file name may hold line breaks; escape them so the message stays one line.
+    return f"{where}: {reason}".replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _console():
