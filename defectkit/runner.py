@@ -13,10 +13,10 @@ import json
 import os
 import random
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,9 @@ from defectkit.errors import ConfigError, DataError, OutputError
 from defectkit.evaluation.records import make_eval_record
 from defectkit.io.atomic import TEMP_GLOB, atomic_write_json, with_path
 from defectkit.io.images import DEFAULT_MAX_SIDE, decode_record
+from defectkit.io.lock import folder_lock
 from defectkit.io.overlays import draw_overlay, overlay_name, write_overlay
 from defectkit.io.report import write_report
-from defectkit.io.lock import folder_lock
 from defectkit.io.results import ResultLog
 from defectkit.io.state import check_manifest, read_manifest
 from defectkit.pipeline import Pipeline

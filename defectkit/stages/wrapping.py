@@ -119,7 +119,10 @@ class WrappingStage(TrainableStage):
             if not isinstance(inner_extra, dict):
                 raise StateError(f"{self.name}: saved state's 'inner' is not an object")
             # What the inner stage rebuilds from is this nested copy: check it, not only the top-level one.
-            self.inner.check_saved_model(inner_extra)
+            # (An inner object that is not a TrainableStage checks what it loads itself.)
+            check = getattr(self.inner, "check_saved_model", None)
+            if callable(check):
+                check(inner_extra)
             self.inner.load_state_tensors(tensors, dict(inner_extra))
         self.fitted = True
 
