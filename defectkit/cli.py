@@ -40,17 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return sub
 
+    overwrite_help = "if the results folder holds another run's results, move them into <folder>/previous-<UTC time>/ (default: refuse)"
     run = with_config("run", "Fit untrained stages, evaluate on the test split, write predictions and the report.")
     run.add_argument("--data-root", help="data set folder (default: the config's built-in data set)")
+    run.add_argument("--overwrite", action="store_true", help=overwrite_help)
     train = with_config("train", "Fit every trainable stage that has no saved state in the work dir.")
     train.add_argument("--data-root", help="data set folder (default: the config's built-in data set)")
     evaluate = with_config("eval", "Evaluate fitted stages on a labelled data set.", work_dir_required=True)
     evaluate.add_argument("--data-root", help="data set folder in the config's layout (default: the one trained on)")
     evaluate.add_argument("--split", default="test", choices=["test", "val", "train", "all"], help="which images to evaluate")
     evaluate.add_argument("--out", help="results folder (default: the work dir for the training data, else work_dir/eval-<split>-<data root name>)")
+    evaluate.add_argument("--overwrite", action="store_true", help=overwrite_help)
     predict = with_config("predict", "Predict on image files or folders with fitted stages.", work_dir_required=True)
     predict.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files or folders")
-    predict.add_argument("--out", required=True, help="results folder")
+    predict.add_argument("--out", required=True, help="results folder (one command at a time; not the work dir)")
+    predict.add_argument("--overwrite", action="store_true", help=overwrite_help)
     check = commands.add_parser(
         "check-data",
         help="Validate a data set in the config's layout and print a summary (exit 3 if problems are found).",
@@ -79,11 +83,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except DefectkitError as exc:
-        _console().print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        _print_error(str(exc))
+        return EXIT_FATAL
+    except OSError as exc:  # a folder that is read-only, full, missing or not ours: say which and why
+        _print_error(_os_error_line(exc))
         return EXIT_FATAL
     except KeyboardInterrupt:
         _console().print("[yellow]interrupted: run the same command again to continue where it stopped[/yellow]")
         return 130
+
+
+def _print_error(message: str) -> None:
+    """``error: <message>`` on stderr, never wrapped, and with paths that look like markup printed as they are."""
+    from rich.markup import escape
+
+    _console().print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``<path>: <reason>`` (both paths for a rename) on one line."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    where = " -> ".join(paths) if paths else "(no path given)"
+    # A file name may hold line breaks; escape them so the message stays one line.
+    return f"{where}: {reason}".replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _console():
@@ -113,13 +136,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         _print_json("fitted", summaries)
         return EXIT_OK
     if args.command == "run":
-        metrics = runner.run()
+        metrics = runner.run(overwrite=args.overwrite)
     elif args.command == "eval":
         out = Path(args.out) if args.out else _default_eval_dir(runner, args)
-        metrics = runner.evaluate(split=args.split, out_dir=out, data_root=args.data_root)
+        metrics = runner.evaluate(split=args.split, out_dir=out, data_root=args.data_root, overwrite=args.overwrite)
         _console().print(f"results in {out}")
     else:
-        metrics = runner.predict(args.input, Path(args.out))
+        metrics = runner.predict(args.input, Path(args.out), overwrite=args.overwrite)
         _console().print(f"results in {args.out}")
     _print_json("metrics", metrics)
     return EXIT_SOME_INPUTS_FAILED if metrics.get("n_errors") else EXIT_OK

@@ -17,5 +17,13 @@ class StateError(DefectkitError):
     """Saved stage state is missing, mismatched or has been tampered with."""
 
 
+class OutputError(DefectkitError):
+    """A results folder cannot be used as asked: it holds another run's results."""
+
+
+class FolderLockedError(OutputError):
+    """Another process is writing to the same results folder."""
+
+
 class ConfigError(DefectkitError, ValueError):
     """A config names something that does not exist or passes arguments it does not take."""

@@ -12,6 +12,11 @@ decorator and built from config dicts whose ``type`` names them::
     stage = build(STAGES, dict(type="MyStage", threshold=0.5))
 
 An unknown ``type`` fails with the list of valid names.
+
+Names are looked up only among what is registered (in these registries and in the child registries
+plugins attach to them, as ``<scope>.<Name>``). mmengine's ``Registry.get`` would instead import any
+dotted path it does not know (``os.system``), so :func:`build` never hands it a name: a config or a
+weight manifest that names something unregistered is refused before anything is imported.
 """
 
 from __future__ import annotations
@@ -62,9 +67,46 @@ ALL_REGISTRIES = {
 
 
 def registered_names(registry: Registry) -> list[str]:
-    """Names registered in ``registry``, sorted."""
+    """Names registered in ``registry`` and (as ``<scope>.<Name>``) in its child registries, sorted."""
     _import_locations(registry)
-    return sorted(registry.module_dict)
+    names = list(registry.module_dict)
+    for scope, child in registry._children.items():
+        names.extend(f"{scope}.{name}" for name in registered_names(child))
+    return sorted(names)
+
+
+def lookup(registry: Registry, type_name: Any) -> Any | None:
+    """The object registered under ``type_name``, or None; nothing is ever imported to find it.
+
+    A plain name is looked up in ``registry`` itself, ``<scope>.<Name>`` in the child registry of
+    that scope (plugins register there). Unlike ``Registry.get``, a dotted name that is not a child
+    scope is not treated as a module path. A non-string ``type`` (a class given by Python code) is
+    accepted only if it is itself registered.
+
+    Example:
+        >>> lookup(STAGES, "MaskPolicy").__name__
+        'MaskPolicy'
+        >>> lookup(STAGES, "os.system") is None
+        True
+    """
+    _import_locations(registry)
+    if not isinstance(type_name, str):
+        registered = _registered_objects(registry)
+        return type_name if any(obj is type_name for obj in registered) else None
+    found = registry._module_dict.get(type_name)
+    if found is not None:
+        return found
+    scope, dot, rest = type_name.partition(".")
+    child = registry._children.get(scope) if dot else None
+    return lookup(child, rest) if child is not None else None
+
+
+def _registered_objects(registry: Registry) -> list[Any]:
+    objects = list(registry._module_dict.values())
+    for child in registry._children.values():
+        _import_locations(child)
+        objects.extend(_registered_objects(child))
+    return objects
 
 
 _SUBMODULES_IMPORTED: set[int] = set()
@@ -107,14 +149,15 @@ def build(registry: Registry, cfg: dict[str, Any] | Any, **defaults: Any) -> Any
         raise ConfigError(f"a {registry.name} config must be a dict with a 'type' key, got {cfg!r}")
     args = dict(cfg)
     type_name = args.pop("type")
-    _import_locations(registry)
-    obj_cls = registry.get(type_name) if isinstance(type_name, str) else type_name
+    obj_cls = lookup(registry, type_name)
     if obj_cls is None:
         names = registered_names(registry)
         close = difflib.get_close_matches(str(type_name), names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
+        # Say why a module path is not imported: it is a refusal, not a missing install.
+        dotted = " (names are looked up only among registered ones; module paths are never imported)" if "." in str(type_name) else ""
         raise ConfigError(
-            f"unknown {registry.name} type {type_name!r}.{hint} Valid {registry.name} types: {', '.join(names)}"
+            f"unknown {registry.name} type {type_name!r}{dotted}.{hint} Valid {registry.name} types: {', '.join(names)}"
         )
     for key, value in defaults.items():
         args.setdefault(key, value)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,15 +32,16 @@ from defectkit.config import Config
 from defectkit.data.grouping import area_ratio_cuts, make_damage_stratum
 from defectkit.data.masks import ground_truth_masks
 from defectkit.data.split import default_stratum, load_split, save_split, split_records
-from defectkit.errors import ConfigError, DataError
+from defectkit.errors import ConfigError, DataError, OutputError
 from defectkit.evaluation.records import make_eval_record
-from defectkit.io.atomic import atomic_write_json
+from defectkit.io.atomic import TEMP_GLOB, atomic_write_json, with_path
 from defectkit.io.images import DEFAULT_MAX_SIDE, decode_record
+from defectkit.io.lock import folder_lock
 from defectkit.io.overlays import draw_overlay, overlay_name, write_overlay
 from defectkit.io.report import write_report
 from defectkit.io.segmentation_report import segmentation_section_html
 from defectkit.io.results import ResultLog
-from defectkit.io.state import check_manifest
+from defectkit.io.state import check_manifest, read_manifest
 from defectkit.pipeline import Pipeline
 from defectkit.registry import DATASETS, METRICS, build
 from defectkit.runtime import resolve_device
@@ -47,6 +49,14 @@ from defectkit.sample import Instance, Record, Sample
 from defectkit.stages.base import FitContext
 
 console = Console(stderr=True)
+
+RESULT_NAMES = ("predictions.jsonl", "eval_records.jsonl", "metrics.json", "timings.json", "report.html", "run_info.json", "overlays", "plots")
+"""What a prediction or evaluation writes into its results folder (moved aside together on overwrite)."""
+
+_STAMP_FIELDS = {
+    "mode": "command (eval or predict)", "split": "split", "data_root": "data root", "pipeline": "config's pipeline or classes",
+    "version": "defectkit version", "weights": "weights",
+}
 
 
 class Runner:
@@ -148,7 +158,15 @@ class Runner:
 
     # ------------------------------------------------------------------------------- commands
     def train(self) -> dict[str, Any]:
-        """Fit every trainable stage that has no saved state; returns per-stage fit summaries."""
+        """Fit every trainable stage that has no saved state; returns per-stage fit summaries.
+
+        Raises:
+            FolderLockedError: Another command is writing to the work dir.
+        """
+        with folder_lock(self.work_dir):
+            return self._train()
+
+    def _train(self) -> dict[str, Any]:
         self._check_saved_states()
         records = self.records()
         parts = self.split(records)
@@ -175,13 +193,22 @@ class Runner:
         atomic_write_json(self.work_dir / "fit_summary.json", previous)
         return summaries
 
-    def run(self) -> dict[str, float]:
-        """Fit what is not fitted, evaluate on the test split, write predictions, overlays and the report."""
-        self.train()
-        return self.evaluate(split="test", out_dir=self.work_dir)
+    def run(self, overwrite: bool = False) -> dict[str, float]:
+        """Fit what is not fitted, evaluate on the test split, write predictions, overlays and the report.
 
-    def evaluate(self, split: str = "test", out_dir: Path | None = None, data_root: str | None = None) -> dict[str, float]:
-        """Predict on a split of the data (``test`` or ``all``) and compute the config's metrics."""
+        The work dir stays locked from training to the report, so no other command writes there meanwhile.
+        """
+        with folder_lock(self.work_dir):
+            self.train()
+            return self.evaluate(split="test", out_dir=self.work_dir, overwrite=overwrite)
+
+    def evaluate(
+        self, split: str = "test", out_dir: Path | None = None, data_root: str | None = None, overwrite: bool = False
+    ) -> dict[str, float]:
+        """Predict on a split of the data (``test`` or ``all``) and compute the config's metrics.
+
+        ``overwrite`` moves results of another run in ``out_dir`` aside (see :meth:`stream`).
+        """
         self._load_if_needed()
         records = self.records(data_root)
         if split == "all":
@@ -194,15 +221,25 @@ class Runner:
             raise DataError(f"the {split} split is empty")
         out_dir = Path(out_dir or self.work_dir)
         stamp = {"mode": "eval", "split": split, "data_root": str(Path(data_root or self.data_root or "builtin").resolve())}
-        return self.stream(chosen, out_dir, stamp, evaluate=True)
+        return self.stream(chosen, out_dir, stamp, evaluate=True, overwrite=overwrite)
 
-    def predict(self, inputs: Sequence[str], out_dir: Path) -> dict[str, float]:
-        """Predict on files and folders (recursively; every non-hidden file is an input)."""
+    def predict(self, inputs: Sequence[str], out_dir: Path, overwrite: bool = False) -> dict[str, float]:
+        """Predict on files and folders (recursively; every non-hidden file is an input).
+
+        Raises:
+            OutputError: ``out_dir`` is the work dir, or holds another run's results, and ``overwrite`` is False.
+        """
+        out_dir = Path(out_dir)
+        if not overwrite and _same_folder(out_dir, self.work_dir):
+            raise OutputError(
+                f"{out_dir} is the work dir of the trained run (its evaluation results live there); choose another "
+                "--out, or pass --overwrite to move its results aside"
+            )
         self._load_if_needed()
         records = [Record(path=p) for p in collect_inputs(inputs)]
         if not records:
             raise DataError(f"no input files found in {', '.join(inputs)}")
-        return self.stream(records, Path(out_dir), {"mode": "predict"}, evaluate=False)
+        return self.stream(records, out_dir, {"mode": "predict"}, evaluate=False, overwrite=overwrite)
 
     def _check_saved_states(self) -> None:
         """Refuse saved weights written for another stage type, library version or other classes."""
@@ -222,18 +259,40 @@ class Runner:
                 stage.load(self.weights_dir)
 
     # ----------------------------------------------------------------------------- streaming
-    def stream(self, records: Sequence[Record], out_dir: Path, stamp: dict[str, Any], evaluate: bool) -> dict[str, float]:
-        """Run the pipeline over ``records`` in batches, resuming from what ``out_dir`` already holds."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temp_files(out_dir)
+    def stream(
+        self, records: Sequence[Record], out_dir: Path, stamp: dict[str, Any], evaluate: bool, overwrite: bool = False
+    ) -> dict[str, float]:
+        """Run the pipeline over ``records`` in batches, resuming from what ``out_dir`` already holds.
+
+        The folder is locked for the whole run. Results there from another run (another command,
+        config, data root, split, library version or other weights: the stamp in ``run_info.json``)
+        are refused, or with ``overwrite`` moved into ``out_dir/previous-<UTC time>/``; nothing is deleted.
+
+        Raises:
+            OutputError: ``out_dir`` holds another run's results and ``overwrite`` is False.
+            FolderLockedError: Another command is writing to ``out_dir``.
+        """
+        with folder_lock(out_dir):
+            return self._stream(records, out_dir, stamp, evaluate, overwrite)
+
+    def _stream(self, records: Sequence[Record], out_dir: Path, stamp: dict[str, Any], evaluate: bool, overwrite: bool) -> dict[str, float]:
+        _remove_stale_temp_files(out_dir)  # safe: the lock says no other run is writing here
+        stamp = {**stamp, "pipeline": self._pipeline_hash(), "version": __version__, "weights": self._weight_checksums()}
+        info_path = out_dir / "run_info.json"
+        previous = _read_json(info_path).get("stamp")
+        if previous != stamp and _holds_results(out_dir):
+            what = _stamp_difference(previous, stamp)
+            if not overwrite:
+                raise OutputError(
+                    f"{out_dir} holds results of another run ({what}); pass --overwrite to move them into "
+                    f"{out_dir}/previous-<time>/, or choose another output folder"
+                )
+            moved_to = _move_results_aside(out_dir)
+            console.print(f"[yellow]{out_dir}: results of another run ({what}) moved to {moved_to}[/yellow]")
         predictions = ResultLog(out_dir / "predictions.jsonl")
         eval_log = ResultLog(out_dir / "eval_records.jsonl", key_field="key")
-        stamp = {**stamp, "pipeline": self._pipeline_hash(), "version": __version__}
-        info_path = out_dir / "run_info.json"
-        if info_path.exists() and _read_json(info_path).get("stamp") != stamp and predictions.done:
-            console.print(f"[yellow]{out_dir}: results came from another config, data root or split; starting afresh[/yellow]")
-            predictions.reset()
-            eval_log.reset()
+        for problem in predictions.problems + eval_log.problems:
+            console.print(f"[yellow]repaired:[/yellow] {problem}")
         atomic_write_json(info_path, {"stamp": stamp, "config": str(self.config_path)})
 
         todo = [r for r in records if r.key not in predictions.done]
@@ -258,13 +317,21 @@ class Runner:
     def _write_batch(self, samples: list[Sample], out_dir: Path, predictions: ResultLog, eval_log: ResultLog, evaluate: bool) -> None:
         lines, evals = [], []
         for sample in samples:
-            line = sample.to_prediction()
-            if sample.ok and self._wants_overlay(sample):
-                name = overlay_name(sample.record.path)
-                write_overlay(out_dir / "overlays" / name, draw_overlay(sample.image, sample))
-                line["overlay"] = f"overlays/{name}"
-            if evaluate:
-                evals.append(make_eval_record(sample, self.classes))
+            try:
+                line = sample.to_prediction()
+                if sample.ok and self._wants_overlay(sample):
+                    name = overlay_name(sample.record.path)
+                    write_overlay(out_dir / "overlays" / name, draw_overlay(sample.image, sample))
+                    line["overlay"] = f"overlays/{name}"
+                if evaluate:
+                    evals.append(make_eval_record(sample, self.classes))
+            except OSError:
+                raise  # the results folder cannot be written (full, read-only): no later image could be either
+            except Exception as exc:  # one image's result must not cost the rest of the batch theirs
+                reason = f"{sample.record.key}: result could not be made ({type(exc).__name__}: {exc})"
+                line = {"path": sample.record.key, "status": "error", "error": reason}
+                if evaluate:  # nothing was appended for it yet: its eval record is made last
+                    evals.append({"key": sample.record.key, "error": reason})
             lines.append(line)
             sample.image = sample.prob_maps = sample.masks = None  # free memory early
         # Evaluation records go first: a prediction line is the commit marker of its image.
@@ -365,6 +432,13 @@ class Runner:
         right = draw_overlay(sample.image, SimpleNamespace(instances=instances, gate_label="prediction"))
         return np.concatenate([left, np.full((left.shape[0], 8, 3), 255, np.uint8), right], axis=1)
 
+    def _weight_checksums(self) -> dict[str, str | None]:
+        """Each trainable stage's tensor checksum: results made with other weights are another run's."""
+        sums: dict[str, str | None] = {}
+        for stage in self.pipeline.trainable:
+            sums[stage.name] = read_manifest(self.weights_dir, stage.name).get("sha256") if stage.has_saved_state(self.weights_dir) else None
+        return sums
+
     def _pipeline_hash(self) -> str:
         relevant = {"pipeline": self.cfg.get("pipeline"), "classes": self.classes, "image_classes": self.image_classes}
         return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -436,14 +510,62 @@ def _prefetched_batches(
 
 
 def _remove_stale_temp_files(out_dir: Path) -> None:
-    """Delete ``.<name>.tmp`` files a killed run left behind (atomic writes not yet renamed).
+    """Delete temporary files of atomic writes a killed run left behind (never renamed into place).
 
-    Only one run writes to a results folder at a time, so every such file is garbage.
+    Called with the folder's lock held: no other run writes here, so every such file is garbage.
+    Only the names :func:`~defectkit.io.atomic.atomic_write_bytes` gives its temporary files are
+    touched, and only beside files a run writes.
     """
     for folder in (out_dir, out_dir / "overlays", out_dir / "plots", out_dir / "plots" / "thumbs"):
         if folder.is_dir():
-            for tmp in folder.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+            for tmp in folder.glob(TEMP_GLOB):
+                with with_path(tmp):
+                    tmp.unlink(missing_ok=True)
+
+
+def _holds_results(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds results a run wrote (a line, metrics or a report)."""
+    for name in ("predictions.jsonl", "eval_records.jsonl"):
+        path = out_dir / name
+        if path.is_file() and path.stat().st_size > 0:
+            return True
+    return any((out_dir / name).exists() for name in ("metrics.json", "report.html"))
+
+
+def _stamp_difference(previous: Any, stamp: dict[str, Any]) -> str:
+    """Which parts of the run stamp differ, in words."""
+    if not isinstance(previous, dict):
+        return "no record of the run that made them" if previous is None else "unreadable run_info.json"
+    differs = [label for key, label in _STAMP_FIELDS.items() if previous.get(key) != stamp.get(key)]
+    if "weights" in differs and isinstance(previous.get("weights"), dict):
+        changed = sorted(k for k in set(previous["weights"]) | set(stamp["weights"]) if previous["weights"].get(k) != stamp["weights"].get(k))
+        differs[differs.index("weights")] = f"weights of stage(s) {', '.join(map(repr, changed))}"
+    return "other " + ", ".join(differs) if differs else "another run"
+
+
+def _move_results_aside(out_dir: Path) -> Path:
+    """Move every result file of ``out_dir`` into a new ``previous-<UTC time>/`` folder inside it; return that folder."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = out_dir / f"previous-{stamp}"
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = out_dir / f"previous-{stamp}-{suffix}"
+    with with_path(target):
+        target.mkdir()
+    for name in RESULT_NAMES:
+        source = out_dir / name
+        if source.exists():
+            with with_path(source):
+                os.replace(source, target / name)  # same file system: a rename, nothing copied or deleted
+    return target
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def collect_inputs(inputs: Sequence[str]) -> list[str]:
@@ -468,7 +590,8 @@ def collect_inputs(inputs: Sequence[str]) -> list[str]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # missing, damaged or not UTF-8: as if absent
         return {}
+    return value if isinstance(value, dict) else {}
 

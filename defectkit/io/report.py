@@ -142,7 +142,8 @@ def write_report(
 
     parts.append("</body></html>\n")
     out = work_dir / "report.html"
-    atomic_write_bytes(out, "\n".join(parts).encode("utf-8"))
+    # A file name that is not valid UTF-8 holds lone surrogates (surrogateescape): shown as \udcXX.
+    atomic_write_bytes(out, "\n".join(parts).encode("utf-8", "backslashreplace"))
     return out
 
 

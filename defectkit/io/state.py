@@ -96,13 +96,23 @@ def read_manifest(directory: str | Path, name: str) -> dict[str, Any]:
         raise StateError(f"no saved state for stage {name!r} in {directory} (expected {tensor_path.name} and {manifest_path.name})")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StateError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError covers bad JSON, bad UTF-8, huge numbers
+        raise StateError(f"{manifest_path}: unreadable manifest ({short_repr(exc)})") from exc
     if not isinstance(manifest, dict):
         raise StateError(f"{manifest_path}: manifest is not a JSON object")
     if manifest.get("format") != MANIFEST_FORMAT:
-        raise StateError(f"{manifest_path}: manifest format {manifest.get('format')!r}, expected {MANIFEST_FORMAT}")
+        raise StateError(f"{manifest_path}: manifest format {short_repr(manifest.get('format'))}, expected {MANIFEST_FORMAT}")
     return manifest
+
+
+def short_repr(value: Any, limit: int = 120) -> str:
+    """``repr`` (``str`` for an exception) on one line, cut to ``limit`` characters.
+
+    Values from a manifest are untrusted: a hostile one must not flood or break the one-line error.
+    """
+    text = str(value) if isinstance(value, BaseException) else repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_manifest(
@@ -125,18 +135,22 @@ def check_manifest(
     manifest = read_manifest(directory, name)
     _, manifest_path = state_paths(directory, name)
     if manifest.get("stage", name) != name:
-        raise StateError(f"{manifest_path}: written for stage {manifest.get('stage')!r}, not {name!r}; refusing to load")
+        raise StateError(f"{manifest_path}: written for stage {short_repr(manifest.get('stage'))}, not {name!r}; refusing to load")
     if manifest.get("stage_type") != stage_type:
         raise StateError(
-            f"{manifest_path}: saved by a {manifest.get('stage_type')!r} stage, but the config builds {stage_type!r}; "
+            f"{manifest_path}: saved by a {short_repr(manifest.get('stage_type'))} stage, but the config builds {stage_type!r}; "
             "delete the work dir's weights or point --work-dir elsewhere"
         )
     saved_major = str(manifest.get("library_version", "")).split(".")[:2]
     if saved_major != __version__.split(".")[:2]:
-        raise StateError(f"{manifest_path}: written by defectkit {manifest.get('library_version')}, this is {__version__}; retrain")
+        raise StateError(f"{manifest_path}: written by defectkit {short_repr(manifest.get('library_version'))}, this is {__version__}; retrain")
+    if not isinstance(manifest.get("extra", {}), dict):
+        raise StateError(f"{manifest_path}: 'extra' is not a JSON object; refusing to load")
     saved_classes = manifest.get("classes")
-    if saved_classes is None and isinstance(manifest.get("extra"), dict):
-        saved_classes = manifest["extra"].get("classes")
+    if saved_classes is None:
+        saved_classes = manifest.get("extra", {}).get("classes")
+    if saved_classes is not None and not (isinstance(saved_classes, list) and all(isinstance(c, str) for c in saved_classes)):
+        raise StateError(f"{manifest_path}: 'classes' must be a list of names, got {short_repr(saved_classes)}; refusing to load")
     if classes is not None and saved_classes is not None and [str(c) for c in saved_classes] != [str(c) for c in classes]:
         raise StateError(
             f"{manifest_path}: stage {name!r} was fitted for classes {list(saved_classes)}, but the config has "
@@ -163,7 +177,10 @@ def load_state(
     """
     manifest = check_manifest(directory, name, stage_type, classes)
     tensor_path, manifest_path = state_paths(directory, name)
-    payload = tensor_path.read_bytes()
+    try:
+        payload = tensor_path.read_bytes()
+    except OSError as exc:
+        raise StateError(f"{tensor_path}: cannot read ({exc.strerror or exc})") from exc
     if hashlib.sha256(payload).hexdigest() != manifest.get("sha256"):
         raise StateError(f"{tensor_path}: checksum does not match its manifest (file changed or truncated); refusing to load")
     try:
@@ -171,9 +188,9 @@ def load_state(
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise StateError(f"{tensor_path}: not a valid safetensors file ({exc}); refusing to load") from exc
     listed = manifest.get("tensors")
-    if isinstance(listed, dict):
+    if listed is not None:
         found = {k: list(v.shape) for k, v in tensors.items()}
-        if found != {k: list(v) for k, v in listed.items()}:
+        if not isinstance(listed, dict) or found != listed:
             raise StateError(f"{tensor_path}: tensors {sorted(found)} do not match the manifest {manifest_path.name}; refusing to load")
     extra = manifest.get("extra", {})
     return tensors, extra if isinstance(extra, dict) else {}

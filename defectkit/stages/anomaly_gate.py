@@ -422,6 +422,10 @@ class AnomalyGate(TrainableStage):
         return samples
 
     # ------------------------------------------------------------------ state
+    def expected_model(self) -> dict[str, Any] | None:
+        """The head config the stage's config asks for; a saved state must have been made with it."""
+        return self.model_cfg
+
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Fitted buffers of the head, thresholds and supervised weights, plus the config as JSON."""
         tensors = {

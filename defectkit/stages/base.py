@@ -6,6 +6,7 @@ training records and persist their state as safetensors plus a JSON manifest (ne
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 
 import torch
 
-from defectkit.io.state import has_state, load_state, save_state
+from defectkit.errors import StateError
+from defectkit.io.state import has_state, load_state, save_state, short_repr, state_paths
 from defectkit.sample import Record, Sample
 
 
@@ -61,6 +63,36 @@ class FitContext:
         """
         for chunk in self.decoded_chunks(records, description, chunk_size):
             yield from chunk
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, ConfigDicts dicts)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _first_difference(have: Any, want: Any, where: str) -> str | None:
+    """The first field where ``have`` (saved) and ``want`` (config) differ, described, or None."""
+    if isinstance(have, dict) and isinstance(want, dict):
+        for key in sorted(set(have) | set(want), key=str):
+            # Keys come from the untrusted manifest: quote any that is not a plain name.
+            field_path = f"{where}.{key}" if str(key).isidentifier() else f"{where}[{short_repr(key, 40)}]"
+            if key not in want:
+                return f"{field_path} (only in the saved state: {short_repr(have[key])})"
+            if key not in have:
+                return f"{field_path} (missing in the saved state; the config has {short_repr(want[key])})"
+            found = _first_difference(have[key], want[key], field_path)
+            if found is not None:
+                return found
+        return None
+    if isinstance(have, list) and isinstance(want, list) and len(have) == len(want):
+        for index, (a, b) in enumerate(zip(have, want)):
+            found = _first_difference(a, b, f"{where}[{index}]")
+            if found is not None:
+                return found
+        return None
+    if have == want and type(have) is type(want):
+        return None
+    return f"{where} (saved {short_repr(have)}, config {short_repr(want)})"
 
 
 class Stage:
@@ -119,9 +151,59 @@ class TrainableStage(Stage):
         tensors, extra = self.state_tensors()
         return save_state(directory, self.name, type(self).__name__, tensors, extra, classes=self.fit_classes)
 
+    def expected_model(self) -> dict[str, Any] | None:
+        """The model description the config builds, which a saved state's ``extra["model"]`` must match.
+
+        None: the stage saves no model description. Stages whose ``load_state_tensors`` rebuilds a
+        network from ``extra["model"]`` return what their config asks for, so a manifest can never
+        choose what gets built (see :meth:`check_saved_model`).
+        """
+        return None
+
+    model_fields_not_checked: tuple[str, ...] = ()
+    """Keys of the model description that the config may change after training (taken from the config on load)."""
+
+    def check_saved_model(self, extra: dict[str, Any]) -> None:
+        """Refuse a saved model description that differs from the config's, naming the first field that differs.
+
+        Raises:
+            StateError: ``extra["model"]`` is missing or differs from :meth:`expected_model`.
+        """
+        expected = self.expected_model()
+        if expected is None:
+            return
+        saved = extra.get("model") if isinstance(extra, dict) else None
+        if not isinstance(saved, dict):
+            raise StateError(f"stage {self.name!r}: the saved state has no model description (extra.model); refusing to load")
+        ignored = set(self.model_fields_not_checked)
+        want = _plain({k: v for k, v in dict(expected).items() if k not in ignored})
+        have = {k: v for k, v in saved.items() if k not in ignored}
+        difference = _first_difference(have, want, "extra.model")
+        if difference is not None:
+            raise StateError(
+                f"stage {self.name!r}: the saved model differs from the config's at {difference}; refusing to load "
+                "(retrain, or restore the config the weights were trained with)"
+            )
+
     def load(self, directory: str | Path) -> None:
+        """Load verified state from ``directory`` (see :func:`~defectkit.io.state.load_state`).
+
+        Raises:
+            StateError: The files fail verification, the saved model differs from the config's, or
+                the manifest holds a value the stage cannot use; the message names the manifest.
+        """
         tensors, extra = load_state(directory, self.name, type(self).__name__)
-        self.load_state_tensors(tensors, extra)
+        manifest_path = state_paths(directory, self.name)[1]
+        try:
+            self.check_saved_model(extra)
+            self.load_state_tensors(tensors, extra)
+        except StateError as exc:
+            raise StateError(f"{manifest_path}: {exc}") from exc
+        except Exception as exc:  # the manifest is untrusted input: any value the stage cannot use is bad state
+            raise StateError(
+                f"{manifest_path}: saved state does not fit stage {self.name!r} ({type(exc).__name__}: {short_repr(exc)}); "
+                "retrain or restore the weights"
+            ) from exc
         self.fitted = True
 
     def has_saved_state(self, directory: str | Path) -> bool:

@@ -556,6 +556,12 @@ class ZeroDce(_LuminanceRule, TrainableStage):
         return [r for r in results if r is not None]
 
     # ------------------------------------------------------------------ state
+    model_fields_not_checked = ("scale_factor",)  # loading takes it from the config (see load_state_tensors)
+
+    def expected_model(self) -> dict[str, Any] | None:
+        """DCE-Net's architecture as the config builds it; a saved state must have been made with it."""
+        return dict(self.model.config())
+
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """DCE-Net's weights, plus its architecture and the fit summary."""
         tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in self.model.state_dict().items()}

@@ -240,6 +240,10 @@ class NetworkStage(TrainableStage):
         return out.float().cpu()
 
     # ------------------------------------------------------------------ state
+    def expected_model(self) -> dict[str, Any] | None:
+        """The head config the stage's config asks for; a saved state must have been made with it."""
+        return self.model_cfg
+
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The network's weights; head config, :meth:`saved_settings`, classes, image size and fit summary as JSON."""
         model = self.network("nothing to save")

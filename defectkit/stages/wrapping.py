@@ -101,6 +101,11 @@ class WrappingStage(TrainableStage):
         extra.update({key: inner_extra[key] for key in _MANIFEST_KEYS if key in inner_extra})
         return dict(tensors), extra
 
+    def expected_model(self) -> dict[str, Any] | None:
+        """The inner stage's model as the config builds it (its copy at the top of the saved state must match too)."""
+        expected = getattr(self.inner, "expected_model", None)
+        return expected() if self._inner_trainable and callable(expected) else None
+
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         """Restore the inner stage; this stage's settings come from the config, not the saved state.
 
@@ -114,7 +119,15 @@ class WrappingStage(TrainableStage):
                 f"{type(self.inner).__name__!r}; retrain or fix the config's inner stage"
             )
         if self._inner_trainable:
-            self.inner.load_state_tensors(tensors, dict(extra.get("inner", {})))
+            inner_extra = extra.get("inner", {})
+            if not isinstance(inner_extra, dict):
+                raise StateError(f"{self.name}: saved state's 'inner' is not an object")
+            # What the inner stage rebuilds from is this nested copy: check it, not only the top-level one.
+            # (An inner object that is not a TrainableStage checks what it loads itself.)
+            check = getattr(self.inner, "check_saved_model", None)
+            if callable(check):
+                check(inner_extra)
+            self.inner.load_state_tensors(tensors, dict(inner_extra))
         self.fitted = True
 
     def describe(self) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def test_second_run_resumes_without_refitting_or_duplicating(trained_work_dir: P
     assert "loaded saved state" in capsys.readouterr().err
 
 
-def test_predict_reports_bad_files_as_error_lines_and_finishes(trained_work_dir: Path, tmp_path: Path):
+def test_predict_reports_bad_files_as_error_lines_and_finishes(trained_work_dir: Path, tiny_texture_options: list[str], tmp_path: Path):
     inputs = tmp_path / "uploads"
     inputs.mkdir()
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(inputs / "good photo.png")
@@ -59,7 +59,9 @@ def test_predict_reports_bad_files_as_error_lines_and_finishes(trained_work_dir:
     (inputs / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
 
-    code = main(["predict", CONFIG, "--work-dir", str(trained_work_dir), "--input", str(inputs), "--out", str(out)])
+    # With the options the work dir was trained with: loading checks the gate's model config.
+    code = main(["predict", CONFIG, "--work-dir", str(trained_work_dir), "--input", str(inputs), "--out", str(out),
+                 "--cfg-options", *tiny_texture_options])
 
     assert code == EXIT_SOME_INPUTS_FAILED
     lines = {Path(line["path"]).name: line for line in read_lines(out / "predictions.jsonl")}

@@ -31,7 +31,9 @@ from defectkit.cli import EXIT_SOME_INPUTS_FAILED
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "texture_defect.py")
 N_GOOD, N_BAD, TRIALS = 44, 4, 20
-PREDICT_OPTIONS = ["--cfg-options", "predict.batch_size=4", "runtime.num_threads=1"]
+TORN_AT = (1, 4, 8, 12)  # appends (batches of 4) during which a run is killed half written
+# The work dir's gate was fitted with coreset_size=500 (tests/integration/conftest.py); loading checks the model config.
+PREDICT_OPTIONS = ["--cfg-options", "predict.batch_size=4", "runtime.num_threads=1", "pipeline.0.model.coreset_size=500"]
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork and SIGKILL")
 
@@ -44,6 +46,38 @@ ZYGOTE = textwrap.dedent(
     import defectkit.evaluation.classification, defectkit.evaluation.segmentation  # noqa: F401
     import defectkit.io.overlays, defectkit.io.report, defectkit.plugins  # noqa: F401
 
+    def tear_write_number(k, marker):
+        # Make the k-th append to a result log stop half way through its last line, say so in ``marker``, stall.
+        import time
+        import defectkit.io.results as results
+
+        count = [0]
+
+        class Tearing:
+            def __init__(self, handle):
+                self.handle = handle
+            def __enter__(self):
+                return self
+            def __exit__(self, *exc):
+                return self.handle.__exit__(*exc)
+            def write(self, text):
+                count[0] += 1
+                if count[0] != k:
+                    return self.handle.write(text)
+                last = text.rstrip("\\n").rfind("\\n") + 1  # start of the batch's last line
+                self.handle.write(text[: last + (len(text) - last) // 2])  # all but half of the last line
+                self.handle.flush()
+                open(marker, "w").close()
+                time.sleep(60)  # killed here
+            def __getattr__(self, name):
+                return getattr(self.handle, name)
+
+        def tearing_open(*args, **kwargs):
+            handle = open(*args, **kwargs)
+            return Tearing(handle) if "a" in (args[1] if len(args) > 1 else kwargs.get("mode", "r")) else handle
+
+        results.open = tearing_open  # the module's appends only; its own name lookup finds this first
+
     for line in sys.stdin:
         request = json.loads(line)
         if request["op"] == "run":
@@ -55,6 +89,8 @@ ZYGOTE = textwrap.dedent(
                     null = os.open(os.devnull, os.O_RDWR)
                     for fd in (0, 1, 2):
                         os.dup2(null, fd)
+                    if request.get("tear"):
+                        tear_write_number(*request["tear"])
                     code = main(request["argv"])
                 finally:
                     os._exit(code)
@@ -90,8 +126,9 @@ class Zygote:
         assert line, "zygote process died"
         return json.loads(line)
 
-    def start(self, argv: list[str]) -> int:
-        return self._ask({"op": "run", "argv": argv})["pid"]
+    def start(self, argv: list[str], tear: tuple[int, str] | None = None) -> int:
+        """Fork a run of ``argv``; with ``tear=(k, marker)`` its k-th result append stalls half written."""
+        return self._ask({"op": "run", "argv": argv, "tear": tear})["pid"]
 
     def wait(self, pid: int) -> int:
         return self._ask({"op": "wait", "pid": pid})["status"]
@@ -191,10 +228,32 @@ def test_sigkill_at_random_moments_then_restart_loses_and_duplicates_nothing(tra
             pid = zygote.start(argv(out))  # restart: resumes what the killed run left
             assert zygote.wait(pid) == EXIT_SOME_INPUTS_FAILED, f"trial {trial}: restart failed"
             check_complete(out, inputs)
+
+        # Kills that land while a batch's lines are being written: the run is made to stall half way
+        # through its k-th append and killed there, so the restart must cut a torn last line.
+        torn = []
+        for k in TORN_AT:
+            out = tmp_path / f"torn{k:02d}"
+            marker = tmp_path / f"writing{k:02d}"
+            pid = zygote.start(argv(out), tear=(k, str(marker)))
+            deadline = time.monotonic() + 300
+            while not marker.exists():
+                assert time.monotonic() < deadline, f"append {k} never started"
+                time.sleep(0.01)
+            os.kill(pid, signal.SIGKILL)
+            assert zygote.wait(pid) == -signal.SIGKILL
+            raw = (out / "predictions.jsonl").read_bytes()
+            torn.append((k, raw.count(b"\n"), not raw.endswith(b"\n")))
+            pid = zygote.start(argv(out))
+            assert zygote.wait(pid) == EXIT_SOME_INPUTS_FAILED, f"torn at append {k}: restart failed"
+            check_complete(out, inputs)
     finally:
         zygote.close()
 
     killed = [o for o in outcomes if o[1] == -signal.SIGKILL]
     print(f"cli run {cli_seconds:.1f} s, forked run {duration:.1f} s; (delay, status, lines before restart): {sorted(outcomes)}")
+    print(f"kills during an append (append, complete lines, torn tail): {torn}")
     # Most kills really interrupted a run (timing varies with load, so not all of them need to).
     assert len(killed) >= TRIALS // 2
+    # Every kill during an append left (k-1) whole batches, 3 lines of the k-th and a torn 4th; the restart repaired it.
+    assert torn == [(k, 4 * (k - 1) + 3, True) for k in TORN_AT]

@@ -14,6 +14,7 @@ from defectkit.cli import EXIT_OK, EXIT_SOME_INPUTS_FAILED, main
 from defectkit.io import images
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "texture_defect.py")
+TRAINED_WITH = "pipeline.0.model.coreset_size=500"  # the work dir's gate was fitted so; loading checks the model config
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -78,7 +79,7 @@ def test_every_bad_input_is_one_error_line_and_the_run_finishes(trained_work_dir
     out = tmp_path / "out dir ü"
     argv = [
         "predict", CONFIG, "--work-dir", str(trained_work_dir), "--input", str(inputs), "--out", str(out),
-        "--cfg-options", "predict.batch_size=4", "predict.max_side=256", "runtime.num_threads=1",
+        "--cfg-options", "predict.batch_size=4", "predict.max_side=256", "runtime.num_threads=1", TRAINED_WITH,
     ]
 
     assert main(argv) == EXIT_SOME_INPUTS_FAILED
@@ -117,7 +118,7 @@ def test_only_good_inputs_exit_0(trained_work_dir: Path, tmp_path: Path):
     Image.fromarray(_texture(64, 64)).save(inputs / "a b ü.png")
     out = tmp_path / "out"
     argv = ["predict", CONFIG, "--work-dir", str(trained_work_dir), "--input", str(inputs / "a b ü.png"), "--out", str(out)]
-    assert main([*argv, "--cfg-options", "runtime.num_threads=1"]) == EXIT_OK
+    assert main([*argv, "--cfg-options", "runtime.num_threads=1", TRAINED_WITH]) == EXIT_OK
     assert [line["status"] for line in read_lines(out / "predictions.jsonl")] == ["ok"]
 
 

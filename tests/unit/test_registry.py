@@ -132,3 +132,70 @@ def test_registered_names_include_builtin_stages():
 def test_builtin_stage_builds_by_name():
     stage = build(STAGES, dict(type="MaskPolicy", rules=dict(defect=dict(threshold=0.4))))
     assert stage.rule_for("defect").threshold == 0.4
+
+
+# ----------------------------------------------------------------------------- hostile names
+@pytest.fixture
+def canary_package(tmp_path, monkeypatch):
+    """An importable package that records being imported and its ``boom`` being called."""
+    package = f"dk_canary_{uuid.uuid4().hex[:8]}"
+    (tmp_path / package).mkdir()
+    marker = tmp_path / "imported"
+    called = tmp_path / "called"
+    (tmp_path / package / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        f"def boom(*args, **kwargs):\n    open({str(called)!r}, 'w').close()\n"
+        "class Boom:\n    def __init__(self, *args, **kwargs):\n"
+        f"        open({str(called)!r}, 'w').close()\n"
+    )
+    (tmp_path / package / "registry.py").write_text("")  # mmengine tries <scope>.registry first
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield package, marker, called
+    for name in [m for m in sys.modules if m.startswith(package)]:
+        del sys.modules[name]
+
+
+def test_mmengine_get_imports_dotted_names_which_is_why_build_never_calls_it(canary_package):
+    package, marker, called = canary_package
+    assert Registry(f"probe_{uuid.uuid4().hex[:6]}").get(f"{package}.boom") is not None
+    assert marker.exists()  # the behaviour defectkit must not inherit
+
+
+@pytest.mark.parametrize("registry_name", ["stages", "heads", "datasets", "transforms", "metrics"])
+@pytest.mark.parametrize("suffix", ["boom", "Boom", "registry", ""])
+def test_dotted_and_module_names_are_refused_without_importing(canary_package, registry_name, suffix):
+    from defectkit.registry import ALL_REGISTRIES
+
+    package, marker, called = canary_package
+    name = f"{package}.{suffix}" if suffix else package
+    with pytest.raises(ConfigError, match="never imported" if "." in name else "unknown"):
+        build(ALL_REGISTRIES[registry_name], dict(type=name))
+    assert not marker.exists() and not called.exists()
+    assert package not in sys.modules
+
+
+@pytest.mark.parametrize("name", ["os.system", "builtins.eval", "subprocess.Popen", "defectkit.stages.mask_policy.MaskPolicy",
+                                  "defectkit.MaskPolicy", ".MaskPolicy", "MaskPolicy.", "os:system"])
+def test_module_paths_are_refused_even_for_real_objects(name):
+    with pytest.raises(ConfigError, match="unknown stage type"):
+        build(STAGES, dict(type=name, command="true"))
+
+
+def test_unregistered_class_object_is_refused_registered_one_accepted(scratch_registry):
+    _register(scratch_registry, "Widget", _Widget)
+    assert isinstance(build(scratch_registry, dict(type=_Widget)), _Widget)
+    with pytest.raises(ConfigError, match="unknown"):
+        build(scratch_registry, dict(type=dict))
+
+
+def test_plugin_child_registry_names_are_found_by_scope():
+    scope = f"dkplugin_{uuid.uuid4().hex[:6]}"
+    child = Registry("stage", parent=STAGES, scope=scope)
+    try:
+        _register(child, "Widget", _Widget)
+        assert isinstance(build(STAGES, dict(type=f"{scope}.Widget", size=3)), _Widget)
+        assert f"{scope}.Widget" in registered_names(STAGES)
+        with pytest.raises(ConfigError, match="unknown"):
+            build(STAGES, dict(type=f"{scope}.Missing"))
+    finally:
+        STAGES._children.pop(scope, None)

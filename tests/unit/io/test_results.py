@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 
+import pytest
+
+from defectkit.io import results
 from defectkit.io.results import ResultLog
 
 
@@ -66,19 +71,58 @@ def test_custom_key_field_and_non_string_keys(tmp_path):
     assert "é" in path.read_text(encoding="utf-8")
 
 
-def test_reset_removes_file_and_forgets_keys(tmp_path):
+def test_undecodable_file_names_round_trip_losslessly(tmp_path):
+    name = os.fsdecode(b"/data/lot \xff\xfe/img \xe9\x80.jpg")  # not UTF-8: surrogateescape holds the bytes
+    path = tmp_path / "p.jsonl"
+    ResultLog(path).append([{"path": name, "status": "ok", "error": f"{name}: fine"}, {"path": "plain ü.jpg"}])
+    raw = path.read_bytes()
+    raw.decode("utf-8")  # the file stays valid UTF-8
+    assert b"\\udcff\\udcfe" in raw and "plain ü.jpg".encode() in raw
+    reopened = ResultLog(path)
+    assert reopened.done == {name, "plain ü.jpg"} and not reopened.problems
+    assert os.fsencode(next(r for r in reopened.read() if r["path"] != "plain ü.jpg")["path"]) == b"/data/lot \xff\xfe/img \xe9\x80.jpg"
+
+
+def test_a_record_that_cannot_be_written_becomes_an_error_line_and_the_batch_survives(tmp_path):
     path = tmp_path / "p.jsonl"
     log = ResultLog(path)
-    log.append([{"path": "a.jpg"}])
-    log.reset()
-    assert not path.exists()
-    assert log.done == set()
-    assert log.read() == []
-    log.append([{"path": "a.jpg", "again": True}])
-    assert _lines(path) == [{"path": "a.jpg", "again": True}]
+    log.append([{"path": "a.jpg", "v": 1}, {"path": "b.jpg", "v": object()}, {"path": "c.jpg", "v": 3}])
+    lines = _lines(path)
+    assert [r["path"] for r in lines] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert lines[1]["status"] == "error" and "could not be written" in lines[1]["error"]
+    assert log.done == {"a.jpg", "b.jpg", "c.jpg"}
 
 
-def test_empty_append_creates_no_file(tmp_path):
+def test_damaged_lines_in_the_middle_are_removed_and_reported(tmp_path):
     path = tmp_path / "p.jsonl"
-    ResultLog(path).append([])
-    assert not path.exists()
+    ResultLog(path).append([{"path": "a.jpg"}])
+    with open(path, "ab") as handle:
+        handle.write(b'{"path": "b.jpg", "sta\n')  # damaged: not JSON
+        handle.write(b"\xff\xfe not utf-8\n")
+        handle.write(b'["a list"]\n{"no_key": 1}\n')
+        handle.write(b'{"path": "c.jpg"}\n')
+    log = ResultLog(path)
+    assert log.done == {"a.jpg", "c.jpg"}
+    assert len(log.problems) == 1 and "removed 4 damaged line(s) (line 2, 3, 4, 5)" in log.problems[0]
+    assert _lines(path) == [{"path": "a.jpg"}, {"path": "c.jpg"}]  # every line valid again
+    assert ResultLog(path).problems == []
+
+
+def test_torn_tail_is_reported(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"path": "a.jpg"}\n{"path": "b')
+    assert "torn last line" in ResultLog(path).problems[0]
+
+
+def test_a_failed_write_names_the_file_and_marks_nothing_done(tmp_path, monkeypatch):
+    path = tmp_path / "p.jsonl"
+    log = ResultLog(path)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results.os, "fsync", full)
+    with pytest.raises(OSError) as info:
+        log.append([{"path": "a.jpg"}])
+    assert info.value.filename == str(path) and info.value.errno == errno.ENOSPC
+    assert log.done == set()
