@@ -154,8 +154,9 @@ class ReviewState:
         record = self._gt.get(item.path)
         return None if record is None else ground_truth_shapes(record, self.classes)
 
-    def summary(self, item: Item) -> dict[str, Any]:
-        entry = self.store.get(item.path)
+    def summary(self, item: Item, entry: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What the grid shows of an item (``entry``: its decisions, when already at hand)."""
+        entry = self.store.get(item.path) if entry is None else entry
         return {
             "id": item.id,
             "name": item.name,
@@ -252,7 +253,8 @@ def create_app(state: ReviewState, token: str | None = None, allowed_hosts: list
         await run_in_threadpool(state.reload_items)
         items = state.items
         upload_ok, upload_note = state.upload_status()
-        reviewed = sum(1 for i in items if is_reviewed(state.store.get(i.path), len(i.instances)))
+        decisions = state.store.all()
+        reviewed = sum(1 for i in items if is_reviewed(decisions.get(i.path, {}), len(i.instances)))
         return JSONResponse(
             {
                 "work_dir": state.work_dir.name,
@@ -277,6 +279,7 @@ def create_app(state: ReviewState, token: str | None = None, allowed_hosts: list
         except ValueError:
             return error("min_score and max_score must be numbers")
         rows = []
+        decisions = state.store.all()
         for item in state.items:
             if query.get("status") and item.status != query["status"]:
                 continue
@@ -288,7 +291,7 @@ def create_app(state: ReviewState, token: str | None = None, allowed_hosts: list
                 continue
             if low is not None and item.score < low or high is not None and item.score > high:
                 continue
-            row = state.summary(item)
+            row = state.summary(item, decisions.get(item.path, {}))
             if query.get("review") and (query["review"] == "reviewed") != row["reviewed"]:
                 continue
             rows.append(row)

@@ -4,7 +4,7 @@
 const PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"];
 const SVG_NS = "http://www.w3.org/2000/svg";
 const PAGE = 120;
-const state = { summary: null, items: [], shown: PAGE, ids: [], item: null, selected: -1, hidden: new Set(), draw: null };
+const state = { gridTicket: 0, summary: null, items: [], shown: PAGE, ids: [], item: null, selected: -1, hidden: new Set(), draw: null };
 
 const $ = (id) => document.getElementById(id);
 function el(tag, attrs = {}, text) {
@@ -48,7 +48,9 @@ function gridQuery() {
 async function loadGrid() {
   const q = gridQuery();
   sessionStorage.setItem("filters", q.toString());
+  const ticket = ++state.gridTicket;
   const data = await api("/api/items?" + q.toString());
+  if (ticket !== state.gridTicket) return; // a newer filter was chosen while this one loaded
   state.items = data.items;
   state.ids = data.items.map((i) => i.id);
   state.shown = PAGE;
