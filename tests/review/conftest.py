@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("starlette", reason="the review app needs the 'review' extra (pip install -e '.[review]')")
-pytest.importorskip("uvicorn", reason="the review app needs the 'review' extra (pip install -e '.[review]')")
-
 REPO = Path(__file__).resolve().parents[2]
 CAR_CONFIG = str(REPO / "configs" / "car_damage.py")
+NEEDS_REVIEW_EXTRA = "the review app needs the 'review' extra (pip install -e '.[review,review-test]')"
 TINY_DATA_OPTIONS = {"builtin_dataset.n_damaged": 6, "builtin_dataset.n_normal": 3, "builtin_dataset.image_size": (96, 128)}
 
 

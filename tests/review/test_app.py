@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from starlette.testclient import TestClient
 
-from defectkit.cli import EXIT_FATAL, main
-from defectkit.review.app import ReviewState, create_app
-from defectkit.review.command import is_loopback
+from .conftest import CAR_CONFIG, NEEDS_REVIEW_EXTRA, TINY_DATA_OPTIONS
 
-from .conftest import CAR_CONFIG, TINY_DATA_OPTIONS
+pytest.importorskip("starlette", reason=NEEDS_REVIEW_EXTRA)
+pytest.importorskip("httpx", reason=NEEDS_REVIEW_EXTRA)
+from starlette.testclient import TestClient  # noqa: E402
+
+from defectkit.cli import EXIT_FATAL, main  # noqa: E402
+from defectkit.review.app import ReviewState, create_app  # noqa: E402
+from defectkit.review.command import is_loopback  # noqa: E402
 
 HEADERS = {"X-Review": "1"}
 

@@ -15,6 +15,10 @@ from pathlib import Path
 import pytest
 from pycocotools.coco import COCO
 
+from .conftest import NEEDS_REVIEW_EXTRA
+
+pytest.importorskip("starlette", reason=NEEDS_REVIEW_EXTRA)
+pytest.importorskip("uvicorn", reason=NEEDS_REVIEW_EXTRA)
 webdriver = pytest.importorskip("selenium.webdriver", reason="browser tests need selenium (pip install selenium)")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402

@@ -9,6 +9,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
+from .conftest import NEEDS_REVIEW_EXTRA
+
+pytest.importorskip("starlette", reason=NEEDS_REVIEW_EXTRA)
+pytest.importorskip("uvicorn", reason=NEEDS_REVIEW_EXTRA)
+
 CLIENTS = 20
 REQUESTS = 1000
 

@@ -155,7 +155,7 @@ function renderItem() {
     for (const cls of state.summary.classes) select_.append(el("option", { value: cls }, cls));
     select_.value = entry.cls;
     select_.addEventListener("change", () => decide(entry.index, null, select_.value));
-    li.append(swatch, el("span", { class: "label" }, ` ${entry.inst.class} ${fmt(entry.inst.score)} `), select_);
+    li.append(swatch, el("span", { class: "label" }, `${entry.index + 1}. ${entry.inst.class} ${fmt(entry.inst.score)} `), select_);
     const accept = el("button", { type: "button", class: "accept" }, "accept");
     const reject = el("button", { type: "button", class: "reject" }, "reject");
     accept.addEventListener("click", () => decide(entry.index, "accept"));
