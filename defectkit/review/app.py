@@ -21,6 +21,7 @@ import re
 import secrets
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,6 @@ from PIL import Image
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -54,7 +54,7 @@ REVIEW_DIR = "review"
 UPLOAD_DIR = "uploads"
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 TOKEN_COOKIE = "defectkit_review_token"
-LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1"]
 # Photos are sent at most this large: enough to review on any screen, small enough to load fast.
 VIEW_MAX_SIDE = 2048
 THUMB_MAX_SIDE = 256
@@ -216,6 +216,29 @@ class TokenMiddleware:
         await PlainTextResponse("token required: open the URL the review command printed", status_code=401)(scope, receive, send)
 
 
+class HostGuardMiddleware:
+    """Refuse a Host header outside ``allowed`` (``"*"`` allows any): a page on another site that
+    re-points its own name at 127.0.0.1 (DNS rebinding) still sends its own name."""
+
+    def __init__(self, app: ASGIApp, allowed: list[str]) -> None:
+        self.app = app
+        self.allowed = {h.lower() for h in allowed}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "*" not in self.allowed and host_name(Request(scope).headers.get("host", "")) not in self.allowed:
+            await PlainTextResponse("invalid host header", status_code=400)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without the port (``[::1]:8000`` -> ``::1``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 class WriteGuardMiddleware:
     """Changing requests need the ``X-Review`` header: a cross-site page cannot send it without CORS."""
 
@@ -352,7 +375,7 @@ def create_app(state: ReviewState, token: str | None = None, allowed_hosts: list
             raise ReviewError("request body must be a JSON object")
         return body
 
-    async def change(request: Request, apply) -> Response:
+    async def change(request: Request, apply: Callable[[Item, dict[str, Any]], dict[str, Any]]) -> Response:
         item = get_item(request)
         if item is None or item.status != "ok":
             return error("no such image", 404)
@@ -460,7 +483,7 @@ def create_app(state: ReviewState, token: str | None = None, allowed_hosts: list
         Route("/files/{path:path}", run_file),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)]
+    middleware = [Middleware(HostGuardMiddleware, allowed=allowed_hosts or LOOPBACK_HOSTS)]
     if token:
         middleware.append(Middleware(TokenMiddleware, token=token))
     middleware.append(Middleware(WriteGuardMiddleware))

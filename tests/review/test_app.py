@@ -113,6 +113,9 @@ def test_the_runs_own_files_are_served(client: TestClient):
 
 def test_foreign_host_headers_and_writes_without_the_header_are_refused(client: TestClient):
     assert client.get("/api/summary", headers={"Host": "attacker.example"}).status_code == 400
+    assert client.get("/api/summary", headers={"Host": "attacker.example:8000"}).status_code == 400
+    for host in ("localhost:8000", "[::1]:8000", "127.0.0.1"):
+        assert client.get("/api/summary", headers={"Host": host}).status_code == 200
     assert client.post("/api/export").status_code == 403
 
 
