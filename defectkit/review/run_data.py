@@ -125,6 +125,8 @@ def load_ground_truth(
     from defectkit.runner import build_dataset
 
     reader = build_dataset(cfg, config_path, work_dir, data_root)
+    if data_root is None:
+        _check_builtin_cache(reader, Path(work_dir) / "builtin_data")
     # A run started with a relative work dir or data root wrote relative paths: match resolved ones.
     wanted = {str(Path(p).resolve()): p for p in paths}
     found = {}
@@ -133,6 +135,21 @@ def load_ground_truth(
         if key is not None:
             found[key] = record
     return found
+
+
+def _check_builtin_cache(reader: Any, root: Path) -> None:
+    """Refuse to read a built-in data set generated with other settings: reading it would regenerate
+    the photos the run predicted on (review only reads)."""
+    try:
+        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return
+    params = getattr(reader, "params", None)
+    if isinstance(manifest, dict) and callable(params) and manifest.get("params") != params():
+        raise DataError(
+            f"the built-in data set in {root} was generated with other settings than the config gives "
+            "(pass the run's --cfg-options, e.g. builtin_dataset.n_damaged=...)"
+        )
 
 
 def ground_truth_shapes(record: Record, classes: Sequence[str]) -> list[dict[str, Any]]:

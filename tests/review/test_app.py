@@ -59,6 +59,17 @@ def test_photo_detail_has_ground_truth_of_an_evaluation(client: TestClient):
     assert client.get("/api/items/0123456789abcdef").status_code == 404
 
 
+def test_ground_truth_never_regenerates_the_builtin_photos(demo_work_dir: Path):
+    manifest = demo_work_dir / "builtin_data" / "manifest.json"
+    before = manifest.read_bytes()
+    state = ReviewState(demo_work_dir, CAR_CONFIG)  # without the run's --cfg-options
+    client = TestClient(create_app(state), base_url="http://127.0.0.1")
+    item = client.get("/api/items", params={"gate": "damaged"}).json()["items"][0]
+    detail = client.get(f"/api/items/{item['id']}").json()
+    assert detail["ground_truth"] is None and "generated with other settings" in detail["ground_truth_note"]
+    assert manifest.read_bytes() == before
+
+
 def test_decisions_survive_a_restart(client: TestClient, demo_work_dir: Path):
     item = client.get("/api/items", params={"gate": "damaged"}).json()["items"][0]
     url = f"/api/items/{item['id']}"
