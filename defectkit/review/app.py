@@ -203,17 +203,22 @@ class TokenMiddleware:
             return
         request = Request(scope)
         given = request.query_params.get("token")
-        if given is not None and secrets.compare_digest(given, self.token):
+        if given is not None and _same(given, self.token):
             # Trade the URL token for a cookie, so the page's own requests need no token in them.
             response: Response = RedirectResponse(request.url.remove_query_params("token"), status_code=303)
             response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
             await response(scope, receive, send)
             return
         candidate = request.cookies.get(TOKEN_COOKIE) or request.headers.get("x-review-token") or ""
-        if secrets.compare_digest(candidate, self.token):
+        if _same(candidate, self.token):
             await self.app(scope, receive, send)
             return
         await PlainTextResponse("token required: open the URL the review command printed", status_code=401)(scope, receive, send)
+
+
+def _same(given: str, token: str) -> bool:
+    # Bytes: compare_digest refuses non-ASCII str, and a stray character must be a 401, not a 500.
+    return secrets.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))
 
 
 class HostGuardMiddleware:
@@ -445,8 +450,9 @@ def create_app(state: ReviewState, token: str | None = None, allowed_hosts: list
             return JSONResponse(result)
         try:
             prediction = await run_in_threadpool(state.predict_upload, path)
-        except DefectkitError as exc:
-            result["note"] = f"decoded, but the pipeline failed: {exc}"
+        except (DefectkitError, RuntimeError, ValueError, OSError) as exc:
+            # Weights that do not fit the config (e.g. other --cfg-options) fail inside torch.
+            result["note"] = f"decoded, but the pipeline failed: {type(exc).__name__}: {exc}"
             return JSONResponse(result)
         if prediction.get("error"):
             return error(str(prediction["error"]).replace(str(path), name), 422)

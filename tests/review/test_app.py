@@ -135,6 +135,7 @@ def test_a_token_is_required_when_listening_beyond_this_machine(demo_state):
     client = TestClient(app, base_url="http://192.0.2.7:8000")
     assert client.get("/api/summary").status_code == 401
     assert client.get("/api/summary", params={"token": "wrong"}).status_code == 401
+    assert client.get("/api/summary", params={"token": "s3cret-tökén"}).status_code == 401
     entered = client.get("/", params={"token": "s3cret-token"}, follow_redirects=False)
     assert entered.status_code == 303 and "token" not in entered.headers["location"]
     assert client.get("/api/summary").status_code == 200, "the cookie set on entry carries the session"
