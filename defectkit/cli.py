@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--out", help="write every problem found (and the counts) to this JSON file")
     check.add_argument("--max-problems", type=int, default=20, metavar="N", help="problems to print (default 20)")
     commands.add_parser("plugins", help="List installed plugins and what they register.")
+    from defectkit.review.command import add_review_command
+
+    add_review_command(commands)
     return parser
 
 
@@ -121,6 +124,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     plugins = load_plugins()
     if args.command == "plugins":
         return _list_plugins(plugins)
+    if args.command == "review":
+        from defectkit.review.command import run_review
+
+        return run_review(args)
 
     from defectkit.config import load_config
 

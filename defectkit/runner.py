@@ -113,16 +113,7 @@ class Runner:
     # ----------------------------------------------------------------------------------- data
     def dataset(self, data_root: str | None = None) -> Any:
         """Build the reader for ``data_root`` (or the built-in data set when there is none)."""
-        data_root = data_root or self.data_root
-        if data_root:
-            if "dataset" not in self.cfg:
-                raise DataError(f"{self.config_path} has no 'dataset' to read --data-root with")
-            return build(DATASETS, dict(self.cfg.dataset), data_root=str(data_root))
-        if "builtin_dataset" not in self.cfg:
-            raise DataError(f"{self.config_path} has no built-in data set; pass --data-root DIR")
-        builtin_root = self.work_dir / "builtin_data"
-        console.print(f"No --data-root given: using the built-in data set in {builtin_root}")
-        return build(DATASETS, dict(self.cfg.builtin_dataset), data_root=str(builtin_root))
+        return build_dataset(self.cfg, self.config_path, self.work_dir, data_root or self.data_root)
 
     def records(self, data_root: str | None = None) -> list[Record]:
         """Every labelled image of the data root, with ground truth (read once per runner)."""
@@ -240,6 +231,16 @@ class Runner:
         if not records:
             raise DataError(f"no input files found in {', '.join(inputs)}")
         return self.stream(records, out_dir, {"mode": "predict"}, evaluate=False, overwrite=overwrite)
+
+    def predict_files(self, paths: Sequence[str]) -> list[Sample]:
+        """Decode and predict image files in memory, writing nothing (the review app's single photos).
+
+        Decoding is the batch run's (same size policy); a file that cannot be decoded comes back
+        with ``sample.error`` set.
+        """
+        self._load_if_needed()
+        samples = [decode_record(Record(path=str(p)), max_side=self.max_side) for p in paths]
+        return self.pipeline.predict(samples)
 
     def _check_saved_states(self) -> None:
         """Refuse saved weights written for another stage type, library version or other classes."""
@@ -456,6 +457,20 @@ class Runner:
         )
         with progress:
             yield progress
+
+
+def build_dataset(cfg: Config, config_path: str | Path, work_dir: str | Path, data_root: str | None) -> Any:
+    """The reader of ``data_root`` in the config's layout, or of the built-in data set in
+    ``work_dir/builtin_data`` when ``data_root`` is None."""
+    if data_root:
+        if "dataset" not in cfg:
+            raise DataError(f"{config_path} has no 'dataset' to read --data-root with")
+        return build(DATASETS, dict(cfg.dataset), data_root=str(data_root))
+    if "builtin_dataset" not in cfg:
+        raise DataError(f"{config_path} has no built-in data set; pass --data-root DIR")
+    builtin_root = Path(work_dir) / "builtin_data"
+    console.print(f"No --data-root given: using the built-in data set in {builtin_root}")
+    return build(DATASETS, dict(cfg.builtin_dataset), data_root=str(builtin_root))
 
 
 def skipped_stage_seconds(stage_timings: dict[str, dict[str, Any]]) -> float:
