@@ -321,6 +321,10 @@ class Runner:
         for stage in self.pipeline.stages:
             if getattr(stage, "enabled", True) is False:
                 notes.append(f"stage {stage.name!r} is switched off in the config (enabled=False): every image went on to the next stage")
+            # Choices a stage made when it was fitted (e.g. Tiling: sliced or whole images, and why).
+            report_notes = getattr(stage, "report_notes", None)
+            if callable(report_notes):
+                notes.extend(str(note) for note in report_notes())
         write_report(
             out_dir,
             metrics,
