@@ -334,6 +334,7 @@ class Runner:
             stage_summaries=[s.describe() for s in self.pipeline.stages],
             timings={k: v["seconds"] for k, v in timings["stages"].items()},
             notes=notes + [str(self.cfg.get("description", ""))],
+            box_records=list(evals.values()) if evaluate else None,
         )
         return metrics
 

@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from defectkit.io.atomic import atomic_write_bytes
+from defectkit.io.detection_report import detection_html
 from defectkit.io.overlays import overlay_name
 
 MAX_WORST_CASES = 12
@@ -54,6 +55,7 @@ def write_report(
     stage_summaries: list[dict] | None = None,
     timings: dict[str, float] | None = None,
     notes: list[str] | None = None,
+    box_records: list[dict] | None = None,
 ) -> Path:
     """Write ``work_dir/report.html`` and its plots under ``work_dir/plots/``.
 
@@ -75,6 +77,10 @@ def write_report(
         stage_summaries: One dict per stage (e.g. its name and settings), shown as small tables.
         timings: Stage name to seconds.
         notes: Free-text lines shown in the summary.
+        box_records: The run's evaluation records; those with box ground truth add a detection
+            section per class (:mod:`defectkit.io.detection_report`): precision-recall, F1 against
+            score threshold with the chosen threshold, the worst photos with missed and false boxes
+            drawn, and the sizes of found and missed boxes.
 
     Returns:
         The path of the written ``report.html``.
@@ -123,6 +129,9 @@ def write_report(
         for rel, alt in plot_files:
             parts.append(f'<a href="{_href(rel)}"><img src="{_href(rel)}" alt="{_e(alt)}"></a>')
         parts.append("</div>")
+
+    if box_records and class_names:
+        parts.append(detection_html(work_dir, plots_dir, box_records, class_names, _save_figure))
 
     parts.append("<h2>Worst cases</h2>")
     parts.append(_worst_cases_html(work_dir, plots_dir, ok_rows, metrics))
