@@ -239,7 +239,7 @@ def test_bad_config_fails_early() -> None:
 
 
 def test_window_crops_in_training_clip_boxes_as_inference_windows_do() -> None:
-    """Multi-scale training crops (the skin config's RandomResizedCrop) are windows like sliced inference's:
+    """Multi-scale training crops (e.g. RandomResizedCrop in ``augment``) are windows like sliced inference's:
     a box cut by the crop keeps its visible part when at least 30% of it shows, as slice_annotations
     keeps it for a Tiling window, and the crop is resized to the network input (lesions magnified)."""
     from defectkit.tiling import slice_annotations
@@ -255,17 +255,3 @@ def test_window_crops_in_training_clip_boxes_as_inference_windows_do() -> None:
     assert len(inferred) == 3 and labels.tolist() == [0, 0, 0]
     np.testing.assert_allclose(trained, inferred, atol=1e-3)
 
-
-def test_the_skin_configs_training_crops_reach_the_window_scale_of_its_sliced_inference() -> None:
-    from defectkit.config import load_config
-
-    cfg = load_config(str(Path(__file__).resolve().parents[3] / "configs" / "skin_trouble.py"))
-    tiling = cfg.pipeline[0]
-    detector = tiling["inner"]
-    crops = [t for t in detector["augment"]["transforms"] if t["type"] == "RandomResizedCrop"]
-    assert crops and tuple(crops[0]["size"]) == tuple(detector["image_size"])
-    # Photos are 640 px: a crop of the window's share of the area shows lesions as a window does.
-    window_area = (tiling["slice_size"][0] * tiling["slice_size"][1]) / 640**2
-    low, high = crops[0]["scale"]
-    assert low <= window_area <= high and high == 1.0  # whole photos too
-    BoxAugment(detector["augment"], seed=0)  # the config builds
