@@ -38,6 +38,7 @@ from defectkit.io.atomic import TEMP_GLOB, atomic_write_json, with_path
 from defectkit.io.images import DEFAULT_MAX_SIDE, decode_record
 from defectkit.io.lock import folder_lock
 from defectkit.io.overlays import draw_overlay, overlay_name, write_overlay
+from defectkit.io.detection_report import detection_html
 from defectkit.io.report import write_report
 from defectkit.io.segmentation_report import segmentation_section_html
 from defectkit.io.results import ResultLog
@@ -397,6 +398,10 @@ class Runner:
         for stage in self.pipeline.stages:
             if getattr(stage, "enabled", True) is False:
                 notes.append(f"stage {stage.name!r} is switched off in the config (enabled=False): every image went on to the next stage")
+            # Choices a stage made when it was fitted (e.g. Tiling: sliced or whole images, and why).
+            report_notes = getattr(stage, "report_notes", None)
+            if callable(report_notes):
+                notes.extend(str(note) for note in report_notes())
         sections = []
         if evaluate and self.classes:
             by_key = {r.key: r for r in records}
@@ -405,6 +410,7 @@ class Runner:
                 out_dir, list(evals.values()), self.classes,
                 render=lambda key: self._truth_beside_prediction(by_key.get(key), line_by_key.get(key)),
             ))
+            sections.append(detection_html(out_dir, out_dir / "plots", list(evals.values()), self.classes))
         write_report(
             out_dir,
             metrics,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,7 @@ class DetectionMAP(Metric):
         self.max_detections = max_detections
 
     def compute(self) -> dict[str, float]:
-        images = list(_box_images(self.records))
+        images = list(box_images(self.records))
         classes = self.classes or sorted({box[0] for _, gt, _ in images for box in gt})
         with_gt = [c for c in classes if any(box[0] == c for _, gt, _ in images for box in gt)]
         if not with_gt:
@@ -111,7 +112,7 @@ class DetectionF1(Metric):
         self.iou_threshold = float(iou_threshold)
 
     def compute(self) -> dict[str, float]:
-        images = list(_box_images(self.records))
+        images = list(box_images(self.records))
         classes = self.classes or sorted({box[0] for _, gt, _ in images for box in gt})
         out: dict[str, float] = {}
         best_f1s = []
@@ -132,26 +133,76 @@ class DetectionF1(Metric):
 
     def _match(self, name: str, images: list[tuple[str, list, list]], gt: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Scores of every prediction of ``name``, highest first, and whether each matched a ground-truth box."""
-        predictions = [
-            (float(box[1]), index, np.asarray(box[2:6], np.float64))
-            for index, (_, _, preds) in enumerate(images)
-            for box in preds
-            if box[0] == name
-        ]
-        # Stable sort: equal scores keep file order, so results do not depend on dict iteration.
-        predictions.sort(key=lambda item: -item[0])
-        taken = [np.zeros(len(g), bool) for g in gt]
-        matched = np.zeros(len(predictions), bool)
-        for position, (_, index, box) in enumerate(predictions):
-            if not len(gt[index]):
-                continue
-            overlaps = box_iou(box, gt[index])
-            overlaps[taken[index]] = -1.0
-            best = int(np.argmax(overlaps))
-            if overlaps[best] >= self.iou_threshold:
-                taken[index][best] = True
-                matched[position] = True
-        return np.asarray([p[0] for p in predictions], np.float64), matched
+        matches = match_boxes(name, images, gt, self.iou_threshold)
+        return matches.scores, matches.gt_index >= 0
+
+
+@dataclass
+class BoxMatches:
+    """Greedy matches of one class's predictions over a set of images (see :func:`match_boxes`).
+
+    Attributes:
+        scores: Prediction scores, highest first (P).
+        image_index: Image of each prediction (P).
+        boxes: Each prediction's ``(x1, y1, x2, y2)`` (Px4).
+        gt_index: Index of the matched ground-truth box within its image, -1 for a false detection (P).
+        gt_score: Per image, the score of the prediction that matched each ground-truth box, NaN for
+            a box no prediction matched (a miss at every threshold).
+    """
+
+    scores: np.ndarray
+    image_index: np.ndarray
+    boxes: np.ndarray
+    gt_index: np.ndarray
+    gt_score: list[np.ndarray]
+
+
+def match_boxes(name: str, images: Sequence[tuple[str, list, list]], gt: Sequence[np.ndarray], iou_threshold: float = 0.5) -> BoxMatches:
+    """Match predictions of class ``name`` to ground truth greedily, highest score first.
+
+    Each prediction takes the unmatched ground-truth box of its image that it overlaps most, when
+    that IoU reaches ``iou_threshold``. A prediction's match never depends on lower-scored ones, so
+    the matches at any score threshold are the matches of the predictions above it.
+
+    Args:
+        name: The class.
+        images: ``(key, gt boxes, predicted boxes)`` per image, boxes as in evaluation records
+            (``[class, x1, y1, x2, y2]`` / ``[class, score, x1, y1, x2, y2]``).
+        gt: Per image, the Nx4 ground-truth boxes of ``name``.
+        iou_threshold: IoU a prediction needs to match.
+
+    Example:
+        >>> m = match_boxes("a", [("i", [], [["a", 0.9, 0, 0, 10, 10], ["a", 0.5, 20, 20, 30, 30]])],
+        ...                 [np.array([[0, 0, 10, 10], [50, 50, 60, 60]], float)])
+        >>> m.gt_index.tolist(), m.gt_score[0].tolist()
+        ([0, -1], [0.9, nan])
+    """
+    predictions = [
+        (float(box[1]), index, np.asarray(box[2:6], np.float64))
+        for index, (_, _, preds) in enumerate(images)
+        for box in preds
+        if box[0] == name
+    ]
+    # Stable sort: equal scores keep file order, so results do not depend on dict iteration.
+    predictions.sort(key=lambda item: -item[0])
+    gt_score = [np.full(len(g), np.nan) for g in gt]
+    gt_index = np.full(len(predictions), -1, np.int64)
+    for position, (score, index, box) in enumerate(predictions):
+        if not len(gt[index]):
+            continue
+        overlaps = box_iou(box, gt[index])
+        overlaps[~np.isnan(gt_score[index])] = -1.0
+        best = int(np.argmax(overlaps))
+        if overlaps[best] >= iou_threshold:
+            gt_score[index][best] = score
+            gt_index[position] = best
+    return BoxMatches(
+        scores=np.asarray([p[0] for p in predictions], np.float64),
+        image_index=np.asarray([p[1] for p in predictions], np.int64),
+        boxes=np.asarray([p[2] for p in predictions], np.float64).reshape(-1, 4),
+        gt_index=gt_index,
+        gt_score=gt_score,
+    )
 
 
 def best_f1(scores: np.ndarray, matched: np.ndarray, n_gt: int) -> tuple[float, float | None]:
@@ -204,7 +255,7 @@ def _rounded(value: float) -> float:
     return round(float(value), 9)
 
 
-def _box_images(records: list[dict[str, Any]]) -> Iterator[tuple[str, list, list]]:
+def box_images(records: list[dict[str, Any]]) -> Iterator[tuple[str, list, list]]:
     """``(key, gt boxes, predicted boxes)`` of every record that has box ground truth and no error."""
     for record in records:
         boxes = record.get("boxes")

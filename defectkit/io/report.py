@@ -77,8 +77,9 @@ def write_report(
         stage_summaries: One dict per stage (e.g. its name and settings), shown as small tables.
         timings: Stage name to seconds.
         notes: Free-text lines shown in the summary.
-        sections: Further HTML sections (already escaped), shown after the plots; e.g. the
-            segmentation section of :mod:`defectkit.io.segmentation_report`.
+        sections: Further HTML sections (already escaped), shown after the plots: the
+            segmentation section of :mod:`defectkit.io.segmentation_report` and the detection
+            section of :mod:`defectkit.io.detection_report`.
 
     Returns:
         The path of the written ``report.html``.
@@ -275,7 +276,7 @@ def _stages_html(stage_summaries: list[dict]) -> str:
 # Plots
 
 
-def _save_figure(fig: Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -304,7 +305,7 @@ def _write_plots(
         ax.set_title(f"ROC (AUROC = {auroc:.4f}, n = {len(labels)})")
         ax.legend(loc="lower right")
         fig.tight_layout()
-        _save_figure(fig, plots_dir / "roc.png")
+        save_figure(fig, plots_dir / "roc.png")
         written.append(("plots/roc.png", "ROC curve"))
 
         precision, recall, _ = precision_recall_curve(labels, scores)
@@ -317,7 +318,7 @@ def _write_plots(
         ax.set_title(f"Precision-recall (AP = {ap:.4f})")
         ax.legend(loc="lower left")
         fig.tight_layout()
-        _save_figure(fig, plots_dir / "pr.png")
+        save_figure(fig, plots_dir / "pr.png")
         written.append(("plots/pr.png", "Precision-recall curve"))
 
     pairs = [(r["label"], r["pred"]) for r in ok_rows if r["label"] is not None and r["pred"] is not None]
@@ -336,7 +337,7 @@ def _write_plots(
         ax.set(xlabel="Predicted", ylabel="Ground truth")
         ax.set_title(f"Confusion matrix (n = {len(pairs)})")
         fig.tight_layout()
-        _save_figure(fig, plots_dir / "confusion.png")
+        save_figure(fig, plots_dir / "confusion.png")
         written.append(("plots/confusion.png", "Confusion matrix"))
     return written
 

@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from defectkit.io.atomic import atomic_write_bytes
-from defectkit.io.report import _save_figure
+from defectkit.io.report import save_figure
 
 MAX_WORST_PHOTOS = 8
 """Photos shown side by side (ground truth | prediction) in the report."""
@@ -140,7 +140,7 @@ def segmentation_section_html(
         ax.hist(values, bins=np.linspace(0, 1, 21), color="#4878a8")
         ax.set(xlabel="photo IoU (mean over its classes)", ylabel="photos", title=f"Per-photo IoU (n = {len(values)})")
         fig.tight_layout()
-        _save_figure(fig, plots / "photo_iou.png")
+        save_figure(fig, plots / "photo_iou.png")
         figures.append(("plots/photo_iou.png", "Per-photo IoU histogram"))
     if summary["confusion"]:
         names = list(classes)
@@ -154,7 +154,7 @@ def segmentation_section_html(
         ax.set_yticks(range(len(names)), labels=names)
         ax.set(xlabel="ground truth under the prediction", ylabel="predicted class", title="Share of predicted pixels")
         fig.tight_layout()
-        _save_figure(fig, plots / "class_confusion.png")
+        save_figure(fig, plots / "class_confusion.png")
         figures.append(("plots/class_confusion.png", "Class confusion"))
     if figures:
         parts.append('<div class="plots">')

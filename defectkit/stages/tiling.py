@@ -15,6 +15,15 @@ Inner-stage protocol (duck-typed; any object with these methods works, registere
 * Segmenter: ``probability_maps(images: list[np.ndarray]) -> list[np.ndarray]`` (CxHxW float32 per
   image, at the image's resolution) and ``classes``. The windows' maps are blended without seams
   (:func:`defectkit.tiling.stitch_maps`) into ``sample.prob_maps`` / ``sample.map_classes``.
+* Whole or sliced, chosen on validation (detectors, ``choose_on_val``): after the inner detector is
+  fitted, the annotated validation images are detected both ways (windows merged with the
+  whole-image pass, and the whole image alone) and scored by mAP50
+  (:class:`~defectkit.evaluation.detection.DetectionMAP`, as the run's own evaluation scores
+  them). Slicing is kept only when it scores higher; otherwise the stage predicts on whole images.
+  The choice and both scores are saved with the stage, restored on load and shown in its
+  description (the report); a log line says which was chosen and why. Slicing pays off only when
+  the detector learned the scale the windows show (sliced or multi-scale training), so this keeps
+  a detector trained on whole photos from being made worse by its windows.
 * Training and state, when the inner stage has them: ``fit(train, val, context)``,
   ``state_tensors()``, ``load_state_tensors(tensors, extra)``, ``fitted``, ``describe()``. Fitting
   is delegated as is; an inner stage that trains on slices itself may define
@@ -37,9 +46,12 @@ from typing import Any
 
 import numpy as np
 
-from defectkit.errors import ConfigError
+from defectkit.errors import ConfigError, StateError
+from defectkit.evaluation.detection import DetectionF1, DetectionMAP
+from defectkit.evaluation.records import box_summary
 from defectkit.registry import STAGES
-from defectkit.sample import Detections, Sample, detections_to_instances
+from defectkit.sample import Detections, Record, Sample, detections_to_instances
+from defectkit.stages.base import FitContext
 from defectkit.stages.wrapping import WrappingStage
 from defectkit.tiling import (
     BLEND_PROFILES,
@@ -56,6 +68,9 @@ DEFAULT_MERGE: dict[str, Any] = dict(method="GREEDYNMM", match_metric="IOS", thr
 """Greedy merging on intersection over the smaller box: joins a defect cut at a window border with
 its other half and with the whole-image box, without chaining neighbouring defects together."""
 
+MODES = ("sliced", "whole")
+"""How a detector-wrapping Tiling stage predicts: on windows (merged with a whole-image pass when
+``full_image``) or on whole images only."""
 
 
 def _inner_kind(inner: Any) -> str:
@@ -100,6 +115,10 @@ class Tiling(WrappingStage):
         blend: Taper of the window maps' blending weights, ``"linear"`` or ``"cosine"`` (segmenters).
         enabled: False runs the inner stage on whole images, as if it were not wrapped (same saved
             state), e.g. to measure what slicing adds: ``--cfg-options pipeline.0.enabled=False``.
+        choose_on_val: Detectors: after fitting, score sliced and whole-image detection on the
+            annotated validation images (mAP50) and keep slicing only if it scores higher (module
+            docstring); the choice is saved with the stage. Default: True for detectors (when
+            ``enabled``); False always slices as configured. Segmenters and gates do not take it.
         name: Stage name (file stem of its saved state).
 
     Example:
@@ -123,6 +142,7 @@ class Tiling(WrappingStage):
         min_score: float | None = None,
         blend: str = "linear",
         enabled: bool = True,
+        choose_on_val: bool | None = None,
         name: str | None = None,
     ) -> None:
         self.slice_size = slice_size_pair(slice_size)
@@ -143,6 +163,11 @@ class Tiling(WrappingStage):
         if self.kind != "detector" and full_image:
             raise ConfigError(f"Tiling full_image applies to detectors only; a {self.kind}'s window maps are blended on their own")
         self.full_image = self.kind == "detector" if full_image is None else bool(full_image)
+        if self.kind != "detector" and choose_on_val:
+            raise ConfigError(f"Tiling choose_on_val applies to detectors only (scored by mAP50), not to a {self.kind}")
+        self.choose_on_val = self.kind == "detector" if choose_on_val is None else bool(choose_on_val)
+        # The validation comparison (None until fitted or loaded with one): the mode kept and both scores.
+        self.choice: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ configuration
     @staticmethod
@@ -169,14 +194,32 @@ class Tiling(WrappingStage):
             return self.min_score
         return float(getattr(self.inner, "min_score", 0.0) or 0.0)
 
-    def windows(self, height: int, width: int) -> list[Window]:
-        """The windows of an image of ``height x width`` pixels.
+    @property
+    def mode(self) -> str:
+        """``"sliced"`` or ``"whole"``: how :meth:`predict` runs now.
+
+        Whole when the config switches slicing off (``enabled=False``) or when the validation
+        comparison found whole images better (and ``choose_on_val`` is on); sliced otherwise.
+        """
+        if not self.enabled:
+            return "whole"
+        if self.choose_on_val and self.choice is not None:
+            return str(self.choice["mode"])
+        return "sliced"
+
+    def windows(self, height: int, width: int, mode: str | None = None) -> list[Window]:
+        """The windows of an image of ``height x width`` pixels (one, the whole image, in whole mode).
+
+        Args:
+            height: Image height.
+            width: Image width.
+            mode: ``"sliced"`` or ``"whole"``; default: :attr:`mode`.
 
         Example:
             >>> tiling.windows(100, 250)  # slice_size=100, overlap=0.2      # doctest: +SKIP
             [(0, 0, 100, 100), (80, 0, 180, 100), (150, 0, 250, 100)]
         """
-        if not self.enabled:
+        if (mode or self.mode) == "whole":
             return [(0, 0, width, height)]
         return slice_windows(height, width, *self.slice_size, *self.overlap)
 
@@ -190,9 +233,11 @@ class Tiling(WrappingStage):
             raise RuntimeError(f"{self.name}: inner {method} returned {len(results)} results for {len(images)} images")
         return results
 
-    def _window_results(self, images: Sequence[np.ndarray], method: str) -> tuple[list[list[Window]], list[list[Any]]]:
+    def _window_results(
+        self, images: Sequence[np.ndarray], method: str, mode: str | None = None,
+    ) -> tuple[list[list[Window]], list[list[Any]]]:
         """Every image's windows and the inner stage's result for each, in batches over all images."""
-        windows = [self.windows(*image.shape[:2]) for image in images]
+        windows = [self.windows(*image.shape[:2], mode=mode) for image in images]
         jobs = [(i, window) for i, image_windows in enumerate(windows) for window in image_windows]
         results: list[list[Any]] = [[] for _ in images]
         for start in range(0, len(jobs), self.batch_size):
@@ -205,8 +250,8 @@ class Tiling(WrappingStage):
         keep = np.asarray(detections.scores) >= self.score_threshold
         return Detections(detections.boxes[keep], detections.scores[keep], detections.labels[keep])
 
-    def _detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        windows, found = self._window_results(images, "detect")
+    def _detect(self, images: Sequence[np.ndarray], mode: str | None = None) -> list[Detections]:
+        windows, found = self._window_results(images, "detect", mode)
         parts = [
             [self._confident(detections).shifted(x1, y1) for (x1, y1, _, _), detections in zip(image_windows, image_found)]
             for image_windows, image_found in zip(windows, found)
@@ -263,16 +308,88 @@ class Tiling(WrappingStage):
             return samples
         images = [s.image for s in active]
         if self.kind == "detector":
-            classes = self.classes
-            for sample, detections in zip(active, self._detect(images)):
-                sample.instances = detections_to_instances(detections, classes, self.score_threshold)
+            self._set_instances(active, self._detect(images))
         else:
             for sample, maps in zip(active, self.probability_maps(images)):
                 sample.prob_maps = maps
                 sample.map_classes = self.classes
         return samples
 
+    def _set_instances(self, samples: Sequence[Sample], found: Sequence[Detections]) -> None:
+        classes = self.classes
+        for sample, detections in zip(samples, found):
+            sample.instances = detections_to_instances(detections, classes, self.score_threshold)
+
     # ------------------------------------------------------------------ fit
+    def fit(self, train: Sequence[Record], val: Sequence[Record], context: FitContext) -> dict[str, Any]:
+        """Fit the inner stage, then (detectors, ``choose_on_val``) choose sliced or whole on ``val``.
+
+        Returns:
+            The inner stage's summary plus this stage's settings (with the choice) under ``"tiling"``.
+        """
+        self.choice = None
+        summary = super().fit(train, val, context)
+        if self.kind == "detector" and self.enabled and self.choose_on_val:
+            self.choice = self.compare_on_val(val, context)
+            summary[self.settings_key] = self.settings()
+        return summary
+
+    def compare_on_val(self, val: Sequence[Record], context: FitContext, chunk_size: int = 8) -> dict[str, Any] | None:
+        """Score sliced and whole-image detection on the box-annotated ``val`` records; keep the better.
+
+        Both modes are scored as the run's evaluation scores a prediction (boxes at
+        :attr:`score_threshold`, :class:`DetectionMAP` mAP50 and :class:`DetectionF1` mean F1 in
+        original image coordinates), on the same decoded images (earlier stages applied; images an
+        earlier gate finished count with no boxes, as in a run). Slicing is kept only when its
+        mAP50 is strictly higher: on a tie the single cheaper pass wins.
+
+        Returns:
+            ``{"mode", "reason", "val_images", "sliced": {"map50", "mean_f1"}, "whole": {...}}``,
+            or None (slicing kept as configured) when no validation image has box annotations.
+        """
+        annotated = [r for r in val if r.boxes is not None]
+        if not annotated:
+            context.log(f"{self.name}: no validation image has box annotations; sliced inference kept as configured, "
+                        f"not checked against whole images")
+            return None
+        classes = self.classes
+        metrics = {mode: (DetectionMAP(classes), DetectionF1(classes)) for mode in MODES}
+        images = 0
+        for chunk in context.decoded_chunks(annotated, f"{self.name}: sliced vs whole on val", chunk_size):
+            images += len(chunk)
+            active = [s for s in chunk if s.active]
+            for mode in MODES:
+                for sample in chunk:
+                    sample.instances = []
+                if active:
+                    self._set_instances(active, self._detect([s.image for s in active], mode))
+                for sample in chunk:
+                    boxes = box_summary(sample)
+                    if boxes is not None:
+                        for metric in metrics[mode]:
+                            metric.update({"key": sample.record.key, "boxes": boxes})
+        scores = {}
+        for mode, (map_metric, f1_metric) in metrics.items():
+            values = {**map_metric.compute(), **f1_metric.compute()}
+            scores[mode] = {"map50": float(values.get("map50", 0.0)), "mean_f1": float(values.get("mean_f1", 0.0))}
+        sliced, whole = scores["sliced"]["map50"], scores["whole"]["map50"]
+        mode = "sliced" if sliced > whole else "whole"
+        if mode == "sliced":
+            reason = f"sliced inference scores higher on validation (mAP50 {sliced:.3f} vs {whole:.3f} on whole images)"
+        else:
+            reason = (f"sliced inference does not beat whole images on validation (mAP50 {sliced:.3f} vs {whole:.3f}); "
+                      f"falling back to whole-image detection")
+        context.log(f"{self.name}: {mode} chosen on {images} validation images: {reason}")
+        return {"mode": mode, "reason": reason, "val_images": images, **scores}
+
+    def load_state_tensors(self, tensors: dict[str, Any], extra: dict[str, Any]) -> None:
+        """Restore the inner stage and the saved sliced-vs-whole choice (other settings come from the config)."""
+        super().load_state_tensors(tensors, extra)
+        choice = dict(extra.get(self.settings_key) or {}).get("choice")
+        if choice is not None and choice.get("mode") not in MODES:
+            raise StateError(f"{self.name}: saved choice {choice!r} is not one of {', '.join(MODES)}; retrain the stage")
+        self.choice = None if choice is None else dict(choice)
+
     def prepare_inner_fit(self) -> None:
         """Give an inner stage that trains on slices (``configure_slicing``) this stage's windows."""
         if self.kind == "gate":
@@ -293,11 +410,25 @@ class Tiling(WrappingStage):
             "min_score": self.score_threshold,
             "blend": self.blend,
             "enabled": self.enabled,
+            "choose_on_val": self.choose_on_val,
+            "choice": self.choice,
+            "mode": self.mode,
         }
+
+    def report_notes(self) -> list[str]:
+        """One line for the report's summary: how this stage predicted and why (detectors)."""
+        if self.kind != "detector":
+            return []
+        if not self.enabled:
+            return [f"{self.name}: whole images (slicing switched off in the config)"]
+        if self.choice is None or not self.choose_on_val:
+            return [f"{self.name}: sliced inference as configured (not compared with whole images on validation)"]
+        return [f"{self.name}: {self.choice['mode']} inference, chosen on {self.choice['val_images']} validation images: "
+                f"{self.choice['reason']}"]
 
     def describe(self) -> dict[str, Any]:
         """Type, name, kind (detector or segmenter), slicing settings and the inner stage's description."""
         return {**super().describe(), "kind": self.kind}
 
 
-__all__ = ["DEFAULT_MERGE", "Tiling"]
+__all__ = ["DEFAULT_MERGE", "MODES", "Tiling"]

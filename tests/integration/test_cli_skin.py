@@ -81,3 +81,13 @@ def test_detector_weights_are_saved_under_the_tiling_stage(skin_work_dir: Path):
     manifest = json.loads((skin_work_dir / "weights" / "detector.json").read_text())
     assert manifest["stage_type"] == "Tiling" and manifest["extra"]["inner_type"] == "Detector"
     assert manifest["classes"] == ["lesion"]
+
+
+def test_the_sliced_or_whole_choice_made_on_validation_is_saved_and_reported(skin_work_dir: Path):
+    manifest = json.loads((skin_work_dir / "weights" / "detector.json").read_text())
+    choice = manifest["extra"]["tiling"]["choice"]
+    assert choice["mode"] in ("sliced", "whole") and choice["val_images"] > 0
+    assert {"map50", "mean_f1"} <= set(choice["sliced"]) and {"map50", "mean_f1"} <= set(choice["whole"])
+    report = (skin_work_dir / "report.html").read_text()
+    assert f"detector: {choice['mode']} inference, chosen on {choice['val_images']} validation images" in report
+    assert "<h2>Detection</h2>" in report and "det_f1_lesion.png" in report

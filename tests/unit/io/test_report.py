@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from defectkit.io.overlays import overlay_name, write_overlay
+from defectkit.io.detection_report import detection_html
 from defectkit.io.report import write_report
 
 
@@ -205,3 +206,61 @@ def test_report_lists_class_names(tmp_path, class_names):
     else:
         assert "classes:" not in page
     assert (tmp_path / "plots" / "confusion.png").exists()
+
+
+def _box_records(tmp_path: Path) -> list[dict]:
+    """Three photos on disk: one perfect, one with a miss and a false box, one with two misses."""
+    records = []
+    layouts = [
+        ([[10, 10, 20, 20]], [[0.9, 10, 10, 20, 20]]),
+        ([[10, 10, 20, 20], [40, 40, 70, 70]], [[0.8, 10, 10, 20, 20], [0.7, 80, 80, 90, 90]]),
+        ([[5, 5, 9, 9], [60, 10, 66, 16]], [[0.2, 30, 30, 40, 40]]),
+    ]
+    for index, (gt, pred) in enumerate(layouts):
+        path = tmp_path / "photos" / f"face{index}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(path), np.full((100, 100, 3), 120, np.uint8))
+        records.append({"key": str(path), "boxes": {"gt": [["lesion", *b] for b in gt], "pred": [["lesion", *p] for p in pred]}})
+    return records
+
+
+def test_detection_analysis_counts_hits_misses_and_false_boxes_at_the_best_f1_threshold(tmp_path):
+    from defectkit.evaluation.detection import DetectionF1
+    from defectkit.io.detection_report import class_analysis
+
+    records = _box_records(tmp_path)
+    analysis = class_analysis(records, "lesion")
+    metric = DetectionF1(["lesion"])
+    for record in records:
+        metric.update(record)
+    metrics = metric.compute()
+    assert analysis["threshold"] == metrics["f1_threshold.lesion"] == 0.8  # keeping 0.7 and 0.2 adds only false boxes
+    assert analysis["best_f1"] == pytest.approx(metrics["f1.lesion"])
+    assert [row[1:] for row in analysis["per_image"]] == [(1, 0, 0), (1, 1, 0), (0, 2, 0)]
+    assert sorted(analysis["sizes_hit"]) == [10.0, 10.0] and sorted(analysis["sizes_missed"]) == [4.0, 6.0, 30.0]
+    assert analysis["recall"][-1] == pytest.approx(2 / 5) and analysis["precision"][0] == 1.0
+
+
+def test_report_of_a_detection_run_has_curves_threshold_worst_photos_and_sizes(tmp_path):
+    records = _box_records(tmp_path)
+    rows = [_row(r["key"], 1, None, None) for r in records]
+    run = tmp_path / "run"
+    section = detection_html(run, run / "plots", records, ["lesion"])
+    page = write_report(run, {"map50": 0.4}, rows, title="skin", class_names=["lesion"], sections=[section]).read_text()
+    assert "<h2>Detection</h2>" in page and "Chosen threshold (best F1 on these images): <b>0.800</b>" in page
+    assert "2 of 5 boxes found, 3 missed, 0 false" in page
+    sources = _img_sources(page)
+    for name in ("det_pr_lesion.png", "det_f1_lesion.png", "det_sizes_lesion.png"):
+        assert f"plots/{name}" in sources and (tmp_path / "run" / "plots" / name).is_file()
+    worst = [s for s in sources if s.startswith("plots/det_worst/")]
+    assert len(worst) == 2 and all((tmp_path / "run" / s).is_file() for s in worst)  # the perfect photo is not shown
+    assert page.index("face2.jpg") < page.index("face1.jpg")  # two misses rank before one
+    drawn = cv2.imread(str(tmp_path / "run" / worst[0]))
+    assert drawn[5, 5].tolist() != [120, 120, 120]  # the missed box is drawn
+
+
+def test_report_without_box_ground_truth_has_no_detection_section(tmp_path):
+    section = detection_html(tmp_path, tmp_path / "plots", [{"key": "a.jpg", "boxes": {"gt": None, "pred": []}}], ["lesion"])
+    assert section == ""
+    page = write_report(tmp_path, {}, [], title="t", class_names=["lesion"], sections=[section]).read_text()
+    assert "<h2>Detection</h2>" not in page

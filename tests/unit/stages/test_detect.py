@@ -236,3 +236,22 @@ def test_bad_config_fails_early() -> None:
         Detector(oversample=dict(threshold=2.0))
     with pytest.raises(ConfigError, match="Albumentations"):
         Detector(augment=dict(type="Resize", size=(64, 64)))
+
+
+def test_window_crops_in_training_clip_boxes_as_inference_windows_do() -> None:
+    """Multi-scale training crops (e.g. RandomResizedCrop in ``augment``) are windows like sliced inference's:
+    a box cut by the crop keeps its visible part when at least 30% of it shows, as slice_annotations
+    keeps it for a Tiling window, and the crop is resized to the network input (lesions magnified)."""
+    from defectkit.tiling import slice_annotations
+
+    image = np.full((SIZE, SIZE, 3), 100, np.uint8)
+    boxes = [("lesion", 10, 10, 20, 20), ("lesion", 40, 20, 56, 30), ("lesion", 44, 40, 54, 50), ("lesion", 70, 70, 80, 80)]
+    window = (0, 0, 48, 48)  # half the image: the boxes inside, half, 40% and not at all visible
+    crop = BoxAugment(dict(type="Albumentations", transforms=[
+        dict(type="Crop", x_min=0, y_min=0, x_max=48, y_max=48), dict(type="Resize", height=SIZE, width=SIZE),
+    ]), seed=0)
+    _, trained, labels = crop(image, np.array([b[1:] for b in boxes], np.float32), np.zeros(len(boxes), np.int64))
+    inferred = np.array([b[1:] for b in slice_annotations(boxes, window)], np.float32) * (SIZE / 48)
+    assert len(inferred) == 3 and labels.tolist() == [0, 0, 0]
+    np.testing.assert_allclose(trained, inferred, atol=1e-3)
+

@@ -365,3 +365,120 @@ def test_switched_off_tiling_runs_the_detector_once_on_the_whole_image():
     (found,) = tiling.detect([image])
     assert detector.batch_sizes == [1] and detector.shapes == [(64, 96)]
     assert len(found) == 1
+
+
+# ----------------------------------------------------------------------------- sliced or whole, chosen on validation
+class ScaleBoundDetector(TrainableBrightBoxDetector):
+    """The trainable double, good at one scale only: it finds the bright boxes in images of ``good``
+    size ("whole": the full 64x96 photo, "window": anything smaller) and adds a confident false box
+    at the top-left corner of every image of the other size, as a detector does at a scale it never
+    learned."""
+
+    def __init__(self, good: str) -> None:
+        super().__init__()
+        self.good = good
+
+    def detect(self, images: list[np.ndarray]) -> list[Detections]:
+        found = super().detect(images)
+        out = []
+        for image, detections in zip(images, found):
+            whole = image.shape[:2] == (64, 96)
+            if whole == (self.good == "whole"):
+                out.append(detections)
+            else:
+                false = Detections(np.asarray([[0, 0, 6, 6]], np.float32), np.asarray([0.95], np.float32), np.asarray([0]))
+                out.append(Detections.concatenate([detections, false]))
+        return out
+
+
+def val_set(count: int = 4) -> tuple[list[Record], dict[str, np.ndarray]]:
+    """``count`` 64x96 validation photos with one red box each, placed away from the top-left corner."""
+    records, images = [], {}
+    for index in range(count):
+        x = 20 + 12 * index
+        box = (x, 30, x + 10, 40)
+        records.append(Record(f"val{index}.png", label=1, boxes=[("dent", *map(float, box))]))
+        images[records[-1].path] = image_with(64, 96, red=[box])
+    return records, images
+
+
+def choice_context(tmp_path: Path, images: dict[str, np.ndarray], log: list[str]) -> FitContext:
+    def load_samples(records):
+        return [Sample(record, image=images[record.path]) for record in records]
+
+    return FitContext(work_dir=tmp_path, load_samples=load_samples, classes=CLASSES, log=log.append)
+
+
+def test_sliced_inference_that_scores_lower_on_validation_falls_back_to_whole_images(tmp_path):
+    records, images = val_set()
+    log: list[str] = []
+    detector = ScaleBoundDetector(good="whole")
+    tiling = Tiling(inner=detector, slice_size=32, overlap=0.25)
+    summary = tiling.fit([Record("a.png")], records, choice_context(tmp_path, images, log))
+    choice = summary["tiling"]["choice"]
+    assert choice["mode"] == "whole" and tiling.mode == "whole" and choice["val_images"] == 4
+    assert choice["whole"]["map50"] == pytest.approx(1.0) and choice["sliced"]["map50"] < 1.0
+    assert any("whole chosen on 4 validation images" in line and "falling back" in line for line in log)
+    # Predictions now run once per image, on the whole image, with no false corner boxes.
+    detector.shapes.clear()
+    (sample,) = tiling.predict(samples_of(images["val0.png"]))
+    assert detector.shapes == [(64, 96)]
+    assert boxes_of(sample) == [("dent", (20.0, 30.0, 30.0, 40.0))]
+
+
+def test_sliced_inference_that_scores_higher_on_validation_is_kept(tmp_path):
+    records, images = val_set()
+    log: list[str] = []
+    tiling = Tiling(inner=ScaleBoundDetector(good="window"), slice_size=32, overlap=0.25, full_image=False)
+    summary = tiling.fit([Record("a.png")], records, choice_context(tmp_path, images, log))
+    choice = summary["tiling"]["choice"]
+    assert choice["mode"] == "sliced" and tiling.mode == "sliced"
+    assert choice["sliced"]["map50"] > choice["whole"]["map50"]
+    assert any("sliced chosen" in line for line in log)
+
+
+def test_the_choice_is_saved_reloaded_and_shown_in_the_report(tmp_path):
+    records, images = val_set()
+    log: list[str] = []
+    weights = tmp_path / "weights"
+    fitted = Pipeline([Tiling(inner=ScaleBoundDetector(good="whole"), slice_size=32, overlap=0.25, name="detector")])
+    fitted.fit([Record("a.png")], records, weights, lambda load: choice_context(tmp_path, images, log), log=log.append)
+    assert read_manifest(weights, "detector")["extra"]["tiling"]["choice"]["mode"] == "whole"
+
+    restored = Tiling(inner=ScaleBoundDetector(good="whole"), slice_size=32, overlap=0.25, name="detector")
+    assert restored.mode == "sliced"  # nothing chosen before the state is loaded
+    restored.load(weights)
+    assert restored.mode == "whole" and restored.choice == fitted.stages[0].choice
+    (note,) = restored.report_notes()
+    assert "whole inference, chosen on 4 validation images" in note and "mAP50" in note
+    assert restored.describe()["choice"]["mode"] == "whole"
+
+    from defectkit.io.report import write_report
+
+    report = write_report(tmp_path / "run", {}, [], title="t", stage_summaries=[restored.describe()],
+                          notes=restored.report_notes()).read_text()
+    assert "whole inference, chosen on 4 validation images" in report and "&quot;mode&quot;: &quot;whole&quot;" in report
+
+    # choose_on_val=False in the config: sliced as configured, whatever was chosen.
+    forced = Tiling(inner=ScaleBoundDetector(good="whole"), slice_size=32, overlap=0.25, name="detector", choose_on_val=False)
+    forced.load(weights)
+    assert forced.mode == "sliced"
+
+
+def test_without_annotated_validation_images_slicing_is_kept_unchecked(tmp_path):
+    log: list[str] = []
+    tiling = Tiling(inner=ScaleBoundDetector(good="whole"), slice_size=32)
+    summary = tiling.fit([Record("a.png")], [Record("v.png")], choice_context(tmp_path, {}, log))
+    assert summary["tiling"]["choice"] is None and tiling.mode == "sliced"
+    assert any("no validation image has box annotations" in line for line in log)
+    assert "not compared" in tiling.report_notes()[0]
+
+
+def test_a_switched_off_tiling_is_not_compared_and_choose_on_val_is_for_detectors_only(tmp_path):
+    records, images = val_set()
+    detector = ScaleBoundDetector(good="whole")
+    tiling = Tiling(inner=detector, slice_size=32, enabled=False)
+    summary = tiling.fit([Record("a.png")], records, choice_context(tmp_path, images, []))
+    assert summary["tiling"]["choice"] is None and tiling.mode == "whole"
+    with pytest.raises(ConfigError, match="choose_on_val applies to detectors only"):
+        Tiling(inner=AlternatingSegmenter(), slice_size=32, choose_on_val=True)
