@@ -8,38 +8,85 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
-from defectkit.io.images import decode_records
+import numpy as np
+
+from defectkit.errors import ConfigError
+from defectkit.io.images import DEFAULT_MAX_SIDE, decode_records
 from defectkit.registry import STAGES, build
+from defectkit.results import ImageInput, Result, to_samples
 from defectkit.sample import Record, Sample
 from defectkit.stages.base import FitContext, Stage, TrainableStage
+from defectkit.validation import ConfigValueError
 
 
 class Pipeline:
     """Stages in order. A stage sees only samples still active: decoded and not finished by a gate.
 
+    Args:
+        stages: The stages, each with a distinct name.
+        classes: The config's defect classes (checked against saved state on :meth:`load`).
+        batch_size: Images per batch when the pipeline is called on a list of images.
+        max_side: Files with a longer side are decoded at reduced size when called; None: full size.
+
+    A pipeline is callable on image files or numpy arrays (:meth:`__call__`); a trained one comes
+    from :func:`defectkit.load`.
+
     Example:
-        >>> pipeline = Pipeline.from_config([dict(type="AnomalyGate"), dict(type="MaskPolicy")])  # doctest: +SKIP
-        >>> samples = pipeline.predict(decode_records(records))  # doctest: +SKIP
+        >>> import numpy as np
+        >>> pipe = Pipeline.from_config([dict(type="Gamma", gamma=0.5), dict(type="Clahe", apply="always")])
+        >>> [stage.name for stage in pipe.stages]
+        ['gamma', 'clahe']
+        >>> results = pipe([np.full((32, 32, 3), 30, np.uint8)])
+        >>> results[0].ok, bool(results[0].image.mean() > 30)
+        (True, True)
     """
 
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        classes: Sequence[str] | None = None,
+        batch_size: int = 16,
+        max_side: int | None = DEFAULT_MAX_SIDE,
+    ) -> None:
         names = [stage.name for stage in stages]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"stage names must be unique, repeated: {duplicates}; give each a distinct name=")
+            raise ConfigError(f"stage names must be unique, repeated: {duplicates}; give each a distinct name=")
         self.stages = list(stages)
+        self.classes: list[str] = [str(c) for c in classes or []]
+        self.batch_size = max(1, int(batch_size))
+        self.max_side = max_side
         self.seconds: dict[str, float] = {s.name: 0.0 for s in self.stages}
         self.processed: dict[str, int] = {s.name: 0 for s in self.stages}
 
     @classmethod
-    def from_config(cls, stage_cfgs: Sequence[dict[str, Any]]) -> Pipeline:
-        """Build every stage from its config dict (``type`` looked up in STAGES)."""
-        stages = []
+    def from_config(cls, stage_cfgs: Sequence[dict[str, Any]], **options: Any) -> Pipeline:
+        """Build every stage from its config dict (``type`` looked up in STAGES).
+
+        A stage without a ``name`` gets its type's default name (the one it has when built on
+        its own, e.g. ``zero_dce``), with its position appended when that name is already taken.
+
+        Args:
+            stage_cfgs: The config's ``pipeline`` list.
+            **options: :class:`Pipeline` arguments (``classes``, ``batch_size``, ``max_side``).
+
+        Raises:
+            ConfigError: A stage that cannot be built; the message starts with its key
+                (``pipeline.<index>``).
+        """
+        stages: list[Stage] = []
         for index, cfg in enumerate(stage_cfgs):
             cfg = dict(cfg)
-            cfg.setdefault("name", f"{str(cfg.get('type', 'stage')).lower()}{index}")
-            stages.append(build(STAGES, cfg))
-        return cls(stages)
+            try:
+                stage = build(STAGES, cfg)
+            except ConfigValueError as exc:
+                raise exc.at(f"pipeline.{index}") from exc
+            except ConfigError as exc:
+                raise ConfigError(f"pipeline.{index}: {exc}") from exc
+            if "name" not in cfg and stage.name in {s.name for s in stages}:
+                stage.name = f"{stage.name}{index}"
+            stages.append(stage)
+        return cls(stages, **options)
 
     @property
     def trainable(self) -> list[TrainableStage]:
@@ -109,10 +156,44 @@ class Pipeline:
             summaries[stage.name] = summary
         return summaries
 
-    def load(self, weights_dir: Path) -> None:
-        """Load every trainable stage's state; fails with the stage name if one is missing."""
+    def load(self, weights_dir: str | Path, only_unfitted: bool = False) -> None:
+        """Load every trainable stage's state, checked against its type and :attr:`classes`.
+
+        Args:
+            weights_dir: The ``weights/`` folder of a work dir.
+            only_unfitted: Leave stages that are already fitted or loaded as they are.
+
+        Raises:
+            StateError: A stage without saved state, or state saved by another stage type, library
+                version or for other classes (the message names the stage and the file).
+        """
         for stage in self.trainable:
-            stage.load(weights_dir)
+            if not (only_unfitted and stage.fitted):
+                stage.load(weights_dir, self.classes or None)
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput]) -> list[Result]:
+        """Run every stage on image files, HxWx3 uint8 arrays, samples or earlier results.
+
+        Files are decoded :attr:`batch_size` at a time, so a long list never holds every image
+        in memory at once (the results keep their images and maps).
+
+        Returns:
+            One :class:`~defectkit.results.Result` per input, in order; a file that cannot be
+            decoded has ``error`` set instead of raising.
+        """
+        items: list[Any]
+        if isinstance(images, np.ndarray):
+            items = list(images) if images.ndim == 4 else [images]
+        elif isinstance(images, (str, Path, Sample, Result)):
+            items = [images]
+        else:
+            items = list(images)
+        results: list[Result] = []
+        for start in range(0, len(items), self.batch_size):
+            samples = to_samples(items[start : start + self.batch_size], max_side=self.max_side, first_index=start)
+            self.predict(samples)
+            results.extend(Result.from_sample(s) for s in samples)
+        return results
 
     def timing_summary(self) -> dict[str, dict[str, float]]:
         """Per stage: images processed, total seconds and images per second."""

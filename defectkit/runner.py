@@ -31,7 +31,7 @@ from defectkit.data.grouping import area_ratio_cuts, make_damage_stratum
 from defectkit.data.split import default_stratum, load_split, save_split, split_records
 from defectkit.errors import ConfigError, DataError
 from defectkit.evaluation.records import make_eval_record
-from defectkit.io.atomic import atomic_write_json
+from defectkit.io.atomic import atomic_write_bytes, atomic_write_json
 from defectkit.io.images import DEFAULT_MAX_SIDE, decode_record
 from defectkit.io.overlays import draw_overlay, overlay_name, write_overlay
 from defectkit.io.report import write_report
@@ -84,7 +84,13 @@ class Runner:
         threads = runtime.get("num_threads") or os.cpu_count() or 1
         torch.set_num_threads(int(threads))
         self._seed_everything()
-        self.pipeline = Pipeline.from_config(cfg.pipeline)
+        self.pipeline = Pipeline.from_config(cfg.pipeline, classes=self.classes, batch_size=self.batch_size, max_side=self.max_side)
+        # Metrics are built after the predictions; build them once now so a bad option fails first.
+        for index, metric_cfg in enumerate(cfg.get("metrics", [])):
+            try:
+                build(METRICS, dict(metric_cfg), classes=self.classes)
+            except ConfigError as exc:
+                raise ConfigError(f"metrics.{index}: {exc}") from exc
         self._records: dict[str, list[Record]] = {}
 
     def _seed_everything(self) -> None:
@@ -146,6 +152,8 @@ class Runner:
         parts = self.split(records)
         root = str(Path(self.data_root).resolve()) if self.data_root else None
         atomic_write_json(self.work_dir / "data_root.json", {"data_root": root})
+        # The resolved config beside the weights: defectkit.load(work_dir) rebuilds the same pipeline.
+        atomic_write_bytes(self.work_dir / "config.py", self.cfg.pretty_text.encode())
         console.print(
             f"data: {len(records)} images -> train {len(parts['train'])}, val {len(parts['val'])}, test {len(parts['test'])}"
         )
@@ -174,7 +182,7 @@ class Runner:
 
     def evaluate(self, split: str = "test", out_dir: Path | None = None, data_root: str | None = None) -> dict[str, float]:
         """Predict on a split of the data (``test`` or ``all``) and compute the config's metrics."""
-        self._load_if_needed()
+        self.load_weights()
         records = self.records(data_root)
         if split == "all":
             chosen = records
@@ -190,7 +198,7 @@ class Runner:
 
     def predict(self, inputs: Sequence[str], out_dir: Path) -> dict[str, float]:
         """Predict on files and folders (recursively; every non-hidden file is an input)."""
-        self._load_if_needed()
+        self.load_weights()
         records = [Record(path=p) for p in collect_inputs(inputs)]
         if not records:
             raise DataError(f"no input files found in {', '.join(inputs)}")
@@ -202,16 +210,21 @@ class Runner:
             if stage.has_saved_state(self.weights_dir):
                 check_manifest(self.weights_dir, stage.name, type(stage).__name__, self.classes or None)
 
-    def _load_if_needed(self) -> None:
+    def load_weights(self) -> None:
+        """Load every trainable stage not fitted yet from the work dir, checked against the config.
+
+        Raises:
+            DataError: A stage has no saved state (the message says how to train it).
+            StateError: Saved state of another stage type, library version or other classes.
+        """
         self._check_saved_states()
         for stage in self.pipeline.trainable:
-            if not stage.fitted:
-                if not stage.has_saved_state(self.weights_dir):
-                    raise DataError(
-                        f"stage {stage.name!r} has no saved state in {self.weights_dir}; "
-                        f"run `defectkit train {self.config_path} --work-dir {self.work_dir}` first"
-                    )
-                stage.load(self.weights_dir)
+            if not stage.fitted and not stage.has_saved_state(self.weights_dir):
+                raise DataError(
+                    f"stage {stage.name!r} has no saved state in {self.weights_dir}; "
+                    f"run `defectkit train {self.config_path} --work-dir {self.work_dir}` first"
+                )
+        self.pipeline.load(self.weights_dir, only_unfitted=True)
 
     # ----------------------------------------------------------------------------- streaming
     def stream(self, records: Sequence[Record], out_dir: Path, stamp: dict[str, Any], evaluate: bool) -> dict[str, float]:

@@ -13,7 +13,10 @@ from typing import Any
 
 import torch
 
+from defectkit.errors import StateError
+from defectkit.io.images import DEFAULT_MAX_SIDE
 from defectkit.io.state import has_state, load_state, save_state
+from defectkit.results import ImageInput, Result, to_samples
 from defectkit.sample import Record, Sample
 
 
@@ -68,6 +71,22 @@ class Stage:
 
     Subclasses implement :meth:`predict`. The pipeline only passes samples that are still active
     (decoded, and not finished early by a gate).
+
+    A stage is also callable on its own, on image files or numpy arrays (see :meth:`__call__`);
+    its name is the same whether a config or Python code builds it, so weights saved by one are
+    found by the other.
+
+    Example:
+        >>> import numpy as np, defectkit
+        >>> policy = defectkit.build_stage(dict(type="MaskPolicy", rules=dict(defect=dict(threshold=0.5, min_area=4))))
+        >>> policy.name
+        'mask_policy'
+        >>> from defectkit.sample import Record, Sample
+        >>> prob = np.zeros((1, 16, 16), np.float32); prob[0, 4:10, 4:10] = 0.9
+        >>> sample = Sample(Record("a.png"), image=np.zeros((16, 16, 3), np.uint8), prob_maps=prob, map_classes=["defect"])
+        >>> result = policy([sample])[0]
+        >>> [(i.class_name, i.area) for i in result.instances], int(result.masks["defect"].sum())
+        ([('defect', 36.0)], 36)
     """
 
     trainable: bool = False
@@ -78,6 +97,23 @@ class Stage:
     def predict(self, samples: list[Sample]) -> list[Sample]:
         """Process a batch in place and return it."""
         raise NotImplementedError
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], max_side: int | None = DEFAULT_MAX_SIDE) -> list[Result]:
+        """Run this stage alone on image files, HxWx3 uint8 arrays, samples or earlier results.
+
+        Args:
+            images: One input or a list of them (see :func:`defectkit.results.to_samples`).
+            max_side: Files with a longer side are decoded at reduced size; None: full size.
+
+        Returns:
+            One :class:`~defectkit.results.Result` per input, in order; a file that cannot be
+            decoded has ``error`` set. Samples and results passed in are updated in place.
+        """
+        samples = to_samples(images, max_side=max_side)
+        active = [s for s in samples if s.active]
+        if active:
+            self.predict(active)
+        return [Result.from_sample(s) for s in samples]
 
     def describe(self) -> dict[str, Any]:
         """A short JSON summary for reports."""
@@ -116,10 +152,49 @@ class TrainableStage(Stage):
         tensors, extra = self.state_tensors()
         return save_state(directory, self.name, type(self).__name__, tensors, extra, classes=self.fit_classes)
 
-    def load(self, directory: str | Path) -> None:
-        tensors, extra = load_state(directory, self.name, type(self).__name__)
+    def load(self, directory: str | Path, classes: Sequence[str] | None = None) -> None:
+        """Load verified state from ``directory``.
+
+        Args:
+            directory: The ``weights/`` folder.
+            classes: The config's defect classes; state fitted for other classes is refused.
+
+        Raises:
+            StateError: Missing or tampered files, or state saved by another stage type, library
+                version or for other classes.
+        """
+        tensors, extra = load_state(directory, self.name, type(self).__name__, classes)
         self.load_state_tensors(tensors, extra)
         self.fitted = True
+
+    @classmethod
+    def from_weights(cls, directory: str | Path, name: str | None = None, classes: Sequence[str] | None = None, **options: Any) -> TrainableStage:
+        """Build this stage with ``options`` and load its saved state, ready to predict.
+
+        Args:
+            directory: A ``weights/`` folder or a work dir that has one.
+            name: The stage's name in that folder; None: this stage type's default name, or the
+                only state of this type in the folder.
+            classes: Refuse state fitted for other defect classes.
+            **options: Constructor options that matter at prediction time (thresholds, ``apply``...).
+
+        Raises:
+            StateError: No (or more than one) saved state of this type, or state that fails its checks.
+
+        Example:
+            >>> enhance = ZeroDce.from_weights("work_dirs/car_damage")  # doctest: +SKIP
+            >>> brighter = enhance(["dark_photo.jpg"])[0].image  # doctest: +SKIP
+        """
+        from defectkit.validation import construct
+
+        directory = Path(directory)
+        if (directory / "weights").is_dir():
+            directory = directory / "weights"
+        stage = construct("stage", cls, {**options, **({"name": name} if name else {})})
+        if name is None and not stage.has_saved_state(directory):
+            stage.name = _only_state_of_type(directory, cls.__name__)
+        stage.load(directory, classes)
+        return stage
 
     def has_saved_state(self, directory: str | Path) -> bool:
         return has_state(directory, self.name)
@@ -137,3 +212,20 @@ class TrainableStage(Stage):
         if not self.ready_to_predict():
             raise RuntimeError(f"{self.name}: predict before fit or load")
         return [s for s in samples if s.active and s.image is not None]
+
+
+def _only_state_of_type(directory: Path, stage_type: str) -> str:
+    """The name of the one stage of ``stage_type`` saved in ``directory``."""
+    import json
+
+    names = []
+    for manifest in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            if json.loads(manifest.read_text(encoding="utf-8")).get("stage_type") == stage_type:
+                names.append(manifest.stem)
+        except (OSError, ValueError, AttributeError):
+            continue
+    if len(names) != 1:
+        found = f"several ({', '.join(names)}); pass name=" if names else "none"
+        raise StateError(f"{directory}: expected one saved {stage_type} stage, found {found}")
+    return names[0]
