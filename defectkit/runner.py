@@ -41,6 +41,7 @@ from defectkit.pipeline import Pipeline
 from defectkit.registry import DATASETS, METRICS, build
 from defectkit.sample import Record, Sample
 from defectkit.stages.base import FitContext
+from defectkit.validation import ConfigValueError
 
 console = Console(stderr=True)
 
@@ -89,6 +90,8 @@ class Runner:
         for index, metric_cfg in enumerate(cfg.get("metrics", [])):
             try:
                 build(METRICS, dict(metric_cfg), classes=self.classes)
+            except ConfigValueError as exc:
+                raise exc.at(f"metrics.{index}") from exc
             except ConfigError as exc:
                 raise ConfigError(f"metrics.{index}: {exc}") from exc
         self._records: dict[str, list[Record]] = {}

@@ -170,7 +170,14 @@ def describe(hint: Any) -> str:
 
 
 def _plain(hint: Any) -> str:
-    """``describe`` without the article: "int", "number"..."""
+    """``hint`` as the items of a collection: "ints", "numbers", "strings or None"..."""
+    plural = {bool: "booleans", int: "ints", float: "numbers", str: "strings", dict: "dicts"}
+    if hint in plural:
+        return plural[hint]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_plain(arg) if arg is not type(None) else "None" for arg in typing.get_args(hint))
+    if typing.get_origin(hint) in (dict, collections.abc.Mapping):
+        return "dicts"
     text = describe(hint)
     for article in ("an ", "a "):
         if text.startswith(article):
