@@ -28,7 +28,7 @@ from defectkit.config import Config, load_config
 from defectkit.errors import ConfigError, StateError
 from defectkit.io.images import DEFAULT_MAX_SIDE
 from defectkit.pipeline import Pipeline
-from defectkit.registry import STAGES, build
+from defectkit.pipeline import build_stage as _build_stage
 from defectkit.stages.base import Stage
 
 SAVED_CONFIG = "config.py"
@@ -39,7 +39,7 @@ def build_stage(cfg: Mapping[str, Any]) -> Stage:
     """Build one stage from a config dict, exactly as a config's ``pipeline`` entry is built.
 
     Args:
-        cfg: ``dict(type=<registered stage>, **options)``.
+        cfg: ``dict(type=<registered stage>, **options)``; every stage also takes ``enabled``.
 
     Returns:
         The stage; call it on images (``stage(images)``) or pass it to :class:`~defectkit.pipeline.Pipeline`.
@@ -58,7 +58,7 @@ def build_stage(cfg: Mapping[str, Any]) -> Stage:
         ...
         defectkit.validation.ConfigValueError: clip_limit='high' (Clahe): expected a number
     """
-    return build(STAGES, dict(cfg))
+    return _build_stage(dict(cfg))
 
 
 def load(work_dir: str | Path, config: str | Path | None = None, cfg_options: Mapping[str, Any] | None = None) -> Pipeline:

@@ -78,7 +78,7 @@ class Pipeline:
         for index, cfg in enumerate(stage_cfgs):
             cfg = dict(cfg)
             try:
-                stage = build(STAGES, cfg)
+                stage = build_stage(cfg)
             except ConfigValueError as exc:
                 raise exc.at(f"pipeline.{index}") from exc
             except ConfigError as exc:
@@ -88,13 +88,19 @@ class Pipeline:
             stages.append(stage)
         return cls(stages, **options)
 
+    def __repr__(self) -> str:
+        return f"Pipeline([{', '.join(f'{type(s).__name__}({s.name!r})' for s in self.stages)}])"
+
     @property
     def trainable(self) -> list[TrainableStage]:
-        return [s for s in self.stages if isinstance(s, TrainableStage)]
+        """The stages with learned state that are not switched off (:attr:`Stage.skipped`)."""
+        return [s for s in self.stages if isinstance(s, TrainableStage) and not s.skipped]
 
     def predict(self, samples: list[Sample], upto: int | None = None) -> list[Sample]:
         """Run the stages (all, or the first ``upto``) on a batch in place and return it."""
         for stage in self.stages[:upto]:
+            if stage.skipped:
+                continue
             active = [s for s in samples if s.active]
             if not active:
                 continue
@@ -126,7 +132,7 @@ class Pipeline:
         """
         summaries: dict[str, Any] = {}
         for index, stage in enumerate(self.stages):
-            if not isinstance(stage, TrainableStage):
+            if not isinstance(stage, TrainableStage) or stage.skipped:
                 continue
             if stage.has_saved_state(weights_dir):
                 stage.load(weights_dir)
@@ -139,6 +145,8 @@ class Pipeline:
                 # Earlier stages run without their early exit so a later stage sees every sample.
                 for earlier in self.stages[:_upto]:
                     ok = [s for s in samples if s.ok]
+                    if earlier.skipped:
+                        continue
                     if ok:
                         earlier.predict(ok)
                 for sample in samples:
@@ -206,3 +214,38 @@ class Pipeline:
             }
             for name in self.seconds
         }
+
+
+def build_stage(cfg: dict[str, Any]) -> Stage:
+    """Build one stage from its config dict; ``enabled`` is accepted by every stage.
+
+    A stage whose constructor takes ``enabled`` gets it; any other has :attr:`Stage.enabled` set,
+    so the pipeline (and calling the stage) passes samples through it when it is False.
+
+    Raises:
+        ConfigError: Unknown type or option, or a value that is not allowed.
+    """
+    cfg = dict(cfg)
+    enabled = cfg.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigValueError("enabled", enabled, "expected True or False", str(cfg.get("type")))
+    if not _takes_enabled(cfg.get("type")):
+        cfg.pop("enabled", None)
+    stage = build(STAGES, cfg)
+    stage.enabled = enabled
+    return stage
+
+
+def _takes_enabled(type_name: Any) -> bool:
+    """Whether the registered stage ``type_name`` takes ``enabled`` in its constructor."""
+    import inspect
+
+    from defectkit.registry import registered_names
+
+    if isinstance(type_name, str) and type_name in registered_names(STAGES):
+        obj_cls = STAGES.get(type_name)
+    elif isinstance(type_name, type):
+        obj_cls = type_name
+    else:
+        return True  # let build() report the unknown type
+    return "enabled" in inspect.signature(obj_cls.__init__).parameters

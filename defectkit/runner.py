@@ -335,7 +335,7 @@ class Runner:
                 f"saving about {saved:.1f} s of compute ({share:.0f}% of what every image through every stage would take)"
             )
         for stage in self.pipeline.stages:
-            if getattr(stage, "enabled", True) is False:
+            if not stage.enabled:
                 notes.append(f"stage {stage.name!r} is switched off in the config (enabled=False): every image went on to the next stage")
         write_report(
             out_dir,

@@ -23,7 +23,7 @@ from defectkit.heads.anomaly import pooled_features
 from defectkit.heads.backbones import create_feature_extractor, to_input_tensor
 from defectkit.registry import HEADS, STAGES, build
 from defectkit.sample import Record, Sample
-from defectkit.stages.base import FitContext, TrainableStage
+from defectkit.stages.base import FitContext, TilesItself, TrainableStage
 from defectkit.tiling import Window, overlap_pair, slice_size_pair, slice_windows, stitch_maps
 
 _EPS = 1e-6
@@ -44,7 +44,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 @STAGES.register_module()
-class AnomalyGate(TrainableStage):
+class AnomalyGate(TrainableStage, TilesItself):
     """Decide normal/defect per image with an anomaly model fitted on normal images (plus a few defects).
 
     Fitting: the normal training images, minus a ``calibration_fraction`` held out, build the

@@ -9,15 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from defectkit.errors import StateError
 from defectkit.io.images import DEFAULT_MAX_SIDE
 from defectkit.io.state import has_state, load_state, save_state
 from defectkit.results import ImageInput, Result, to_samples
-from defectkit.sample import Record, Sample
+from defectkit.sample import Detections, Record, Sample
 
 
 @dataclass
@@ -91,8 +92,23 @@ class Stage:
 
     trainable: bool = False
 
+    enabled: bool = True
+    """Whether the stage does its job. Every stage takes ``enabled=False`` in a config (e.g.
+    ``--cfg-options pipeline.1.enabled=False``): the pipeline then passes samples through it
+    untouched and neither fits nor loads it. A stage whose switch means something else takes
+    ``enabled`` in its constructor and sets :attr:`handles_enabled` (a gate that still records
+    why it is off, a tiling stage that runs its inner stage on whole images)."""
+
+    handles_enabled: ClassVar[bool] = False
+    """True when the stage acts on :attr:`enabled` itself, so the pipeline runs it either way."""
+
     def __init__(self, name: str | None = None) -> None:
         self.name = name or type(self).__name__.lower()
+
+    @property
+    def skipped(self) -> bool:
+        """Whether the pipeline leaves this stage out: switched off and not handling that itself."""
+        return not self.enabled and not self.handles_enabled
 
     def predict(self, samples: list[Sample]) -> list[Sample]:
         """Process a batch in place and return it."""
@@ -111,13 +127,65 @@ class Stage:
         """
         samples = to_samples(images, max_side=max_side)
         active = [s for s in samples if s.active]
-        if active:
+        if active and not self.skipped:
             self.predict(active)
         return [Result.from_sample(s) for s in samples]
 
     def describe(self) -> dict[str, Any]:
         """A short JSON summary for reports."""
         return {"type": type(self).__name__, "name": self.name}
+
+
+class Detects:
+    """Ability of a stage that finds boxes in whole images (a detector, or a tiling stage around one).
+
+    A :class:`~defectkit.stages.tiling.Tiling` stage runs such a stage on windows, and a
+    :class:`~defectkit.stages.roi_crop.RoiCrop` uses one as its localizer. Declared by subclassing;
+    test doubles and plugin stages subclass it too.
+
+    Attributes:
+        classes: What the detections' ``labels`` index.
+        min_score: Boxes scoring below this are not reported by the stage's own ``predict``.
+    """
+
+    classes: list[str]
+    min_score: float = 0.0
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """One :class:`~defectkit.sample.Detections` per HxWx3 uint8 image, in that image's coordinates."""
+        raise NotImplementedError
+
+
+class Segments:
+    """Ability of a stage that computes per-class probability maps of whole images (a segmenter).
+
+    Attributes:
+        classes: The class of each map channel.
+    """
+
+    classes: list[str]
+
+    def probability_maps(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One CxHxW float32 map in [0, 1] per HxWx3 uint8 image, at the image's resolution."""
+        raise NotImplementedError
+
+
+class TilesItself:
+    """Ability of a stage that scores the windows of an image itself (an anomaly gate whose threshold
+    is calibrated on window scores); a Tiling stage hands it its slicing before ``fit``."""
+
+    def configure_tiling(self, slice_size: Sequence[int] | None, overlap: Sequence[float] = (0.2, 0.2)) -> None:
+        """Use windows of ``(height, width)`` ``slice_size`` (None: whole images) overlapping by ``overlap``."""
+        raise NotImplementedError
+
+
+class TrainsOnSlices:
+    """Ability of a stage that trains on the windows prediction will use; a Tiling stage calls
+    :meth:`configure_slicing` before ``fit``."""
+
+    def configure_slicing(self, slice_size: Sequence[int], overlap: Sequence[float]) -> None:
+        """Train on windows of ``(height, width)`` ``slice_size`` overlapping by ``overlap`` ratios."""
+        raise NotImplementedError
 
 
 class TrainableStage(Stage):

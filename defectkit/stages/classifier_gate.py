@@ -70,6 +70,8 @@ def recall_threshold(scores: np.ndarray, positive: np.ndarray, target_recall: fl
 
 @STAGES.register_module()
 class ClassifierGate(TrainableStage):
+    handles_enabled = True  # switched off, it still fits (nothing) and records why, so its state says so
+
     """Classify each image into the data set's image classes; skip the ones confidently normal.
 
     Fitting: an EfficientNet-Lite0 (offline ImageNet weights) with a new head for the config's

@@ -17,6 +17,7 @@ import numpy as np
 from defectkit.errors import ConfigError
 from defectkit.registry import STAGES, build
 from defectkit.sample import Instance, Sample
+from defectkit.stages.base import Detects
 from defectkit.stages.wrapping import WrappingStage
 
 Box = tuple[int, int, int, int]
@@ -74,8 +75,8 @@ class RoiCrop(WrappingStage):
         self.min_side = max(1, int(min_side))
         self.localizer_class = localizer_class
         self.localizer = build(STAGES, localizer) if isinstance(localizer, dict) else localizer
-        if self.localizer is not None and not callable(getattr(self.localizer, "detect", None)):
-            raise ConfigError(f"RoiCrop localizer {type(self.localizer).__name__} has no detect(images) method")
+        if self.localizer is not None and not isinstance(self.localizer, Detects):
+            raise ConfigError(f"RoiCrop localizer {type(self.localizer).__name__} is not a detector (defectkit.stages.base.Detects)")
         super().__init__(inner, name or "roi_crop")
 
     def settings(self) -> dict[str, Any]:
@@ -104,7 +105,7 @@ class RoiCrop(WrappingStage):
         """The localizer's best box per image (None where it found nothing usable)."""
         if self.localizer is None or not images:
             return [None] * len(images)
-        classes = list(getattr(self.localizer, "classes", []))
+        classes = list(self.localizer.classes)
         wanted = None
         if self.localizer_class is not None:
             if self.localizer_class not in classes:

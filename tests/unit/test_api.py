@@ -192,3 +192,22 @@ def test_load_needs_a_config_and_weights(tmp_path):
 def test_api_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
+
+
+def test_every_stage_can_be_switched_off_in_a_config(tmp_path):
+    gamma = defectkit.build_stage(dict(type="Gamma", gamma=0.5, enabled=False))
+    assert gamma.enabled is False and gamma.skipped
+    image = np.full((8, 8, 3), 40, np.uint8)
+    assert (gamma([image])[0].image == 40).all()
+    pipe = Pipeline.from_config([dict(type=f"MeanLevel{SUFFIX}", enabled=False), dict(type="Gamma", gamma=0.5)])
+    assert pipe.trainable == []
+    pipe.load(tmp_path)  # nothing to load: the switched-off stage has no state and needs none
+    (result,) = pipe([image])
+    assert result.gate_score is None and result.image.mean() > 40
+    with pytest.raises(ConfigError, match=r"pipeline\.0\.enabled='no'"):
+        Pipeline.from_config([dict(type="Gamma", enabled="no")])
+
+
+def test_a_stage_that_handles_its_switch_itself_still_runs():
+    tiling = defectkit.build_stage(dict(type="Tiling", enabled=False, inner=dict(type="Segmenter", image_size=(64, 64))))
+    assert tiling.enabled is False and not tiling.skipped

@@ -40,8 +40,9 @@ class CrackShapeFilter(Stage):
     Args:
         min_elongation: Smallest long-over-short side ratio of a crack region (>= 1).
         classes: Mask classes to filter; None filters every class.
-        enabled: False passes every sample through unchanged.
         name: Stage name.
+
+    Like every stage it also takes ``enabled=False`` in a config, which passes samples through.
 
     Example:
         >>> from defectkit.sample import Instance, Record
@@ -52,17 +53,14 @@ class CrackShapeFilter(Stage):
         28
     """
 
-    def __init__(self, min_elongation: float = 4.0, classes: Sequence[str] | None = None, enabled: bool = True, name: str | None = None) -> None:
+    def __init__(self, min_elongation: float = 4.0, classes: Sequence[str] | None = None, name: str | None = None) -> None:
         super().__init__(name or "crack_shape_filter")
         if min_elongation < 1:
             raise ConfigError(f"min_elongation must be >= 1, got {min_elongation}")
         self.min_elongation = float(min_elongation)
         self.classes = None if classes is None else [str(c) for c in classes]
-        self.enabled = bool(enabled)
 
     def predict(self, samples: list[Sample]) -> list[Sample]:
-        if not self.enabled:
-            return samples
         for sample in samples:
             if sample.masks is None:
                 continue

@@ -7,6 +7,7 @@ import doctest
 import numpy as np
 import pytest
 
+import defectkit
 import defectkit_concrete_cracks as plugin
 from defectkit.errors import ConfigError, DataError
 from defectkit.pipeline import Pipeline
@@ -49,7 +50,7 @@ def test_shape_filter_keeps_cracks_and_drops_blobs_with_their_instances():
 def test_shape_filter_can_be_switched_off_and_rejects_bad_options():
     masks = np.ones((1, 8, 8), bool)
     sample = Sample(Record("x.png"), image=np.zeros((8, 8, 3), np.uint8), masks=masks, map_classes=["defect"])
-    (result,) = plugin.CrackShapeFilter(enabled=False)([sample])
+    (result,) = defectkit.build_stage(dict(type="CrackShapeFilter", enabled=False))([sample])
     assert result.masks["defect"].all()
     with pytest.raises(ConfigError, match=r"pipeline\.0\.min_elongation='long'"):
         Pipeline.from_config([dict(type="CrackShapeFilter", min_elongation="long")])

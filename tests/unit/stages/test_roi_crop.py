@@ -7,6 +7,7 @@ import pytest
 
 from defectkit.errors import ConfigError
 from defectkit.sample import Detections, Instance, Record, Sample
+from defectkit.stages.base import Detects
 from defectkit.stages.roi_crop import RoiCrop
 
 
@@ -28,7 +29,7 @@ class CropRecorder:
         return samples
 
 
-class FixedLocalizer:
+class FixedLocalizer(Detects):
     classes = ["car", "person"]
 
     def __init__(self, boxes: list[list[float]], scores: list[float], labels: list[int]) -> None:
