@@ -67,7 +67,7 @@ def main() -> None:
             ]
             pipeline.predict(batch)
             if name == "darkened, with enhance":
-                enhanced += sum(1 for s in batch if s.extras.get("enhanced"))
+                enhanced += sum(1 for s in batch if s.enhancement is not None and s.enhancement.enhanced)
             for sample in batch:
                 metrics[name].update(make_eval_record(sample, runner.classes))
     table = {name: metric.compute() for name, metric in metrics.items()}

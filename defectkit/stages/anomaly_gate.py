@@ -418,7 +418,7 @@ class AnomalyGate(TrainableStage, TilesItself):
             sample.finished = sample.finished or not is_defect
             sample.prob_maps = m
             sample.map_classes = ["defect"]
-            sample.extras["anomaly_score"] = float(r)
+            sample.anomaly_score = float(r)
         return samples
 
     # ------------------------------------------------------------------ state

@@ -382,7 +382,7 @@ class ClassifierGate(TrainableStage):
             sample.gate_score = float(score)
             sample.gate_label = self.image_classes[side[int(np.argmax(p[side]))]]
             sample.finished = sample.finished or not is_positive
-            sample.extras["gate_probabilities"] = {c: round(float(v), 6) for c, v in zip(self.image_classes, p)}
+            sample.gate_probabilities = {c: round(float(v), 6) for c, v in zip(self.image_classes, p)}
         return samples
 
     # ------------------------------------------------------------------ state

@@ -4,7 +4,7 @@ Car-damage photos are often taken at dusk, in car parks or under a car; dents an
 shadows then sit in the bottom few grey levels, where the later stages cannot see them. Every stage
 here follows the same luminance rule: it changes an image only when its mean luma (Rec.601,
 0..255, see :func:`mean_luma`) is below ``dark_threshold`` (``apply="dark"``), or always
-(``apply="always"``), and records in ``sample.extras`` whether it did (``enhanced``) and the mean
+(``apply="always"``), and records in ``sample.enhancement`` whether it did (``enhanced``) and the mean
 luma before and after (``luma_before``, ``luma_after``).
 
 * :class:`ZeroDce`: learned Zero-DCE / Zero-DCE++ curves (:class:`defectkit.heads.zero_dce.DceNet`),
@@ -19,7 +19,7 @@ Example:
     >>> from defectkit.registry import STAGES, build
     >>> stage = build(STAGES, dict(type="Gamma", gamma="auto", target_luma=110, dark_threshold=70))
     >>> samples = stage.predict(samples)  # doctest: +SKIP
-    >>> samples[0].extras["enhanced"], samples[0].extras["luma_after"]  # doctest: +SKIP
+    >>> samples[0].enhancement.enhanced, samples[0].enhancement.luma_after  # doctest: +SKIP
     (True, 109.8)
 """
 
@@ -42,7 +42,7 @@ from defectkit.heads.zero_dce import (
     zero_dce_loss,
 )
 from defectkit.registry import STAGES
-from defectkit.sample import Record, Sample
+from defectkit.sample import Enhancement, Record, Sample
 from defectkit.stages.base import FitContext, Stage, TrainableStage
 
 __all__ = ["Clahe", "Gamma", "ZeroDce", "darken", "gamma_lut", "is_dark", "mean_luma"]
@@ -119,7 +119,7 @@ class _LuminanceRule:
 
     Subclasses call :meth:`_init_rule` and implement :meth:`enhance_images`; :meth:`predict` picks
     the images the rule selects, enhances them in one call (so learned stages can batch) and
-    records ``enhanced``, ``luma_before`` and ``luma_after`` in ``sample.extras``.
+    records ``enhanced``, ``luma_before`` and ``luma_after`` in ``sample.enhancement``.
     """
 
     name: str
@@ -139,7 +139,7 @@ class _LuminanceRule:
         raise NotImplementedError
 
     def predict(self, samples: list[Sample]) -> list[Sample]:
-        """Enhance ``sample.image`` of the samples the rule selects; record what was done in ``extras``."""
+        """Enhance ``sample.image`` of the samples the rule selects; record what was done in ``sample.enhancement``."""
         todo: list[tuple[Sample, float]] = []
         for sample in samples:
             if not sample.ok or sample.image is None:
@@ -148,14 +148,12 @@ class _LuminanceRule:
             if self.should_enhance(luma):
                 todo.append((sample, luma))
             else:
-                sample.extras.update(enhanced=False, luma_before=round(luma, 3), luma_after=round(luma, 3))
+                sample.enhancement = Enhancement(False, round(luma, 3), round(luma, 3))
         if todo:
             outputs = self.enhance_images([sample.image for sample, _ in todo])
             for (sample, luma), image in zip(todo, outputs):
                 sample.image = image
-                sample.extras.update(
-                    enhanced=True, enhanced_by=self.name, luma_before=round(luma, 3), luma_after=round(mean_luma(image), 3)
-                )
+                sample.enhancement = Enhancement(True, round(luma, 3), round(mean_luma(image), 3), self.name)
         return samples
 
     def _rule_summary(self) -> dict[str, Any]:
@@ -180,7 +178,7 @@ class Clahe(_LuminanceRule, Stage):
         >>> stage = Clahe(clip_limit=2.0, tile_grid=(8, 8))
         >>> sample = Sample(Record("night.jpg"), image=darken(np.tile(np.arange(64, dtype=np.uint8)[None, :, None] * 4, (64, 1, 3))))
         >>> out = stage.predict([sample])[0]
-        >>> out.extras["enhanced"], out.extras["luma_after"] > out.extras["luma_before"]
+        >>> out.enhancement.enhanced, out.enhancement.luma_after > out.enhancement.luma_before
         (True, True)
     """
 
@@ -227,7 +225,7 @@ class Gamma(_LuminanceRule, Stage):
     Example:
         >>> sample = Sample(Record("night.jpg"), image=np.full((16, 16, 3), 30, np.uint8))
         >>> out = Gamma(gamma="auto", target_luma=110).predict([sample])[0]
-        >>> abs(out.extras["luma_after"] - 110) < 2
+        >>> abs(out.enhancement.luma_after - 110) < 2
         True
     """
 
@@ -321,7 +319,7 @@ class ZeroDce(_LuminanceRule, TrainableStage):
     Example:
         >>> stage = build(STAGES, dict(type="ZeroDce", scale_factor=4, epochs=3, dark_threshold=70))  # doctest: +SKIP
         >>> stage.fit(train_records, val_records, context)  # doctest: +SKIP
-        >>> stage.predict(samples)[0].extras["enhanced"]  # doctest: +SKIP
+        >>> stage.predict(samples)[0].enhancement.enhanced  # doctest: +SKIP
         True
     """
 
