@@ -271,14 +271,22 @@ class TrainableStage(Stage):
         """Whether :meth:`predict` can run: the stage was fitted or loaded."""
         return bool(self.fitted)
 
+    def require_ready(self, action: str = "predict") -> None:
+        """The one check that a stage was fitted or loaded before it is used.
+
+        Raises:
+            RuntimeError: ``"<name>: <action> before fit or load"`` when :meth:`ready_to_predict` is False.
+        """
+        if not self.ready_to_predict():
+            raise RuntimeError(f"{self.name}: {action} before fit or load")
+
     def active_samples(self, samples: Sequence[Sample]) -> list[Sample]:
         """The samples :meth:`predict` works on: active ones (not failed, not finished by a gate) with an image.
 
         Raises:
             RuntimeError: The stage cannot predict yet (:meth:`ready_to_predict`).
         """
-        if not self.ready_to_predict():
-            raise RuntimeError(f"{self.name}: predict before fit or load")
+        self.require_ready()
         return [s for s in samples if s.active and s.image is not None]
 
 

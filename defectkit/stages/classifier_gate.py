@@ -13,12 +13,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from defectkit.data.split import stable_order_key
-from defectkit.data.transforms import build_augmentation
+from defectkit.data.transforms import build_augmentation, resize_image
 from defectkit.heads.backbones import create_classifier, to_input_tensor
 from defectkit.registry import STAGES
 from defectkit.sample import Record, Sample
@@ -182,13 +181,7 @@ class ClassifierGate(TrainableStage):
 
     def _resize(self, image: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 at ``image_size``: area averaging when shrinking (no aliasing), linear when enlarging."""
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=2)
-        h, w = self.image_size
-        if image.shape[:2] == (h, w):
-            return image
-        shrink = image.shape[0] * image.shape[1] > h * w
-        return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        return resize_image(image, self.image_size)
 
     def _subset(self, records: list[Record]) -> list[Record]:
         """At most ``max_images`` records, every class in proportion (at least one each), order-independent."""
@@ -365,8 +358,8 @@ class ClassifierGate(TrainableStage):
         """Set ``gate_score``, ``gate_label`` and ``finished`` (negative images); disabled: no change."""
         if not self.enabled:
             return samples  # pass-through: every image goes on to the next stage
-        if not self.fitted and not self.active:
-            raise RuntimeError("ClassifierGate.predict before fit or load")
+        if not self.active:
+            self.require_ready()
         if not self.active or self.model is None:
             return samples  # fit found nothing to learn (see summary["reason"]): pass-through
         active = [s for s in samples if s.ok and s.image is not None]

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from defectkit.data.split import stable_order_key
+from defectkit.data.transforms import resize_image
 from defectkit.heads.zero_dce import (
     RECEPTIVE_RADIUS,
     DceNet,
@@ -384,9 +385,7 @@ class ZeroDce(_LuminanceRule, TrainableStage):
         side = rng.uniform(0.5, 1.0) * min(h / th, w / tw)  # crop = side * train_size
         ch, cw = max(1, min(h, round(side * th))), max(1, min(w, round(side * tw)))
         y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        crop = np.ascontiguousarray(image[y : y + ch, x : x + cw, :3])
-        shrink = ch * cw > th * tw
-        return cv2.resize(crop, (tw, th), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        return resize_image(np.ascontiguousarray(image[y : y + ch, x : x + cw, :3]), (th, tw))
 
     def _collect_crops(self, records: Sequence[Record], context: FitContext, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """Decode ``records`` in chunks and keep only their crops (bounded memory); returns (crops, images used)."""
@@ -527,8 +526,7 @@ class ZeroDce(_LuminanceRule, TrainableStage):
 
     def enhance_images(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Enhanced uint8 copies of HxWx3 uint8 RGB images (same-size images are batched)."""
-        if not self.fitted:
-            raise RuntimeError(f"{type(self).__name__}.predict before fit or load")
+        self.require_ready()
         results: list[np.ndarray | None] = [None] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, image in enumerate(images):

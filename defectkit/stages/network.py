@@ -201,8 +201,8 @@ class NetworkStage(TrainableStage):
         Raises:
             RuntimeError: The stage was neither fitted nor loaded.
         """
-        if self.model is None:
-            raise RuntimeError(f"{self.name}: {action} before fit or load")
+        self.require_ready(action)
+        assert self.model is not None  # ready_to_predict: there is a network
         return self.model
 
     def ready_to_predict(self) -> bool:
