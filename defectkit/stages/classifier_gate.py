@@ -213,16 +213,13 @@ class ClassifierGate(TrainableStage):
         for record in records:
             if not 0 <= int(record.label) < len(self.image_classes):  # type: ignore[arg-type]
                 raise ValueError(f"{record.path}: label {record.label} is not an index into {self.image_classes}")
-        advance = context.progress(description, len(records))
         images: list[np.ndarray] = []
         labels: list[int] = []
-        for start in range(0, len(records), self.chunk_size):
-            chunk = list(records[start : start + self.chunk_size])
-            for sample in context.load_samples(chunk):
-                if sample.ok and sample.image is not None:
-                    images.append(self._resize(sample.image))
-                    labels.append(int(sample.record.label))  # type: ignore[arg-type]
-            advance(len(chunk))
+        for chunk in context.decoded_chunks(records, description, self.chunk_size):
+            for sample in chunk:
+                assert sample.image is not None  # decoded_chunks keeps decoded samples only
+                images.append(self._resize(sample.image))
+                labels.append(int(sample.record.label))  # type: ignore[arg-type]
         return images, labels
 
     def _probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:

@@ -389,17 +389,13 @@ class ZeroDce(_LuminanceRule, TrainableStage):
 
     def _collect_crops(self, records: Sequence[Record], context: FitContext, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """Decode ``records`` in chunks and keep only their crops (bounded memory); returns (crops, images used)."""
-        advance = context.progress(f"{self.name}: crops", len(records))
         crops: list[np.ndarray] = []
         used = 0
-        chunk_size = 32
-        for start in range(0, len(records), chunk_size):
-            chunk = list(records[start : start + chunk_size])
-            for sample in context.load_samples(chunk):
-                if sample.ok and sample.image is not None and sample.image.ndim == 3:
+        for chunk in context.decoded_chunks(records, f"{self.name}: crops", chunk_size=32):
+            for sample in chunk:
+                if sample.image is not None and sample.image.ndim == 3:
                     crops.extend(self._random_crop(sample.image, rng) for _ in range(self.crops_per_image))
                     used += 1
-            advance(len(chunk))
         if not crops:
             return np.zeros((0, *self.train_size, 3), np.uint8), 0
         return np.stack(crops), used
