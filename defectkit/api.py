@@ -48,7 +48,7 @@ def build_stage(cfg: Mapping[str, Any]) -> Stage:
         ConfigError: Unknown type, unknown option or a value the option does not allow (one line
             naming the option, the value and what is allowed).
 
-    Example:
+    Examples:
         >>> import defectkit
         >>> stage = defectkit.build_stage(dict(type="Clahe", apply="always"))
         >>> stage.name, type(stage).__name__
@@ -78,7 +78,7 @@ def load(work_dir: str | Path, config: str | Path | None = None, cfg_options: Ma
         StateError: A stage has no saved weights, or they were saved by another stage type,
             library version or for other classes.
 
-    Example:
+    Examples:
         >>> pipe = defectkit.load("work_dirs/texture_defect")  # doctest: +SKIP
         >>> result = pipe(["tile.png"])[0]  # doctest: +SKIP
         >>> result.gate_label, result.gate_score, [i.class_name for i in result.instances]  # doctest: +SKIP
@@ -110,7 +110,7 @@ def train(
     Returns:
         The trained pipeline, ready to call on images (as :func:`load` would return it).
 
-    Example:
+    Examples:
         >>> pipe = defectkit.train("configs/texture_defect.py", work_dir="work_dirs/texture")  # doctest: +SKIP
     """
     from defectkit.plugins import load_plugins

@@ -31,7 +31,7 @@ class Pipeline:
     A pipeline is callable on image files or numpy arrays (:meth:`__call__`); a trained one comes
     from :func:`defectkit.load`.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> pipe = Pipeline.from_config([dict(type="Gamma", gamma=0.5), dict(type="Clahe", apply="always")])
         >>> [stage.name for stage in pipe.stages]

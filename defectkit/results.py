@@ -40,7 +40,7 @@ class Result:
         sample: The underlying :class:`~defectkit.sample.Sample`; pass results to another stage to
             continue from them.
 
-    Example:
+    Examples:
         >>> import numpy as np, defectkit
         >>> result = defectkit.build_stage(dict(type="Gamma", gamma=0.5))([np.full((8, 8, 3), 40, np.uint8)])[0]
         >>> result.ok, result.image.shape, int(result.image[0, 0, 0]) > 40
@@ -117,7 +117,7 @@ def to_samples(
     Raises:
         TypeError: An input of another type, or an array that is not an image.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> [s.image.shape for s in to_samples([np.zeros((4, 6), np.uint8)])]
         [(4, 6, 3)]

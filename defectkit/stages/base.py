@@ -60,7 +60,7 @@ class FitContext:
     def decoded_samples(self, records: Sequence[Record], description: str, chunk_size: int = 32) -> Iterator[Sample]:
         """:meth:`decoded_chunks`, one sample at a time.
 
-        Example:
+        Examples:
             >>> images = [s.image for s in context.decoded_samples(records, "gate: load train")]  # doctest: +SKIP
         """
         for chunk in self.decoded_chunks(records, description, chunk_size):
@@ -77,7 +77,7 @@ class Stage:
     its name is the same whether a config or Python code builds it, so weights saved by one are
     found by the other.
 
-    Example:
+    Examples:
         >>> import numpy as np, defectkit
         >>> policy = defectkit.build_stage(dict(type="MaskPolicy", rules=dict(defect=dict(threshold=0.5, min_area=4))))
         >>> policy.name
@@ -249,7 +249,7 @@ class TrainableStage(Stage):
         Raises:
             StateError: No (or more than one) saved state of this type, or state that fails its checks.
 
-        Example:
+        Examples:
             >>> enhance = ZeroDce.from_weights("work_dirs/car_damage")  # doctest: +SKIP
             >>> brighter = enhance(["dark_photo.jpg"])[0].image  # doctest: +SKIP
         """
