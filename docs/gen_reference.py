@@ -90,7 +90,8 @@ def _entry(kind: str, name: str, obj: Any) -> list[str]:
 def _args_section(doc: str) -> dict[str, str]:
     """``{argument: description}`` from a Google-style docstring's ``Args:`` section."""
     found: dict[str, str] = {}
-    match = re.search(r"^Args:\n((?:[ \t]+.*\n?|\n)+)", doc, flags=re.M)
+    # Each line of the section is indented or empty; one alternative per line keeps the match linear.
+    match = re.search(r"^Args:\n((?:[ \t]+[^\n]*\n|\n)+)", doc + "\n", flags=re.M)
     if not match:
         return found
     current = None
