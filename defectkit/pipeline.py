@@ -203,7 +203,7 @@ class Pipeline:
             results.extend(Result.from_sample(s) for s in samples)
         return results
 
-    def timing_summary(self) -> dict[str, dict[str, float]]:
+    def timing_summary(self) -> dict[str, dict[str, Any]]:
         """Per stage: images processed, total seconds and images per second."""
         return {
             name: {

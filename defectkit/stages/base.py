@@ -21,6 +21,10 @@ from defectkit.results import ImageInput, Result, to_samples
 from defectkit.sample import Detections, Record, Sample
 
 
+def _no_advance(n: int = 1) -> None:
+    """A progress bar's ``advance`` that shows nothing (the default of :attr:`FitContext.progress`)."""
+
+
 @dataclass
 class FitContext:
     """What a trainable stage gets besides its data.
@@ -39,7 +43,7 @@ class FitContext:
     load_samples: Callable[[Sequence[Record]], list[Sample]]
     classes: list[str] = field(default_factory=list)
     image_classes: list[str] = field(default_factory=lambda: ["normal", "defect"])
-    progress: Callable[[str, int], Callable[[int], None]] = lambda description, total: (lambda n=1: None)
+    progress: Callable[[str, int], Callable[[int], None]] = field(default=lambda description, total: _no_advance)
     log: Callable[[str], None] = print
 
     def decoded_chunks(self, records: Sequence[Record], description: str, chunk_size: int = 32) -> Iterator[list[Sample]]:

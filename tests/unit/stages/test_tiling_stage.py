@@ -16,9 +16,8 @@ from defectkit.io.state import read_manifest
 from defectkit.pipeline import Pipeline
 from defectkit.registry import STAGES, build
 from defectkit.sample import Detections, Record, Sample
-from defectkit.stages.base import FitContext
+from defectkit.stages.base import Detects, FitContext, Segments, TrainsOnSlices
 from defectkit.stages.segment import Segmenter
-from defectkit.stages.base import Detects, Segments, TrainsOnSlices
 from defectkit.stages.tiling import Tiling
 from defectkit.tiling import slice_windows
 
