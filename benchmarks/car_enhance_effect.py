@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
 
     runner = Runner(load_config(args.config), args.config, data_root=args.data_root, work_dir=args.work_dir)
-    runner._load_if_needed()
+    runner.load_weights()
     test = runner.split(runner.records())["test"][: args.limit]
     stages = runner.pipeline.stages
     enhancers = [s for s in stages if hasattr(s, "should_enhance")]  # ZeroDce, Clahe, Gamma
@@ -67,7 +67,7 @@ def main() -> None:
             ]
             pipeline.predict(batch)
             if name == "darkened, with enhance":
-                enhanced += sum(1 for s in batch if s.extras.get("enhanced"))
+                enhanced += sum(1 for s in batch if s.enhancement is not None and s.enhancement.enhanced)
             for sample in batch:
                 metrics[name].update(make_eval_record(sample, runner.classes))
     table = {name: metric.compute() for name, metric in metrics.items()}

@@ -1,6 +1,7 @@
 """The ``defectkit`` command: run, train, eval, predict, check-data and plugins.
 
-Exit status: 0 success; 1 a fatal error (message printed, no traceback); 2 bad usage; 3 the
+Exit status: 0 success; 1 a fatal error (message printed, no traceback); 2 bad usage (a wrong
+argument, or a config file, key, option or value that is not allowed: :class:`ConfigError`); 3 the
 command finished but some inputs could not be processed (each has an error line in
 ``predictions.jsonl``; for ``check-data``: problems were found in the data set).
 """
@@ -81,10 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Deprecation notices raised inside timm/anomalib's own imports say nothing to our users.
     warnings.filterwarnings("ignore", category=FutureWarning, message=r".*(timm\.models\.layers|anomalib\.models\.components\.dinov2).*")
-    from defectkit.errors import DefectkitError
+    from defectkit.errors import ConfigError, DefectkitError
 
     try:
         return _dispatch(args)
+    except ConfigError as exc:
+        # A bad config file, key, option or value is bad usage: one line, exit status 2.
+        _console().print(f"[bold red]config error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        return EXIT_USAGE
     except DefectkitError as exc:
         _print_error(str(exc))
         return EXIT_FATAL

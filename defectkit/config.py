@@ -4,14 +4,15 @@ checking their top-level keys so a typo fails with the list of valid keys."""
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mmengine.config import Config, DictAction
 
 from defectkit.errors import ConfigError
 
-__all__ = ["Config", "DictAction", "load_config", "TOP_LEVEL_KEYS"]
+__all__ = ["Config", "DictAction", "load_config", "check_sections", "SECTION_OPTIONS", "TOP_LEVEL_KEYS"]
 
 TOP_LEVEL_KEYS: dict[str, str] = {
     "dataset": "reader for --data-root: dict(type=<DATASETS name>, ...)",
@@ -29,6 +30,27 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "description": "one line shown in reports",
     "stage_overrides": "{stage name: dict(option=value)}: change stages of an inherited pipeline by name",
 }
+
+
+SECTION_OPTIONS: dict[str, dict[str, Any]] = {
+    "predict": {
+        "batch_size": int,
+        "overlays": Literal["all", "defects", "none"],
+        "decode_workers": int,
+        "max_side": int | None,
+    },
+    "runtime": {"seed": int, "num_threads": int | None},
+    "split": {
+        "ratios": Sequence[float],
+        "seed": int,
+        "stratum": Literal["label", "damage"],
+        "area_cuts": Sequence[float] | None,
+    },
+}
+"""The options of the top-level sections that are plain dicts, with the type each allows."""
+
+LIST_KEYS: dict[str, Any] = {"classes": Sequence[str], "image_classes": Sequence[str], "pipeline": Sequence[dict], "metrics": Sequence[dict]}
+"""Top-level keys that hold lists, with what their items must be."""
 
 
 def load_config(path: str | Path, cfg_options: dict[str, Any] | None = None) -> Config:
@@ -64,7 +86,43 @@ def load_config(path: str | Path, cfg_options: dict[str, Any] | None = None) -> 
         raise ConfigError(_unknown_keys_message(str(path), unknown))
     if not cfg.get("pipeline"):
         raise ConfigError(f"{path}: 'pipeline' is empty; list the stages to run")
+    check_sections(cfg)
     return cfg
+
+
+def check_sections(cfg: Config) -> None:
+    """Check the top-level lists and the ``predict``/``runtime``/``split`` sections' options and values.
+
+    Raises:
+        ConfigValueError: A value of the wrong type, naming its key (``predict.batch_size``).
+        ConfigError: An unknown option of a section, with the valid ones.
+    """
+    from defectkit.validation import ConfigValueError, describe, matches
+
+    for key, hint in LIST_KEYS.items():
+        if key in cfg and not matches(_plain(cfg[key]), hint):
+            raise ConfigValueError(key, cfg[key], f"expected {describe(hint)}")
+    for section, options in SECTION_OPTIONS.items():
+        values = cfg.get(section)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigValueError(section, values, "expected a dict(" + ", ".join(f"{k}=..." for k in options) + ")")
+        unknown = sorted(set(values) - set(options))
+        if unknown:
+            raise ConfigError(f"{section}: unknown option(s) {', '.join(map(repr, unknown))}; valid options: {', '.join(options)}")
+        for key, value in values.items():
+            if not matches(_plain(value), options[key]):
+                raise ConfigValueError(f"{section}.{key}", value, f"expected {describe(options[key])}")
+
+
+def _plain(value: Any) -> Any:
+    """mmengine ConfigDicts and lists as plain dicts and lists (what the checks expect)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _apply_stage_overrides(cfg: Config, path: Path) -> None:

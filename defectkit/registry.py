@@ -54,7 +54,8 @@ TRANSFORMS = Registry("transform", scope=SCOPE, locations=["defectkit.data"])
 on HxWx3 uint8 RGB arrays and optional HxW or CxHxW masks."""
 
 METRICS = Registry("metric", scope=SCOPE, locations=["defectkit.evaluation"])
-"""Evaluation metrics. Contract: a class with ``update(sample, eval_record)`` per evaluated image
+"""Evaluation metrics. Contract: a class with ``update(eval_record)`` per evaluated image (the small
+JSON record :func:`defectkit.evaluation.records.make_eval_record` writes)
 and ``compute() -> dict[str, float]`` returning flat keys (``image_auroc``, ``iou.scratch``...)."""
 
 ALL_REGISTRIES = {
@@ -139,7 +140,8 @@ def build(registry: Registry, cfg: dict[str, Any] | Any, **defaults: Any) -> Any
         The constructed object.
 
     Raises:
-        ConfigError: Unknown ``type`` or an argument the constructor does not accept.
+        ConfigError: Unknown ``type``, an argument the constructor does not accept, or a value it
+            refuses (:class:`defectkit.validation.ConfigValueError` names the option).
 
     Example:
         >>> from defectkit.registry import STAGES, build
@@ -162,7 +164,11 @@ def build(registry: Registry, cfg: dict[str, Any] | Any, **defaults: Any) -> Any
     for key, value in defaults.items():
         args.setdefault(key, value)
     _check_arguments(registry.name, obj_cls, args)
-    return obj_cls(**args)
+    # Option values are checked against the constructor's type hints, and its ValueError/TypeError
+    # becomes a one-line ConfigError (defectkit.validation), so a bad value never ends in a traceback.
+    from defectkit.validation import construct
+
+    return construct(registry.name, obj_cls, args)
 
 
 def _check_arguments(kind: str, obj_cls: type, args: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ from defectkit.data.masks import ground_truth_masks
 from defectkit.data.split import default_stratum, load_split, save_split, split_records
 from defectkit.errors import ConfigError, DataError, OutputError
 from defectkit.evaluation.records import make_eval_record
-from defectkit.io.atomic import TEMP_GLOB, atomic_write_json, with_path
+from defectkit.io.atomic import TEMP_GLOB, atomic_write_bytes, atomic_write_json, with_path
 from defectkit.io.images import DEFAULT_MAX_SIDE, decode_record
 from defectkit.io.lock import folder_lock
 from defectkit.io.overlays import draw_overlay, overlay_name, write_overlay
@@ -48,6 +48,7 @@ from defectkit.registry import DATASETS, METRICS, build
 from defectkit.runtime import resolve_device
 from defectkit.sample import Instance, Record, Sample
 from defectkit.stages.base import FitContext
+from defectkit.validation import ConfigValueError
 
 console = Console(stderr=True)
 
@@ -99,7 +100,15 @@ class Runner:
         threads = runtime.get("num_threads") or os.cpu_count() or 1
         torch.set_num_threads(int(threads))
         self._seed_everything()
-        self.pipeline = Pipeline.from_config(cfg.pipeline)
+        self.pipeline = Pipeline.from_config(cfg.pipeline, classes=self.classes, batch_size=self.batch_size, max_side=self.max_side)
+        # Metrics are built after the predictions; build them once now so a bad option fails first.
+        for index, metric_cfg in enumerate(cfg.get("metrics", [])):
+            try:
+                build(METRICS, dict(metric_cfg), classes=self.classes)
+            except ConfigValueError as exc:
+                raise exc.at(f"metrics.{index}") from exc
+            except ConfigError as exc:
+                raise ConfigError(f"metrics.{index}: {exc}") from exc
         # "auto": CUDA when a GPU is visible, else the CPU (defectkit.runtime).
         self.device = resolve_device(runtime.get("device", "auto"))
         for stage in self.pipeline.stages:
@@ -164,6 +173,8 @@ class Runner:
         parts = self.split(records)
         root = str(Path(self.data_root).resolve()) if self.data_root else None
         atomic_write_json(self.work_dir / "data_root.json", {"data_root": root})
+        # The resolved config beside the weights: defectkit.load(work_dir) rebuilds the same pipeline.
+        atomic_write_bytes(self.work_dir / "config.py", self.cfg.pretty_text.encode())
         console.print(
             f"data: {len(records)} images -> train {len(parts['train'])}, val {len(parts['val'])}, test {len(parts['test'])}"
         )
@@ -201,7 +212,7 @@ class Runner:
 
         ``overwrite`` moves results of another run in ``out_dir`` aside (see :meth:`stream`).
         """
-        self._load_if_needed()
+        self.load_weights()
         records = self.records(data_root)
         if split == "all":
             chosen = records
@@ -227,7 +238,7 @@ class Runner:
                 f"{out_dir} is the work dir of the trained run (its evaluation results live there); choose another "
                 "--out, or pass --overwrite to move its results aside"
             )
-        self._load_if_needed()
+        self.load_weights()
         records = [Record(path=p) for p in collect_inputs(inputs)]
         if not records:
             raise DataError(f"no input files found in {', '.join(inputs)}")
@@ -239,7 +250,7 @@ class Runner:
         Decoding is the batch run's (same size policy); a file that cannot be decoded comes back
         with ``sample.error`` set.
         """
-        self._load_if_needed()
+        self.load_weights()
         samples = [decode_record(Record(path=str(p)), max_side=self.max_side) for p in paths]
         return self.pipeline.predict(samples)
 
@@ -249,16 +260,21 @@ class Runner:
             if stage.has_saved_state(self.weights_dir):
                 check_manifest(self.weights_dir, stage.name, type(stage).__name__, self.classes or None)
 
-    def _load_if_needed(self) -> None:
+    def load_weights(self) -> None:
+        """Load every trainable stage not fitted yet from the work dir, checked against the config.
+
+        Raises:
+            DataError: A stage has no saved state (the message says how to train it).
+            StateError: Saved state of another stage type, library version or other classes.
+        """
         self._check_saved_states()
         for stage in self.pipeline.trainable:
-            if not stage.fitted:
-                if not stage.has_saved_state(self.weights_dir):
-                    raise DataError(
-                        f"stage {stage.name!r} has no saved state in {self.weights_dir}; "
-                        f"run `defectkit train {self.config_path} --work-dir {self.work_dir}` first"
-                    )
-                stage.load(self.weights_dir)
+            if not stage.fitted and not stage.has_saved_state(self.weights_dir):
+                raise DataError(
+                    f"stage {stage.name!r} has no saved state in {self.weights_dir}; "
+                    f"run `defectkit train {self.config_path} --work-dir {self.work_dir}` first"
+                )
+        self.pipeline.load(self.weights_dir, only_unfitted=True)
 
     # ----------------------------------------------------------------------------- streaming
     def stream(
@@ -396,7 +412,7 @@ class Runner:
                 f"saving about {saved:.1f} s of compute ({share:.0f}% of what every image through every stage would take)"
             )
         for stage in self.pipeline.stages:
-            if getattr(stage, "enabled", True) is False:
+            if not stage.enabled:
                 notes.append(f"stage {stage.name!r} is switched off in the config (enabled=False): every image went on to the next stage")
             # Choices a stage made when it was fitted (e.g. Tiling: sliced or whole images, and why).
             report_notes = getattr(stage, "report_notes", None)

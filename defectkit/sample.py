@@ -166,6 +166,36 @@ def detections_to_instances(detections: Detections, classes: list[str], min_scor
 
 
 @dataclass
+class Enhancement:
+    """What an enhancement stage (:mod:`defectkit.stages.enhance`) did to a sample's image.
+
+    Attributes:
+        enhanced: Whether the image was changed (the stage's rule may leave bright photos alone).
+        luma_before: Mean luma (0-255) of the image the stage received.
+        luma_after: Mean luma of the image it passed on.
+        stage: Name of the stage that enhanced it (None when it left the image alone).
+    """
+
+    enhanced: bool
+    luma_before: float
+    luma_after: float
+    stage: str | None = None
+
+
+@dataclass
+class Roi:
+    """The region a :class:`~defectkit.stages.roi_crop.RoiCrop` stage ran its inner stage on.
+
+    Attributes:
+        box: ``(x1, y1, x2, y2)`` in ``sample.image`` pixels.
+        source: Where it came from: ``"record"`` (the record's meta), ``"localizer"`` or ``"whole image"``.
+    """
+
+    box: tuple[int, int, int, int]
+    source: str
+
+
+@dataclass
 class Sample:
     """A decoded image and what the pipeline's stages have found in it.
 
@@ -181,6 +211,12 @@ class Sample:
         map_classes: Class name of each channel of ``prob_maps``/``masks``.
         instances: Defects found, with polygons and boxes in image coordinates.
         timings: Seconds each stage spent on this sample (batch time split evenly).
+        enhancement: What an enhancement stage did to ``image`` (None: no enhancement stage ran).
+        anomaly_score: An anomaly gate's raw anomaly score, before it is combined into ``gate_score``.
+        gate_probabilities: A classifier gate's probability of each image class.
+        roi: The region a RoiCrop stage ran its inner stage on.
+        extras: Free-form notes of plugin stages (JSON-able); defectkit's own stages write the typed
+            fields above instead and never read this.
         scale: Size of ``image`` over the size of the file along the long side: 1.0 when decoded at
             full size, less when a large photo was decoded at reduced working size. Stages work in
             ``image`` coordinates; :meth:`to_prediction` maps back to the original.
@@ -198,6 +234,10 @@ class Sample:
     map_classes: list[str] = field(default_factory=list)
     instances: list[Instance] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    enhancement: Enhancement | None = None
+    anomaly_score: float | None = None
+    gate_probabilities: dict[str, float] | None = None
+    roi: Roi | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     scale: float = 1.0
     original_size: tuple[int, int] | None = None

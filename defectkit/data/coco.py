@@ -294,7 +294,7 @@ class CocoSegmentation(CocoFileLayout, ClassMappedDataset):
         for kind, message in index.problems:
             self.report(kind, ann_path, message.removeprefix(f"{ann_path}: "))
         records: list[Record] = []
-        for image_id, entry, image, where in self.listed_images(index, ann_path):
+        for _image_id, entry, image, where in self.listed_images(index, ann_path):
             record = self._record(image, entry, index, where)
             if record is not None:
                 records.append(record)

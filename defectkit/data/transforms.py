@@ -132,6 +132,30 @@ class Albumentations:
         return f"Albumentations({[type(t).__name__ for t in self.transforms]})"
 
 
+def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """``image`` at ``(height, width)`` ``size``: area averaging when shrinking (no aliasing), linear
+    when enlarging. The one resize rule of every stage that feeds a network a fixed input size.
+
+    Args:
+        image: HxW or HxWxC uint8 (an HxW image is repeated into three channels).
+        size: ``(height, width)``.
+
+    Returns:
+        The resized image, or ``image`` itself when it already has that size.
+
+    Example:
+        >>> resize_image(np.zeros((40, 60), np.uint8), (20, 30)).shape
+        (20, 30, 3)
+    """
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    height, width = int(size[0]), int(size[1])
+    if image.shape[:2] == (height, width):
+        return image
+    shrink = image.shape[0] * image.shape[1] > height * width
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
 @TRANSFORMS.register_module()
 class Resize:
     """Resize an image to ``(height, width)`` and its masks with nearest neighbour.
@@ -165,11 +189,9 @@ class Resize:
         _check_image(image)
         height, width = self.size
         if self.interpolation == "auto":
-            shrinking = height * width < image.shape[0] * image.shape[1]
-            flag = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+            resized = resize_image(image, self.size)
         else:
-            flag = self.INTERPOLATIONS[self.interpolation]
-        resized = cv2.resize(image, (width, height), interpolation=flag)
+            resized = cv2.resize(image, (width, height), interpolation=self.INTERPOLATIONS[self.interpolation])
         if mask is None:
             return resized, None
         mask = np.asarray(mask)

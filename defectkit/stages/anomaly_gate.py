@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from defectkit.data.split import stable_order_key
+from defectkit.data.transforms import resize_image
 from defectkit.errors import ConfigError
 from defectkit.evaluation.thresholds import THRESHOLD_METRICS, best_threshold
 from defectkit.heads.anomaly import pooled_features
 from defectkit.heads.backbones import create_feature_extractor, to_input_tensor
 from defectkit.registry import HEADS, STAGES, build
 from defectkit.sample import Record, Sample
-from defectkit.stages.base import FitContext, TrainableStage
+from defectkit.stages.base import FitContext, TilesItself, TrainableStage
 from defectkit.tiling import Window, overlap_pair, slice_size_pair, slice_windows, stitch_maps
 
 _EPS = 1e-6
@@ -44,7 +45,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 @STAGES.register_module()
-class AnomalyGate(TrainableStage):
+class AnomalyGate(TrainableStage, TilesItself):
     """Decide normal/defect per image with an anomaly model fitted on normal images (plus a few defects).
 
     Fitting: the normal training images, minus a ``calibration_fraction`` held out, build the
@@ -158,13 +159,7 @@ class AnomalyGate(TrainableStage):
     def _to_tensor(self, images: Sequence[np.ndarray], size: Sequence[int] | None = None) -> torch.Tensor:
         """Resize HxWx3 uint8 images to ``size`` (default ``image_size``) and stack them as NCHW in [-1, 1]."""
         h, w = size or self.image_size
-        resized = []
-        for image in images:
-            if image.ndim == 2:
-                image = np.repeat(image[..., None], 3, axis=2)
-            shrink = image.shape[0] * image.shape[1] > h * w
-            resized.append(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR))
-        return to_input_tensor(resized)
+        return to_input_tensor([resize_image(image, (h, w)) for image in images])
 
     def _select_defects(self, defects: list[Record]) -> list[Record]:
         """A deterministic, category-stratified subset of at most ``max_labelled_defects`` defects."""
@@ -405,8 +400,7 @@ class AnomalyGate(TrainableStage):
 
     def predict(self, samples: list[Sample]) -> list[Sample]:
         """Set ``gate_score``, ``gate_label``, ``finished`` (normal images) and ``prob_maps`` on each sample."""
-        if not self.fitted:
-            raise RuntimeError("AnomalyGate.predict before fit or load")
+        self.require_ready()
         active = [s for s in samples if s.ok and s.image is not None]
         if not active:
             return samples
@@ -418,7 +412,7 @@ class AnomalyGate(TrainableStage):
             sample.finished = sample.finished or not is_defect
             sample.prob_maps = m
             sample.map_classes = ["defect"]
-            sample.extras["anomaly_score"] = float(r)
+            sample.anomaly_score = float(r)
         return samples
 
     # ------------------------------------------------------------------ state

@@ -10,13 +10,20 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from defectkit.errors import StateError
+from defectkit.io.images import DEFAULT_MAX_SIDE
 from defectkit.io.state import has_state, load_state, save_state, short_repr, state_paths
-from defectkit.sample import Record, Sample
+from defectkit.results import ImageInput, Result, to_samples
+from defectkit.sample import Detections, Record, Sample
+
+
+def _no_advance(n: int = 1) -> None:
+    """A progress bar's ``advance`` that shows nothing (the default of :attr:`FitContext.progress`)."""
 
 
 @dataclass
@@ -37,7 +44,7 @@ class FitContext:
     load_samples: Callable[[Sequence[Record]], list[Sample]]
     classes: list[str] = field(default_factory=list)
     image_classes: list[str] = field(default_factory=lambda: ["normal", "defect"])
-    progress: Callable[[str, int], Callable[[int], None]] = lambda description, total: (lambda n=1: None)
+    progress: Callable[[str, int], Callable[[int], None]] = field(default=lambda description, total: _no_advance)
     log: Callable[[str], None] = print
 
     def decoded_chunks(self, records: Sequence[Record], description: str, chunk_size: int = 32) -> Iterator[list[Sample]]:
@@ -58,7 +65,7 @@ class FitContext:
     def decoded_samples(self, records: Sequence[Record], description: str, chunk_size: int = 32) -> Iterator[Sample]:
         """:meth:`decoded_chunks`, one sample at a time.
 
-        Example:
+        Examples:
             >>> images = [s.image for s in context.decoded_samples(records, "gate: load train")]  # doctest: +SKIP
         """
         for chunk in self.decoded_chunks(records, description, chunk_size):
@@ -100,16 +107,64 @@ class Stage:
 
     Subclasses implement :meth:`predict`. The pipeline only passes samples that are still active
     (decoded, and not finished early by a gate).
+
+    A stage is also callable on its own, on image files or numpy arrays (see :meth:`__call__`);
+    its name is the same whether a config or Python code builds it, so weights saved by one are
+    found by the other.
+
+    Examples:
+        >>> import numpy as np, defectkit
+        >>> policy = defectkit.build_stage(dict(type="MaskPolicy", rules=dict(defect=dict(threshold=0.5, min_area=4))))
+        >>> policy.name
+        'mask_policy'
+        >>> from defectkit.sample import Record, Sample
+        >>> prob = np.zeros((1, 16, 16), np.float32); prob[0, 4:10, 4:10] = 0.9
+        >>> sample = Sample(Record("a.png"), image=np.zeros((16, 16, 3), np.uint8), prob_maps=prob, map_classes=["defect"])
+        >>> result = policy([sample])[0]
+        >>> [(i.class_name, i.area) for i in result.instances], int(result.masks["defect"].sum())
+        ([('defect', 36.0)], 36)
     """
 
     trainable: bool = False
 
+    enabled: bool = True
+    """Whether the stage does its job. Every stage takes ``enabled=False`` in a config (e.g.
+    ``--cfg-options pipeline.1.enabled=False``): the pipeline then passes samples through it
+    untouched and neither fits nor loads it. A stage whose switch means something else takes
+    ``enabled`` in its constructor and sets :attr:`handles_enabled` (a gate that still records
+    why it is off, a tiling stage that runs its inner stage on whole images)."""
+
+    handles_enabled: ClassVar[bool] = False
+    """True when the stage acts on :attr:`enabled` itself, so the pipeline runs it either way."""
+
     def __init__(self, name: str | None = None) -> None:
         self.name = name or type(self).__name__.lower()
+
+    @property
+    def skipped(self) -> bool:
+        """Whether the pipeline leaves this stage out: switched off and not handling that itself."""
+        return not self.enabled and not self.handles_enabled
 
     def predict(self, samples: list[Sample]) -> list[Sample]:
         """Process a batch in place and return it."""
         raise NotImplementedError
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], max_side: int | None = DEFAULT_MAX_SIDE) -> list[Result]:
+        """Run this stage alone on image files, HxWx3 uint8 arrays, samples or earlier results.
+
+        Args:
+            images: One input or a list of them (see :func:`defectkit.results.to_samples`).
+            max_side: Files with a longer side are decoded at reduced size; None: full size.
+
+        Returns:
+            One :class:`~defectkit.results.Result` per input, in order; a file that cannot be
+            decoded has ``error`` set. Samples and results passed in are updated in place.
+        """
+        samples = to_samples(images, max_side=max_side)
+        active = [s for s in samples if s.active]
+        if active and not self.skipped:
+            self.predict(active)
+        return [Result.from_sample(s) for s in samples]
 
     def describe(self) -> dict[str, Any]:
         """A short JSON summary for reports."""
@@ -117,6 +172,58 @@ class Stage:
 
     def use_device(self, device: torch.device) -> None:
         """Run (and train) on ``device`` from now on; stages without a network ignore it."""
+
+
+class Detects:
+    """Ability of a stage that finds boxes in whole images (a detector, or a tiling stage around one).
+
+    A :class:`~defectkit.stages.tiling.Tiling` stage runs such a stage on windows, and a
+    :class:`~defectkit.stages.roi_crop.RoiCrop` uses one as its localizer. Declared by subclassing;
+    test doubles and plugin stages subclass it too.
+
+    Attributes:
+        classes: What the detections' ``labels`` index.
+        min_score: Boxes scoring below this are not reported by the stage's own ``predict``.
+    """
+
+    classes: list[str]
+    min_score: float = 0.0
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """One :class:`~defectkit.sample.Detections` per HxWx3 uint8 image, in that image's coordinates."""
+        raise NotImplementedError
+
+
+class Segments:
+    """Ability of a stage that computes per-class probability maps of whole images (a segmenter).
+
+    Attributes:
+        classes: The class of each map channel.
+    """
+
+    classes: list[str]
+
+    def probability_maps(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One CxHxW float32 map in [0, 1] per HxWx3 uint8 image, at the image's resolution."""
+        raise NotImplementedError
+
+
+class TilesItself:
+    """Ability of a stage that scores the windows of an image itself (an anomaly gate whose threshold
+    is calibrated on window scores); a Tiling stage hands it its slicing before ``fit``."""
+
+    def configure_tiling(self, slice_size: Sequence[int] | None, overlap: Sequence[float] = (0.2, 0.2)) -> None:
+        """Use windows of ``(height, width)`` ``slice_size`` (None: whole images) overlapping by ``overlap``."""
+        raise NotImplementedError
+
+
+class TrainsOnSlices:
+    """Ability of a stage that trains on the windows prediction will use; a Tiling stage calls
+    :meth:`configure_slicing` before ``fit``."""
+
+    def configure_slicing(self, slice_size: Sequence[int], overlap: Sequence[float]) -> None:
+        """Train on windows of ``(height, width)`` ``slice_size`` overlapping by ``overlap`` ratios."""
+        raise NotImplementedError
 
 
 class TrainableStage(Stage):
@@ -185,14 +292,19 @@ class TrainableStage(Stage):
                 "(retrain, or restore the config the weights were trained with)"
             )
 
-    def load(self, directory: str | Path) -> None:
+    def load(self, directory: str | Path, classes: Sequence[str] | None = None) -> None:
         """Load verified state from ``directory`` (see :func:`~defectkit.io.state.load_state`).
 
+        Args:
+            directory: The ``weights/`` folder.
+            classes: The config's defect classes; state fitted for other classes is refused.
+
         Raises:
-            StateError: The files fail verification, the saved model differs from the config's, or
-                the manifest holds a value the stage cannot use; the message names the manifest.
+            StateError: Missing or tampered files, state saved by another stage type, library
+                version or for other classes, a saved model that differs from the config's, or a
+                manifest value the stage cannot use; the message names the manifest.
         """
-        tensors, extra = load_state(directory, self.name, type(self).__name__)
+        tensors, extra = load_state(directory, self.name, type(self).__name__, classes)
         manifest_path = state_paths(directory, self.name)[1]
         try:
             self.check_saved_model(extra)
@@ -206,6 +318,35 @@ class TrainableStage(Stage):
             ) from exc
         self.fitted = True
 
+    @classmethod
+    def from_weights(cls, directory: str | Path, name: str | None = None, classes: Sequence[str] | None = None, **options: Any) -> TrainableStage:
+        """Build this stage with ``options`` and load its saved state, ready to predict.
+
+        Args:
+            directory: A ``weights/`` folder or a work dir that has one.
+            name: The stage's name in that folder; None: this stage type's default name, or the
+                only state of this type in the folder.
+            classes: Refuse state fitted for other defect classes.
+            **options: Constructor options that matter at prediction time (thresholds, ``apply``...).
+
+        Raises:
+            StateError: No (or more than one) saved state of this type, or state that fails its checks.
+
+        Examples:
+            >>> enhance = ZeroDce.from_weights("work_dirs/car_damage")  # doctest: +SKIP
+            >>> brighter = enhance(["dark_photo.jpg"])[0].image  # doctest: +SKIP
+        """
+        from defectkit.validation import construct
+
+        directory = Path(directory)
+        if (directory / "weights").is_dir():
+            directory = directory / "weights"
+        stage = construct("stage", cls, {**options, **({"name": name} if name else {})})
+        if name is None and not stage.has_saved_state(directory):
+            stage.name = _only_state_of_type(directory, cls.__name__)
+        stage.load(directory, classes)
+        return stage
+
     def has_saved_state(self, directory: str | Path) -> bool:
         return has_state(directory, self.name)
 
@@ -213,12 +354,37 @@ class TrainableStage(Stage):
         """Whether :meth:`predict` can run: the stage was fitted or loaded."""
         return bool(self.fitted)
 
+    def require_ready(self, action: str = "predict") -> None:
+        """The one check that a stage was fitted or loaded before it is used.
+
+        Raises:
+            RuntimeError: ``"<name>: <action> before fit or load"`` when :meth:`ready_to_predict` is False.
+        """
+        if not self.ready_to_predict():
+            raise RuntimeError(f"{self.name}: {action} before fit or load")
+
     def active_samples(self, samples: Sequence[Sample]) -> list[Sample]:
         """The samples :meth:`predict` works on: active ones (not failed, not finished by a gate) with an image.
 
         Raises:
             RuntimeError: The stage cannot predict yet (:meth:`ready_to_predict`).
         """
-        if not self.ready_to_predict():
-            raise RuntimeError(f"{self.name}: predict before fit or load")
+        self.require_ready()
         return [s for s in samples if s.active and s.image is not None]
+
+
+def _only_state_of_type(directory: Path, stage_type: str) -> str:
+    """The name of the one stage of ``stage_type`` saved in ``directory``."""
+    import json
+
+    names = []
+    for manifest in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            if json.loads(manifest.read_text(encoding="utf-8")).get("stage_type") == stage_type:
+                names.append(manifest.stem)
+        except (OSError, ValueError, AttributeError):
+            continue
+    if len(names) != 1:
+        found = f"several ({', '.join(names)}); pass name=" if names else "none"
+        raise StateError(f"{directory}: expected one saved {stage_type} stage, found {found}")
+    return names[0]

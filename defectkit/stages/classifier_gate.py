@@ -13,12 +13,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from defectkit.data.split import stable_order_key
-from defectkit.data.transforms import build_augmentation
+from defectkit.data.transforms import build_augmentation, resize_image
 from defectkit.heads.backbones import create_classifier, to_input_tensor
 from defectkit.registry import STAGES
 from defectkit.runtime import inference_mode, memory_format
@@ -71,6 +70,8 @@ def recall_threshold(scores: np.ndarray, positive: np.ndarray, target_recall: fl
 
 @STAGES.register_module()
 class ClassifierGate(TrainableStage):
+    handles_enabled = True  # switched off, it still fits (nothing) and records why, so its state says so
+
     """Classify each image into the data set's image classes; skip the ones confidently normal.
 
     Fitting: an EfficientNet-Lite0 (offline ImageNet weights) with a new head for the config's
@@ -182,13 +183,7 @@ class ClassifierGate(TrainableStage):
 
     def _resize(self, image: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 at ``image_size``: area averaging when shrinking (no aliasing), linear when enlarging."""
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=2)
-        h, w = self.image_size
-        if image.shape[:2] == (h, w):
-            return image
-        shrink = image.shape[0] * image.shape[1] > h * w
-        return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        return resize_image(image, self.image_size)
 
     def _subset(self, records: list[Record]) -> list[Record]:
         """At most ``max_images`` records, every class in proportion (at least one each), order-independent."""
@@ -220,16 +215,13 @@ class ClassifierGate(TrainableStage):
         for record in records:
             if not 0 <= int(record.label) < len(self.image_classes):  # type: ignore[arg-type]
                 raise ValueError(f"{record.path}: label {record.label} is not an index into {self.image_classes}")
-        advance = context.progress(description, len(records))
         images: list[np.ndarray] = []
         labels: list[int] = []
-        for start in range(0, len(records), self.chunk_size):
-            chunk = list(records[start : start + self.chunk_size])
-            for sample in context.load_samples(chunk):
-                if sample.ok and sample.image is not None:
-                    images.append(self._resize(sample.image))
-                    labels.append(int(sample.record.label))  # type: ignore[arg-type]
-            advance(len(chunk))
+        for chunk in context.decoded_chunks(records, description, self.chunk_size):
+            for sample in chunk:
+                assert sample.image is not None  # decoded_chunks keeps decoded samples only
+                images.append(self._resize(sample.image))
+                labels.append(int(sample.record.label))  # type: ignore[arg-type]
         return images, labels
 
     def _probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -370,8 +362,8 @@ class ClassifierGate(TrainableStage):
         """Set ``gate_score``, ``gate_label`` and ``finished`` (negative images); disabled: no change."""
         if not self.enabled:
             return samples  # pass-through: every image goes on to the next stage
-        if not self.fitted and not self.active:
-            raise RuntimeError("ClassifierGate.predict before fit or load")
+        if not self.active:
+            self.require_ready()
         if not self.active or self.model is None:
             return samples  # fit found nothing to learn (see summary["reason"]): pass-through
         active = [s for s in samples if s.ok and s.image is not None]
@@ -387,7 +379,7 @@ class ClassifierGate(TrainableStage):
             sample.gate_score = float(score)
             sample.gate_label = self.image_classes[side[int(np.argmax(p[side]))]]
             sample.finished = sample.finished or not is_positive
-            sample.extras["gate_probabilities"] = {c: round(float(v), 6) for c, v in zip(self.image_classes, p)}
+            sample.gate_probabilities = {c: round(float(v), 6) for c, v in zip(self.image_classes, p)}
         return samples
 
     # ------------------------------------------------------------------ state

@@ -25,7 +25,7 @@ from defectkit.heads.detector import DETECTOR_TYPES, build_detector
 from defectkit.registry import STAGES
 from defectkit.runtime import inference_mode
 from defectkit.sample import Detections, Record, Sample, detections_to_instances
-from defectkit.stages.base import FitContext
+from defectkit.stages.base import Detects, FitContext, TrainsOnSlices
 from defectkit.stages.network import NetworkStage
 from defectkit.training import BoxTensorDataset, collate_boxes, resize_with_boxes
 
@@ -122,7 +122,7 @@ def _chain(steps: Sequence[Callable[[np.ndarray, np.ndarray, np.ndarray], Item]]
 
 
 @STAGES.register_module()
-class Detector(NetworkStage):
+class Detector(NetworkStage, Detects, TrainsOnSlices):
     """Defect boxes from a one-stage detector (FCOS or RetinaNet) on EfficientNet-Lite0.
 
     Fitting: training records with box annotations (a ``boxes`` list, possibly empty, or a normal

@@ -4,7 +4,7 @@ Car-damage photos are often taken at dusk, in car parks or under a car; dents an
 shadows then sit in the bottom few grey levels, where the later stages cannot see them. Every stage
 here follows the same luminance rule: it changes an image only when its mean luma (Rec.601,
 0..255, see :func:`mean_luma`) is below ``dark_threshold`` (``apply="dark"``), or always
-(``apply="always"``), and records in ``sample.extras`` whether it did (``enhanced``) and the mean
+(``apply="always"``), and records in ``sample.enhancement`` whether it did (``enhanced``) and the mean
 luma before and after (``luma_before``, ``luma_after``).
 
 * :class:`ZeroDce`: learned Zero-DCE / Zero-DCE++ curves (:class:`defectkit.heads.zero_dce.DceNet`),
@@ -19,7 +19,7 @@ Example:
     >>> from defectkit.registry import STAGES, build
     >>> stage = build(STAGES, dict(type="Gamma", gamma="auto", target_luma=110, dark_threshold=70))
     >>> samples = stage.predict(samples)  # doctest: +SKIP
-    >>> samples[0].extras["enhanced"], samples[0].extras["luma_after"]  # doctest: +SKIP
+    >>> samples[0].enhancement.enhanced, samples[0].enhancement.luma_after  # doctest: +SKIP
     (True, 109.8)
 """
 
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from defectkit.data.split import stable_order_key
+from defectkit.data.transforms import resize_image
 from defectkit.heads.zero_dce import (
     RECEPTIVE_RADIUS,
     DceNet,
@@ -42,7 +43,7 @@ from defectkit.heads.zero_dce import (
     zero_dce_loss,
 )
 from defectkit.registry import STAGES
-from defectkit.sample import Record, Sample
+from defectkit.sample import Enhancement, Record, Sample
 from defectkit.stages.base import FitContext, Stage, TrainableStage
 
 __all__ = ["Clahe", "Gamma", "ZeroDce", "darken", "gamma_lut", "is_dark", "mean_luma"]
@@ -119,7 +120,7 @@ class _LuminanceRule:
 
     Subclasses call :meth:`_init_rule` and implement :meth:`enhance_images`; :meth:`predict` picks
     the images the rule selects, enhances them in one call (so learned stages can batch) and
-    records ``enhanced``, ``luma_before`` and ``luma_after`` in ``sample.extras``.
+    records ``enhanced``, ``luma_before`` and ``luma_after`` in ``sample.enhancement``.
     """
 
     name: str
@@ -139,7 +140,7 @@ class _LuminanceRule:
         raise NotImplementedError
 
     def predict(self, samples: list[Sample]) -> list[Sample]:
-        """Enhance ``sample.image`` of the samples the rule selects; record what was done in ``extras``."""
+        """Enhance ``sample.image`` of the samples the rule selects; record what was done in ``sample.enhancement``."""
         todo: list[tuple[Sample, float]] = []
         for sample in samples:
             if not sample.ok or sample.image is None:
@@ -148,14 +149,12 @@ class _LuminanceRule:
             if self.should_enhance(luma):
                 todo.append((sample, luma))
             else:
-                sample.extras.update(enhanced=False, luma_before=round(luma, 3), luma_after=round(luma, 3))
+                sample.enhancement = Enhancement(False, round(luma, 3), round(luma, 3))
         if todo:
             outputs = self.enhance_images([sample.image for sample, _ in todo])
             for (sample, luma), image in zip(todo, outputs):
                 sample.image = image
-                sample.extras.update(
-                    enhanced=True, enhanced_by=self.name, luma_before=round(luma, 3), luma_after=round(mean_luma(image), 3)
-                )
+                sample.enhancement = Enhancement(True, round(luma, 3), round(mean_luma(image), 3), self.name)
         return samples
 
     def _rule_summary(self) -> dict[str, Any]:
@@ -180,7 +179,7 @@ class Clahe(_LuminanceRule, Stage):
         >>> stage = Clahe(clip_limit=2.0, tile_grid=(8, 8))
         >>> sample = Sample(Record("night.jpg"), image=darken(np.tile(np.arange(64, dtype=np.uint8)[None, :, None] * 4, (64, 1, 3))))
         >>> out = stage.predict([sample])[0]
-        >>> out.extras["enhanced"], out.extras["luma_after"] > out.extras["luma_before"]
+        >>> out.enhancement.enhanced, out.enhancement.luma_after > out.enhancement.luma_before
         (True, True)
     """
 
@@ -227,7 +226,7 @@ class Gamma(_LuminanceRule, Stage):
     Example:
         >>> sample = Sample(Record("night.jpg"), image=np.full((16, 16, 3), 30, np.uint8))
         >>> out = Gamma(gamma="auto", target_luma=110).predict([sample])[0]
-        >>> abs(out.extras["luma_after"] - 110) < 2
+        >>> abs(out.enhancement.luma_after - 110) < 2
         True
     """
 
@@ -321,7 +320,7 @@ class ZeroDce(_LuminanceRule, TrainableStage):
     Example:
         >>> stage = build(STAGES, dict(type="ZeroDce", scale_factor=4, epochs=3, dark_threshold=70))  # doctest: +SKIP
         >>> stage.fit(train_records, val_records, context)  # doctest: +SKIP
-        >>> stage.predict(samples)[0].extras["enhanced"]  # doctest: +SKIP
+        >>> stage.predict(samples)[0].enhancement.enhanced  # doctest: +SKIP
         True
     """
 
@@ -391,23 +390,17 @@ class ZeroDce(_LuminanceRule, TrainableStage):
         side = rng.uniform(0.5, 1.0) * min(h / th, w / tw)  # crop = side * train_size
         ch, cw = max(1, min(h, round(side * th))), max(1, min(w, round(side * tw)))
         y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        crop = np.ascontiguousarray(image[y : y + ch, x : x + cw, :3])
-        shrink = ch * cw > th * tw
-        return cv2.resize(crop, (tw, th), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        return resize_image(np.ascontiguousarray(image[y : y + ch, x : x + cw, :3]), (th, tw))
 
     def _collect_crops(self, records: Sequence[Record], context: FitContext, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """Decode ``records`` in chunks and keep only their crops (bounded memory); returns (crops, images used)."""
-        advance = context.progress(f"{self.name}: crops", len(records))
         crops: list[np.ndarray] = []
         used = 0
-        chunk_size = 32
-        for start in range(0, len(records), chunk_size):
-            chunk = list(records[start : start + chunk_size])
-            for sample in context.load_samples(chunk):
-                if sample.ok and sample.image is not None and sample.image.ndim == 3:
+        for chunk in context.decoded_chunks(records, f"{self.name}: crops", chunk_size=32):
+            for sample in chunk:
+                if sample.image is not None and sample.image.ndim == 3:
                     crops.extend(self._random_crop(sample.image, rng) for _ in range(self.crops_per_image))
                     used += 1
-            advance(len(chunk))
         if not crops:
             return np.zeros((0, *self.train_size, 3), np.uint8), 0
         return np.stack(crops), used
@@ -536,8 +529,7 @@ class ZeroDce(_LuminanceRule, TrainableStage):
 
     def enhance_images(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Enhanced uint8 copies of HxWx3 uint8 RGB images (same-size images are batched)."""
-        if not self.fitted:
-            raise RuntimeError(f"{type(self).__name__}.predict before fit or load")
+        self.require_ready()
         results: list[np.ndarray | None] = [None] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, image in enumerate(images):

@@ -216,8 +216,8 @@ class NetworkStage(TrainableStage):
         Raises:
             RuntimeError: The stage was neither fitted nor loaded.
         """
-        if self.model is None:
-            raise RuntimeError(f"{self.name}: {action} before fit or load")
+        self.require_ready(action)
+        assert self.model is not None  # ready_to_predict: there is a network
         # A no-op when fitted or loaded here; a network set from outside is brought to the device and layout.
         return self.model.to(self.device, memory_format=memory_format(self.device))  # type: ignore[call-overload]
 

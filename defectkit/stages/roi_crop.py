@@ -17,7 +17,8 @@ import torch
 
 from defectkit.errors import ConfigError
 from defectkit.registry import STAGES, build
-from defectkit.sample import Instance, Sample
+from defectkit.sample import Instance, Roi, Sample
+from defectkit.stages.base import Detects
 from defectkit.stages.wrapping import WrappingStage
 
 Box = tuple[int, int, int, int]
@@ -29,7 +30,7 @@ class RoiCrop(WrappingStage):
 
     The box is, in order: ``record.meta[meta_key]`` (``[x1, y1, x2, y2]`` in original image
     pixels), else the localizer's highest-scoring box of ``localizer_class`` above
-    ``min_score``, else the whole image (recorded in ``sample.extras["roi"]["source"]``). It is
+    ``min_score``, else the whole image (recorded in ``sample.roi.source``). It is
     grown by ``margin`` (a share of its size) and clipped to the image.
 
     After the inner stage, ``prob_maps`` and ``masks`` are pasted into full-size arrays (zero
@@ -50,7 +51,7 @@ class RoiCrop(WrappingStage):
 
     Example:
         >>> roi = build(STAGES, dict(type="RoiCrop", inner=dict(type="Segmenter"), margin=0.05))  # doctest: +SKIP
-        >>> roi.predict(samples)[0].extras["roi"]  # doctest: +SKIP
+        >>> roi.predict(samples)[0].roi  # doctest: +SKIP
         {'box': [40, 12, 760, 590], 'source': 'record'}
     """
 
@@ -75,8 +76,8 @@ class RoiCrop(WrappingStage):
         self.min_side = max(1, int(min_side))
         self.localizer_class = localizer_class
         self.localizer = build(STAGES, localizer) if isinstance(localizer, dict) else localizer
-        if self.localizer is not None and not callable(getattr(self.localizer, "detect", None)):
-            raise ConfigError(f"RoiCrop localizer {type(self.localizer).__name__} has no detect(images) method")
+        if self.localizer is not None and not isinstance(self.localizer, Detects):
+            raise ConfigError(f"RoiCrop localizer {type(self.localizer).__name__} is not a detector (defectkit.stages.base.Detects)")
         super().__init__(inner, name or "roi_crop")
 
     def use_device(self, device: torch.device) -> None:
@@ -111,7 +112,7 @@ class RoiCrop(WrappingStage):
         """The localizer's best box per image (None where it found nothing usable)."""
         if self.localizer is None or not images:
             return [None] * len(images)
-        classes = list(getattr(self.localizer, "classes", []))
+        classes = list(self.localizer.classes)
         wanted = None
         if self.localizer_class is not None:
             if self.localizer_class not in classes:
@@ -154,13 +155,14 @@ class RoiCrop(WrappingStage):
             height, width = sample.image.shape[:2]
             source = "record" if index not in need else ("localizer" if box is not None else "whole image")
             box = box or (0, 0, width, height)
-            sample.extras["roi"] = {"box": list(box), "source": source}
+            sample.roi = Roi(tuple(int(v) for v in box), source)  # type: ignore[arg-type]
             x1, y1, x2, y2 = box
             crops.append(replace(sample, image=np.ascontiguousarray(sample.image[y1:y2, x1:x2]), instances=[],
-                                 prob_maps=None, masks=None, timings={}, extras={}, original_size=(y2 - y1, x2 - x1), scale=1.0))
+                                 prob_maps=None, masks=None, timings={}, extras={}, roi=None, original_size=(y2 - y1, x2 - x1), scale=1.0))
         self.inner.predict(crops)
         for sample, crop in zip(active, crops):
-            self._paste_back(sample, crop, sample.extras["roi"]["box"])
+            assert sample.roi is not None
+            self._paste_back(sample, crop, sample.roi.box)
         return samples
 
     @staticmethod
@@ -180,6 +182,9 @@ class RoiCrop(WrappingStage):
         sample.finished = sample.finished or crop.finished
         sample.error = crop.error or sample.error
         sample.extras.update(crop.extras)
+        sample.enhancement = crop.enhancement or sample.enhancement
+        sample.anomaly_score = crop.anomaly_score if crop.anomaly_score is not None else sample.anomaly_score
+        sample.gate_probabilities = crop.gate_probabilities or sample.gate_probabilities
 
 
 def _shifted(instance: Instance, dx: int, dy: int) -> Instance:

@@ -21,7 +21,7 @@ from defectkit.errors import ConfigError
 from defectkit.heads.segmenter import ARCHITECTURES, build_segmenter, segmentation_loss
 from defectkit.registry import STAGES
 from defectkit.sample import Record, Sample
-from defectkit.stages.base import FitContext
+from defectkit.stages.base import FitContext, Segments
 from defectkit.stages.network import NetworkStage
 from defectkit.training import ImageTensorDataset
 
@@ -36,7 +36,7 @@ DEFAULT_SEGMENT_AUGMENT: dict[str, Any] = dict(
 
 
 @STAGES.register_module()
-class Segmenter(NetworkStage):
+class Segmenter(NetworkStage, Segments):
     """Per-class defect probability maps from a U-Net or DeepLabV3+ on EfficientNet-Lite0.
 
     Fitting: the training records with annotations (mask file or polygons) are decoded in chunks

@@ -5,14 +5,15 @@ Each image is cut into overlapping windows (:func:`defectkit.tiling.slice_window
 every image in the batch are sent through the wrapped ("inner") stage together, ``batch_size`` at a
 time, and the results are put back together in image coordinates.
 
-Inner-stage protocol (duck-typed; any object with these methods works, registered or not):
+Inner-stage abilities, declared by subclassing the classes of :mod:`defectkit.stages.base`
+(any object that declares one works, registered or not):
 
-* Detector: ``detect(images: list[np.ndarray]) -> list[Detections]`` (one
+* Detector (:class:`~defectkit.stages.base.Detects`): ``detect(images: list[np.ndarray]) -> list[Detections]`` (one
   :class:`~defectkit.sample.Detections` per HxWx3 uint8 image, in that image's own coordinates)
   and ``classes: list[str]`` (what ``labels`` index). The windows' boxes are shifted back,
   optionally joined by a whole-image pass (``full_image``), merged
   (:func:`defectkit.tiling.merge_detections`) and stored as ``sample.instances``.
-* Segmenter: ``probability_maps(images: list[np.ndarray]) -> list[np.ndarray]`` (CxHxW float32 per
+* Segmenter (:class:`~defectkit.stages.base.Segments`): ``probability_maps(images: list[np.ndarray]) -> list[np.ndarray]`` (CxHxW float32 per
   image, at the image's resolution) and ``classes``. The windows' maps are blended without seams
   (:func:`defectkit.tiling.stitch_maps`) into ``sample.prob_maps`` / ``sample.map_classes``.
 * Whole or sliced, chosen on validation (detectors, ``choose_on_val``): after the inner detector is
@@ -26,12 +27,12 @@ Inner-stage protocol (duck-typed; any object with these methods works, registere
   a detector trained on whole photos from being made worse by its windows.
 * Training and state, when the inner stage has them: ``fit(train, val, context)``,
   ``state_tensors()``, ``load_state_tensors(tensors, extra)``, ``fitted``, ``describe()``. Fitting
-  is delegated as is; an inner stage that trains on slices itself may define
+  is delegated as is; an inner stage that trains on slices itself (:class:`~defectkit.stages.base.TrainsOnSlices`) defines
   ``configure_slicing(slice_size, overlap)``, called before ``fit`` with this stage's
   ``(height, width)`` slice size and overlap ratios so training uses the windows prediction uses
   (:func:`defectkit.tiling.slice_training_items`).
 
-* Anomaly gate: ``configure_tiling(slice_size, overlap)`` and ``predict(samples)``. A gate's
+* Anomaly gate (:class:`~defectkit.stages.base.TilesItself`): ``configure_tiling(slice_size, overlap)`` and ``predict(samples)``. A gate's
   threshold is calibrated on the scores it computes, so the windows cannot be cut outside it: this
   stage hands the gate its slicing before ``fit`` and the gate scores every window of an image
   itself (memory bank of normal windows, image score = highest window score, window maps blended
@@ -51,7 +52,7 @@ from defectkit.evaluation.detection import DetectionF1, DetectionMAP
 from defectkit.evaluation.records import box_summary
 from defectkit.registry import STAGES
 from defectkit.sample import Detections, Record, Sample, detections_to_instances
-from defectkit.stages.base import FitContext
+from defectkit.stages.base import Detects, FitContext, Segments, TilesItself, TrainsOnSlices
 from defectkit.stages.wrapping import WrappingStage
 from defectkit.tiling import (
     BLEND_PROFILES,
@@ -74,12 +75,12 @@ MODES = ("sliced", "whole")
 
 
 def _inner_kind(inner: Any) -> str:
-    """``"detector"``, ``"segmenter"`` or ``"gate"`` by the methods ``inner`` has."""
-    if callable(getattr(inner, "detect", None)):
+    """``"detector"``, ``"segmenter"`` or ``"gate"`` by the ability ``inner`` declares (stages.base)."""
+    if isinstance(inner, Detects):
         return "detector"
-    if callable(getattr(inner, "probability_maps", None)):
+    if isinstance(inner, Segments):
         return "segmenter"
-    if callable(getattr(inner, "configure_tiling", None)) and callable(getattr(inner, "predict", None)):
+    if isinstance(inner, TilesItself):
         return "gate"
     raise ConfigError(
         f"Tiling inner stage {type(inner).__name__} is neither a detector (detect(images) -> list[Detections]), "
@@ -89,7 +90,7 @@ def _inner_kind(inner: Any) -> str:
 
 
 @STAGES.register_module()
-class Tiling(WrappingStage):
+class Tiling(WrappingStage, Detects, Segments):
     """Run a detector, segmenter or anomaly gate on overlapping windows of each image and reassemble the results.
 
     Fitting, saved state and ``fitted`` are the inner stage's (:class:`WrappingStage`).
@@ -130,6 +131,7 @@ class Tiling(WrappingStage):
     """
 
     settings_key = "tiling"
+    handles_enabled = True  # switched off, it runs the inner stage on whole images
 
     def __init__(
         self,
@@ -192,7 +194,7 @@ class Tiling(WrappingStage):
         """The ``min_score`` in effect: this stage's, else the inner detector's, else 0."""
         if self.min_score is not None:
             return self.min_score
-        return float(getattr(self.inner, "min_score", 0.0) or 0.0)
+        return float(self.inner.min_score or 0.0) if isinstance(self.inner, Detects) else 0.0
 
     @property
     def mode(self) -> str:
@@ -395,9 +397,8 @@ class Tiling(WrappingStage):
         if self.kind == "gate":
             self.inner.configure_tiling(self.slice_size if self.enabled else None, self.overlap)
             return
-        configure = getattr(self.inner, "configure_slicing", None)
-        if callable(configure) and self.enabled:
-            configure(self.slice_size, self.overlap)
+        if isinstance(self.inner, TrainsOnSlices) and self.enabled:
+            self.inner.configure_slicing(self.slice_size, self.overlap)
 
     def settings(self) -> dict[str, Any]:
         """The slicing settings as JSON."""

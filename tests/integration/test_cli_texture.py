@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from defectkit.cli import EXIT_FATAL, EXIT_OK, EXIT_SOME_INPUTS_FAILED, main
+from defectkit.cli import EXIT_FATAL, EXIT_OK, EXIT_SOME_INPUTS_FAILED, EXIT_USAGE, main
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "texture_defect.py")
@@ -81,6 +81,6 @@ def test_missing_data_root_names_the_expected_layout(tmp_path: Path, capsys):
 
 def test_unknown_config_key_lists_valid_keys(tmp_path: Path, capsys):
     code = main(["train", CONFIG, "--work-dir", str(tmp_path / "w"), "--cfg-options", "pipelin.0.type=X"])
-    assert code == EXIT_FATAL
+    assert code == EXIT_USAGE  # a config error is bad usage
     err = capsys.readouterr().err
     assert "pipelin" in err and "pipeline" in err

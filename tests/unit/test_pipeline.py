@@ -150,8 +150,15 @@ def test_duplicate_stage_names_are_rejected():
 def test_from_config_gives_each_stage_a_distinct_default_name():
     pipeline = Pipeline.from_config([dict(type=RECORDER_TYPE), dict(type=RECORDER_TYPE)])
     names = [s.name for s in pipeline.stages]
-    assert len(set(names)) == 2
-    assert names == [f"{RECORDER_TYPE.lower()}0", f"{RECORDER_TYPE.lower()}1"]
+    # The first keeps the name the stage has when built on its own; a repeat gets its position.
+    assert names == [Recorder().name, f"{Recorder().name}1"]
+
+
+def test_from_config_names_stages_as_they_are_named_when_built_alone():
+    from defectkit.stages.enhance import ZeroDce
+
+    pipeline = Pipeline.from_config([dict(type="ZeroDce"), dict(type="MaskPolicy")])
+    assert [s.name for s in pipeline.stages] == [ZeroDce().name, "mask_policy"] == ["zero_dce", "mask_policy"]
 
 
 def _image_records(tmp_path: Path, values: list[int]) -> list[Record]:

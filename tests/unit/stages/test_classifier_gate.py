@@ -96,7 +96,7 @@ def test_gate_labels_stay_on_the_side_the_threshold_decided(fitted, data) -> Non
             assert s.gate_label in ("damaged", "contaminated") and not s.finished
         else:
             assert s.gate_label == "normal" and s.finished
-        assert set(s.extras["gate_probabilities"]) == set(CLASSES)
+        assert set(s.gate_probabilities) == set(CLASSES)
 
 
 class Recorder(Stage):

@@ -82,8 +82,8 @@ def test_enhance_skips_well_lit_images(make) -> None:
     original = image.copy()
     sample = make().predict([sample_of(image)])[0]
     assert sample.image is image and np.array_equal(sample.image, original)
-    assert sample.extras["enhanced"] is False
-    assert sample.extras["luma_before"] == sample.extras["luma_after"] == pytest.approx(mean_luma(original), abs=1e-3)
+    assert sample.enhancement.enhanced is False
+    assert sample.enhancement.luma_before == sample.enhancement.luma_after == pytest.approx(mean_luma(original), abs=1e-3)
 
 
 def test_zero_dce_skips_well_lit_images(fitted_zero_dce) -> None:
@@ -92,30 +92,30 @@ def test_zero_dce_skips_well_lit_images(fitted_zero_dce) -> None:
     original = image.copy()
     sample = stage.predict([sample_of(image)])[0]
     assert np.array_equal(sample.image, original)
-    assert sample.extras["enhanced"] is False
+    assert sample.enhancement.enhanced is False
 
 
 @pytest.mark.parametrize("make", [lambda: Gamma(), lambda: Gamma(gamma=0.6), lambda: Clahe()], ids=["gamma-auto", "gamma-fixed", "clahe"])
 def test_enhance_brightens_dark_images(make) -> None:
     dark = darken(photo(3), 0.35, 1.5)
     sample = make().predict([sample_of(dark)])[0]
-    assert sample.extras["enhanced"] is True
-    assert sample.extras["luma_after"] > sample.extras["luma_before"] + 10
-    assert sample.extras["luma_after"] == pytest.approx(mean_luma(sample.image), abs=1e-3)
+    assert sample.enhancement.enhanced is True
+    assert sample.enhancement.luma_after > sample.enhancement.luma_before + 10
+    assert sample.enhancement.luma_after == pytest.approx(mean_luma(sample.image), abs=1e-3)
     assert sample.image.shape == dark.shape and sample.image.dtype == np.uint8
 
 
 def test_auto_gamma_reaches_the_target_luma() -> None:
     dark = darken(photo(4), 0.3, 1.5)
     sample = Gamma(gamma="auto", target_luma=100).predict([sample_of(dark)])[0]
-    assert sample.extras["luma_after"] == pytest.approx(100, abs=2)
+    assert sample.enhancement.luma_after == pytest.approx(100, abs=2)
 
 
 def test_apply_always_enhances_bright_images_too_and_dark_threshold_is_configurable() -> None:
     bright = photo(5, level=150)
-    assert Gamma(gamma=0.8, apply="always").predict([sample_of(bright)])[0].extras["enhanced"] is True
-    assert Gamma(gamma=0.8, dark_threshold=200).predict([sample_of(bright)])[0].extras["enhanced"] is True
-    assert Gamma(gamma=0.8, dark_threshold=50).predict([sample_of(bright)])[0].extras["enhanced"] is False
+    assert Gamma(gamma=0.8, apply="always").predict([sample_of(bright)])[0].enhancement.enhanced is True
+    assert Gamma(gamma=0.8, dark_threshold=200).predict([sample_of(bright)])[0].enhancement.enhanced is True
+    assert Gamma(gamma=0.8, dark_threshold=50).predict([sample_of(bright)])[0].enhancement.enhanced is False
 
 
 def test_invalid_options_are_rejected() -> None:
@@ -163,9 +163,9 @@ def test_zero_dce_enhances_dark_images_in_a_batch_of_mixed_sizes(fitted_zero_dce
     images = [darken(photo(10 + i, size), 0.35, 1.5) for i, size in enumerate([(40, 40), (24, 56), (40, 40)])]
     samples = stage.predict([sample_of(img, f"{i}.png") for i, img in enumerate(images)])
     for sample, original in zip(samples, images):
-        assert sample.extras["enhanced"] is True
+        assert sample.enhancement.enhanced is True
         assert sample.image.shape == original.shape and sample.image.dtype == np.uint8
-        assert sample.extras["luma_before"] == pytest.approx(mean_luma(original), abs=1e-3)
+        assert sample.enhancement.luma_before == pytest.approx(mean_luma(original), abs=1e-3)
 
 
 def test_zero_dce_state_round_trip_gives_identical_outputs(fitted_zero_dce, tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from defectkit.errors import ConfigError
-from defectkit.sample import Detections, Instance, Record, Sample
+from defectkit.sample import Detections, Instance, Record, Roi, Sample
+from defectkit.stages.base import Detects
 from defectkit.stages.roi_crop import RoiCrop
 
 
@@ -28,7 +29,7 @@ class CropRecorder:
         return samples
 
 
-class FixedLocalizer:
+class FixedLocalizer(Detects):
     classes = ["car", "person"]
 
     def __init__(self, boxes: list[list[float]], scores: list[float], labels: list[int]) -> None:
@@ -48,7 +49,7 @@ def test_given_box_crops_the_inner_input_and_pastes_maps_back_with_zeros_outside
     assert inner.shapes == [(20, 40)]
     assert sample.prob_maps.shape == (1, 60, 80)
     assert sample.prob_maps[0, 20:40, 10:50].min() == 1.0 and sample.prob_maps.sum() == 20 * 40
-    assert sample.extras["roi"] == {"box": [10, 20, 50, 40], "source": "record"}
+    assert sample.roi == Roi((10, 20, 50, 40), "record")
 
 
 def test_instances_are_shifted_back_to_image_coordinates():
@@ -61,26 +62,26 @@ def test_instances_are_shifted_back_to_image_coordinates():
 def test_margin_grows_the_box_and_stays_inside_the_image():
     inner = CropRecorder()
     (sample,) = RoiCrop(inner=inner, margin=0.25).predict([_sample({"roi": [0, 20, 40, 40]})])
-    assert sample.extras["roi"]["box"] == [0, 15, 50, 45]
+    assert sample.roi.box == (0, 15, 50, 45)
 
 
 def test_given_box_in_original_pixels_follows_a_reduced_decode():
     (sample,) = RoiCrop(inner=CropRecorder(), margin=0.0).predict([_sample({"roi": [20, 40, 100, 80]}, scale=0.5)])
-    assert sample.extras["roi"]["box"] == [10, 20, 50, 40]
+    assert sample.roi.box == (10, 20, 50, 40)
 
 
 def test_localizer_box_of_the_wanted_class_is_used_when_the_record_has_none():
     localizer = FixedLocalizer([[0, 0, 30, 30], [5, 5, 45, 35], [0, 0, 80, 60]], [0.9, 0.8, 0.95], [1, 0, 1])
     inner = CropRecorder()
     (sample,) = RoiCrop(inner=inner, localizer=localizer, localizer_class="car", margin=0.0).predict([_sample()])
-    assert sample.extras["roi"] == {"box": [5, 5, 45, 35], "source": "localizer"}
+    assert sample.roi == Roi((5, 5, 45, 35), "localizer")
 
 
 def test_without_a_confident_box_the_whole_image_is_used():
     localizer = FixedLocalizer([[5, 5, 45, 35]], [0.1], [0])
     inner = CropRecorder()
     (sample,) = RoiCrop(inner=inner, localizer=localizer, min_score=0.5).predict([_sample()])
-    assert sample.extras["roi"]["source"] == "whole image" and inner.shapes == [(60, 80)]
+    assert sample.roi.source == "whole image" and inner.shapes == [(60, 80)]
 
 
 def test_unknown_localizer_class_is_a_config_error():

@@ -16,7 +16,7 @@ from defectkit.io.state import read_manifest
 from defectkit.pipeline import Pipeline
 from defectkit.registry import STAGES, build
 from defectkit.sample import Detections, Record, Sample
-from defectkit.stages.base import FitContext
+from defectkit.stages.base import Detects, FitContext, Segments, TrainsOnSlices
 from defectkit.stages.segment import Segmenter
 from defectkit.stages.tiling import Tiling
 from defectkit.tiling import slice_windows
@@ -24,7 +24,7 @@ from defectkit.tiling import slice_windows
 CLASSES = ["dent", "scratch"]
 
 
-class BrightBoxDetector:
+class BrightBoxDetector(Detects):
     """A detector double: one box per connected region of 255 in the red channel ("dent") or only in
     the green channel ("scratch"); a box scores higher the more of its region the image shows."""
 
@@ -55,7 +55,7 @@ class BrightBoxDetector:
         return Detections(np.asarray(boxes, np.float32), np.asarray(scores, np.float32), np.asarray(labels, np.int64))
 
 
-class TrainableBrightBoxDetector(BrightBoxDetector):
+class TrainableBrightBoxDetector(BrightBoxDetector, TrainsOnSlices):
     """The detector double with a weight, fit and state, recording how it was trained."""
 
     def __init__(self) -> None:
@@ -83,7 +83,7 @@ class TrainableBrightBoxDetector(BrightBoxDetector):
         return {"type": type(self).__name__, "classes": CLASSES}
 
 
-class AlternatingSegmenter:
+class AlternatingSegmenter(Segments):
     """A segmenter double whose every window map is one constant, alternating 0, 1, 0... per call order."""
 
     classes = ["defect"]
