@@ -35,13 +35,13 @@ from defectkit.data.split import default_stratum, load_split, save_split, split_
 from defectkit.errors import ConfigError, DataError, OutputError
 from defectkit.evaluation.records import make_eval_record
 from defectkit.io.atomic import TEMP_GLOB, atomic_write_bytes, atomic_write_json, with_path
+from defectkit.io.detection_report import detection_html
 from defectkit.io.images import DEFAULT_MAX_SIDE, decode_record
 from defectkit.io.lock import folder_lock
 from defectkit.io.overlays import draw_overlay, overlay_name, write_overlay
-from defectkit.io.detection_report import detection_html
 from defectkit.io.report import write_report
-from defectkit.io.segmentation_report import segmentation_section_html
 from defectkit.io.results import ResultLog
+from defectkit.io.segmentation_report import segmentation_section_html
 from defectkit.io.state import check_manifest, read_manifest
 from defectkit.pipeline import Pipeline
 from defectkit.registry import DATASETS, METRICS, build

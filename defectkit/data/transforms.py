@@ -363,8 +363,8 @@ def _empty_like(channels: np.ndarray, result: dict[str, Any]) -> np.ndarray:
     return np.zeros((0, height, width), dtype=channels.dtype)
 
 
-__all__ = ["Albumentations", "Compose", "ForegroundCrop", "Resize", "albumentations_names", "build_albumentation", "build_augmentation", "car_damage_augmentation",
-           "default_car_augmentation"]
+__all__ = ["Albumentations", "Compose", "ForegroundCrop", "Resize", "albumentations_names", "build_albumentation", "build_augmentation",
+           "car_damage_augmentation", "default_car_augmentation"]
 
 
 def build_augmentation(cfg: dict[str, Any] | None, seed: int) -> Any:

@@ -77,7 +77,7 @@ def make_eval_record(sample: Sample, classes: list[str], positive_labels: set[st
         predictions[class_name] = predicted
     # Which ground-truth classes each class's prediction landed on (rows: predicted, columns: truth).
     if len(classes) > 1:
-        for index, class_name in enumerate(classes):
+        for class_name in classes:
             predicted = predictions[class_name]
             pixel[class_name]["on_gt"] = {other: int(np.logical_and(predicted, gt[j]).sum()) for j, other in enumerate(classes)}
     out["pixel"] = pixel

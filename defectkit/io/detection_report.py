@@ -159,7 +159,7 @@ def _size_plot(analysis: dict[str, Any], name: str, path: Path) -> Path:
     fig = Figure(figsize=(4.5, 4.2))
     ax = fig.add_subplot()
     sizes = analysis["sizes_hit"] + analysis["sizes_missed"]
-    bins = np.linspace(0, max(sizes) * 1.05 if sizes else 1, 25)
+    bins = np.linspace(0, max(sizes) * 1.05 if sizes else 1, 25).tolist()
     ax.hist([analysis["sizes_hit"], analysis["sizes_missed"]], bins=bins, stacked=True,
             color=["#3a3", "#d33"], label=[f"found ({len(analysis['sizes_hit'])})", f"missed ({len(analysis['sizes_missed'])})"])
     ax.set(xlabel="Box size (sqrt of area, px)", ylabel="Ground-truth boxes")

@@ -137,7 +137,7 @@ def segmentation_section_html(
     if values:
         fig = Figure(figsize=(4.5, 3.6))
         ax = fig.add_subplot()
-        ax.hist(values, bins=np.linspace(0, 1, 21), color="#4878a8")
+        ax.hist(values, bins=np.linspace(0, 1, 21).tolist(), color="#4878a8")
         ax.set(xlabel="photo IoU (mean over its classes)", ylabel="photos", title=f"Per-photo IoU (n = {len(values)})")
         fig.tight_layout()
         save_figure(fig, plots / "photo_iou.png")

@@ -148,7 +148,7 @@ class ReviewState:
         with self._lock:
             if self._gt is None:
                 try:
-                    self._gt = load_ground_truth(self.cfg, self.config_path, self.work_dir, self.data_root, [i.path for i in self._items])
+                    self._gt = load_ground_truth(self.cfg, str(self.config_path), self.work_dir, self.data_root, [i.path for i in self._items])
                 except DefectkitError as exc:
                     self._gt, self.gt_note = {}, f"ground truth unavailable: {exc}"
         record = self._gt.get(item.path)
@@ -184,7 +184,7 @@ class ReviewState:
             if self._runner is None:
                 from defectkit.runner import Runner
 
-                self._runner = Runner(self.cfg, self.config_path, work_dir=str(self.work_dir))
+                self._runner = Runner(self.cfg, str(self.config_path), work_dir=str(self.work_dir))
             sample = self._runner.predict_files([str(path)])[0]
             return sample.to_prediction()
 
@@ -315,9 +315,10 @@ def create_app(state: ReviewState, token: str | None = None, allowed_hosts: list
                 continue
             if query.get("cls") and query["cls"] not in item.classes:
                 continue
-            if (low is not None or high is not None) and item.score is None:
+            score = item.score
+            if (low is not None or high is not None) and score is None:
                 continue
-            if low is not None and item.score < low or high is not None and item.score > high:
+            if score is not None and (low is not None and score < low or high is not None and score > high):
                 continue
             row = state.summary(item, decisions.get(item.path, {}))
             if query.get("review") and (query["review"] == "reviewed") != row["reviewed"]:

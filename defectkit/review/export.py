@@ -101,7 +101,8 @@ def coco_instances(images: Sequence[ReviewedImage], classes: Sequence[str]) -> d
     """
     names = list(classes) + sorted({n for image in images for n, _ in image.regions} - set(classes))
     category_ids = {name: index for index, name in enumerate(names, start=1)}
-    coco_images, annotations = [], []
+    coco_images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id, image in enumerate(images, start=1):
         coco_images.append(
             {"id": image_id, "file_name": f"{IMAGE_DIR}/{image.file_name}", "width": image.width, "height": image.height}

@@ -164,7 +164,7 @@ def ground_truth_shapes(record: Record, classes: Sequence[str]) -> list[dict[str
             if polygon:
                 shapes.append({"class": class_name, "polygon": [[float(x), float(y)] for x, y in polygon[0]]})
     if record.mask_path:
-        class_name = record.category if record.category in classes else (classes[0] if classes else "defect")
+        class_name = str(record.category) if record.category in classes else (classes[0] if classes else "defect")
         try:
             mask = load_mask(record.mask_path)
         except DefectkitError:
