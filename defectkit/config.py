@@ -24,7 +24,7 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "pipeline": "list of stage dicts, run in order",
     "metrics": "list of metric dicts",
     "predict": "dict(batch_size=..., overlays='all'|'defects'|'none', decode_workers=...)",
-    "runtime": "dict(seed=..., num_threads=...)",
+    "runtime": "dict(seed=..., num_threads=..., device='auto'|'cpu'|'cuda')",
     "work_dir": "where weights and results go (default work_dirs/<config name>)",
     "data_root": "default data root (overridden by --data-root)",
     "description": "one line shown in reports",
@@ -39,7 +39,7 @@ SECTION_OPTIONS: dict[str, dict[str, Any]] = {
         "decode_workers": int,
         "max_side": int | None,
     },
-    "runtime": {"seed": int, "num_threads": int | None},
+    "runtime": {"seed": int, "num_threads": int | None, "device": str},
     "split": {
         "ratios": Sequence[float],
         "seed": int,
