@@ -27,6 +27,10 @@ pipeline = [
         # A class-balanced logistic regression on pooled stage-4 features, stacked with the anomaly
         # score; it matters once more than a few dozen defects are labelled.
         supervised=dict(C=0.1, layers=(4,), image_size=(224, 224)),
+        # Where the defect is: a pixel classifier on stride-4 features of each image (long side
+        # 256 px, aspect kept) with the anomaly map as a prior, trained on the labelled masks with
+        # normal tiles as negatives; its threshold is chosen on out-of-fold IoU.
+        pixel=dict(long_side=256, hidden=0, folds=5),
         # Limit the labelled defect images used (e.g. 30) with --cfg-options pipeline.0.max_labelled_defects=30
         max_labelled_defects=None,
     ),
