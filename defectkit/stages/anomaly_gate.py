@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from defectkit.data.copy_paste import CopyPaste
 from defectkit.data.masks import ground_truth_masks, has_annotations
 from defectkit.data.split import stable_order_key
 from defectkit.errors import ConfigError
@@ -29,7 +30,9 @@ from defectkit.tiling import Window, overlap_pair, slice_size_pair, slice_window
 
 _EPS = 1e-6
 # Options of ``pixel`` that the gate uses itself; the rest configure the PixelClassifier head.
-_PIXEL_STAGE_KEYS = {"folds", "min_defects", "negatives_per_image", "positives_per_image", "positive_fraction"}
+_PIXEL_STAGE_KEYS = {
+    "folds", "min_defects", "negatives_per_image", "positives_per_image", "positive_fraction", "top_k", "copy_paste",
+}
 # Logit bins of the out-of-fold pixel histograms the mask threshold is chosen on.
 _PIXEL_BINS = np.linspace(-12.0, 12.0, 241)
 
@@ -49,8 +52,15 @@ def _pixel_options(pixel: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     if not isinstance(pixel, dict):
         raise ConfigError(f"AnomalyGate pixel must be a dict of PixelClassifier and fold options or None, got {pixel!r}")
-    out = dict(folds=5, min_defects=5, negatives_per_image=200, positives_per_image=400, positive_fraction=0.3)
+    out = dict(folds=5, min_defects=5, negatives_per_image=200, positives_per_image=400, positive_fraction=0.3, top_k=1,
+               copy_paste=None)
     out.update(pixel)
+    paste = out["copy_paste"]
+    if paste is not None:
+        if not isinstance(paste, dict) or int(paste.get("images", 0)) < 1:
+            raise ConfigError(f"AnomalyGate pixel.copy_paste must be None or dict(images=N >= 1, ...CopyPaste options), got {paste!r}")
+        options = {k: v for k, v in paste.items() if k != "images"}
+        CopyPaste(**options)  # a bad option fails now, with CopyPaste's own message
     if int(out["folds"]) < 2:
         raise ConfigError(f"AnomalyGate pixel.folds must be >= 2, got {out['folds']}")
     return out
@@ -67,10 +77,13 @@ def _upsample(grid: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 
 def _decision_rates(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """False-alarm rate (normals called defect) and miss rate (defects called normal) at the cut ``logit > 0``."""
+    """AUROC, false-alarm rate (normals called defect) and miss rate (defects called normal) at the cut ``logit > 0``."""
+    from sklearn.metrics import roc_auc_score
+
     called = logits > 0
     normal, defect = labels == 0, labels == 1
     return {
+        "calibration_auroc": round(float(roc_auc_score(labels, logits)), 4) if normal.any() and defect.any() else 0.0,
         "calibration_false_alarm_rate": round(float(called[normal].mean()), 4) if normal.any() else 0.0,
         "calibration_miss_rate": round(float((~called[defect]).mean()), 4) if defect.any() else 0.0,
     }
@@ -124,9 +137,12 @@ class AnomalyGate(TrainableStage):
             see :class:`~defectkit.heads.pixel.PixelClassifier`) or None. Trained on the calibration
             images (their labelled defect masks, normal images as negatives) with the image's
             log anomaly map as an extra input, it replaces ``prob_maps`` by its own finer map and
-            its highest logit joins the stacked image decision. Out-of-fold predictions
+            the mean of its ``top_k`` highest cell logits joins the stacked image decision. Out-of-fold predictions
             (``folds`` folds over the calibration images) choose the mask threshold (best data-set
-            IoU) and train the stacker, so no labelled defect is used twice.
+            IoU) and train the stacker, so no labelled defect is used twice. ``copy_paste=dict(images=N,
+            ...)`` adds N images per fit (and per fold) whose defects, cut along their masks from
+            the training fold's defect images, are pasted onto its normal images
+            (:class:`~defectkit.data.copy_paste.CopyPaste` options after ``images``).
         seed: Seeds every subset choice.
         name: Stage name (file stem of its saved state).
 
@@ -331,24 +347,65 @@ class AnomalyGate(TrainableStage):
         prior = cv2.resize(log_map.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
         return feats, torch.from_numpy(prior)
 
-    def _pixel_item(self, sample: Sample, log_map: np.ndarray, classes: list[str]) -> dict[str, Any]:
-        """What the pixel head trains and is cross-validated on for one calibration image.
+    def _pixel_score(self, grid: np.ndarray) -> float:
+        """An image's pixel-head score: the mean of its ``top_k`` highest cell logits (1: the highest)."""
+        k = min(int((self.pixel_cfg or {}).get("top_k", 1)), grid.size)
+        return float(np.partition(grid.ravel(), grid.size - k)[grid.size - k :].mean())
 
-        Features and prior on the head's grid; targets there (1: at least ``positive_fraction`` of
-        the cell is defect, 0: none of it, -1: ignored edge cells); the full-resolution mask for
-        the out-of-fold IoU. Normal images, and defects without a mask, have no defect pixel.
+    def _pixel_item(self, sample: Sample, log_map: np.ndarray, classes: list[str]) -> dict[str, Any]:
+        """What the pixel head trains and is cross-validated on for one calibration image (:meth:`_make_pixel_item`).
+
+        Normal images, and defects without a mask, have no defect pixel.
         """
-        cfg = self.pixel_cfg or {}
-        feats, prior = self._pixel_inputs(sample.image, log_map)
-        h, w = feats.shape[-2:]
-        if sample.record.label not in (None, 0) and has_annotations(sample.record):
-            mask = ground_truth_masks(sample.record, sample.image.shape[:2], classes, scale=sample.scale)[0].any(0)
+        record = sample.record
+        if record.label not in (None, 0) and has_annotations(record):
+            mask = ground_truth_masks(record, sample.image.shape[:2], classes, scale=sample.scale)[0].any(0)
         else:
             mask = np.zeros(sample.image.shape[:2], dtype=bool)
+        has_mask = record.label in (None, 0) or has_annotations(record)
+        return self._make_pixel_item(sample.image, log_map, mask, has_mask, 0 if record.label in (None, 0) else 1)
+
+    def _make_pixel_item(self, image: np.ndarray, log_map: np.ndarray, mask: np.ndarray, has_mask: bool, label: int) -> dict[str, Any]:
+        """Features and prior on the head's grid, targets there and the full-resolution mask of one image.
+
+        Targets: 1 where at least ``positive_fraction`` of the cell is defect, 0 where none of it
+        is, -1 (ignored) on the edge cells in between. The image is kept for copy-paste.
+        """
+        cfg = self.pixel_cfg or {}
+        feats, prior = self._pixel_inputs(image, log_map)
+        h, w = feats.shape[-2:]
         share = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
         target = np.where(share >= float(cfg["positive_fraction"]), 1, np.where(share <= 0, 0, -1)).astype(np.int8)
-        has_mask = sample.record.label in (None, 0) or has_annotations(sample.record)
-        return {"features": feats, "prior": prior, "target": torch.from_numpy(target), "mask": mask, "has_mask": has_mask}
+        keep_image = cfg.get("copy_paste") is not None
+        return {"features": feats, "prior": prior, "target": torch.from_numpy(target), "mask": mask,
+                "has_mask": has_mask, "label": label, "image": image if keep_image else None}
+
+    def _pasted_items(self, items: Sequence[dict[str, Any]], rng: np.random.Generator) -> list[dict[str, Any]]:
+        """Extra training images: defects of ``items`` (their masks' regions) pasted onto their normal images.
+
+        Each pasted image is scored by the anomaly model like a real one, so the prior the head
+        learns to use is the one it will see.
+        """
+        cfg = dict((self.pixel_cfg or {}).get("copy_paste") or {})
+        count = int(cfg.pop("images", 0))
+        sources = [item for item in items if item["label"] == 1 and item["mask"].any() and item["image"] is not None]
+        targets = [item for item in items if item["label"] == 0 and item["image"] is not None]
+        if not count or not sources or not targets:
+            return []
+        paste = CopyPaste(**{"p": 1.0, "max_pastes": 2, "seed": self.seed, **cfg})
+        for index, item in enumerate(sources):
+            n, _, stats, _ = cv2.connectedComponentsWithStats(item["mask"].astype(np.uint8), connectivity=8)
+            boxes = [[x, y, x + w, y + h] for x, y, w, h, _ in stats[1:n]]
+            paste.add_source(item["image"], boxes, [0] * len(boxes), mask=item["mask"].astype(np.uint8), source_id=index)
+        out = []
+        for j in rng.choice(len(targets), count, replace=count > len(targets)):
+            base = targets[int(j)]["image"]
+            image, _, _, mask = paste(base, np.zeros((0, 4)), np.zeros(0, np.int64), masks=np.zeros(base.shape[:2], np.uint8), rng=rng)
+            if mask is None or not mask.any():
+                continue  # no patch fitted on this tile
+            _, _, log_maps = self._embed_images([image], False, False, True)
+            out.append(self._make_pixel_item(image, log_maps[0], mask > 0, True, 1))
+        return out
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: Sequence[Record], val: Sequence[Record], context: FitContext) -> dict[str, Any]:
@@ -512,18 +569,25 @@ class AnomalyGate(TrainableStage):
         pos_hist = np.zeros(len(_PIXEL_BINS) + 1)
         neg_hist = np.zeros(len(_PIXEL_BINS) + 1)
         splitter = StratifiedKFold(n_splits=max(2, folds), shuffle=True, random_state=self.seed)
+        pasted = 0
         for tr, te in splitter.split(np.zeros(len(labels)), labels):
-            self.pixel_head.fit_rows(*self._pixel_rows([items[i] for i in tr], rng), seed=self.seed)
+            # Pasted defects come from the training folds only, so the held-out images stay unseen.
+            fold_items = [items[i] for i in tr]
+            extra = self._pasted_items(fold_items, rng)
+            pasted += len(extra)
+            self.pixel_head.fit_rows(*self._pixel_rows(fold_items + extra, rng), seed=self.seed)
             for i in te:
                 item = items[i]
                 grid = self.pixel_head.logits(item["features"], item["prior"]).numpy()
-                oof[i] = float(grid.max())
+                oof[i] = self._pixel_score(grid)
                 if item["has_mask"]:
                     full = _upsample(grid, item["mask"].shape)
                     bins = np.digitize(full, _PIXEL_BINS)
                     pos_hist += np.bincount(bins[item["mask"]], minlength=len(pos_hist))
                     neg_hist += np.bincount(bins[~item["mask"]], minlength=len(neg_hist))
-        head_summary = self.pixel_head.fit_rows(*self._pixel_rows(items, rng), seed=self.seed)
+        extra = self._pasted_items(items, rng)
+        head_summary = self.pixel_head.fit_rows(*self._pixel_rows(items + extra, rng), seed=self.seed)
+        pasted += len(extra)
         # Predicting "defect" above bin edge k keeps the pixels of bins k+1.. (np.digitize: bins[i-1] <= x < bins[i]).
         tp = pos_hist[::-1].cumsum()[::-1][1:]
         fp = neg_hist[::-1].cumsum()[::-1][1:]
@@ -537,6 +601,7 @@ class AnomalyGate(TrainableStage):
             "pixel_cv_auroc": None if auroc is None else round(float(auroc), 4),
             "pixel_cv_folds": max(2, folds),
             "pixel_rows": head_summary["rows"],
+            "pixel_pasted_images": pasted,
             "pixel_seconds": round(time.perf_counter() - start, 2),
         }
 
@@ -596,7 +661,7 @@ class AnomalyGate(TrainableStage):
             maps, pixel_scores = [], np.zeros(len(images))
             for k, (image, log_map) in enumerate(zip(images, log_maps)):
                 grid = self.pixel_head.logits(*self._pixel_inputs(image, log_map)).numpy()
-                pixel_scores[k] = float(grid.max())
+                pixel_scores[k] = self._pixel_score(grid)
                 full = _upsample(grid, image.shape[:2]).astype(np.float64) - self.pixel_threshold
                 maps.append(_sigmoid(full).astype(np.float32)[None])
         else:

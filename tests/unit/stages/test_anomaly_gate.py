@@ -248,3 +248,18 @@ def test_bad_pixel_option_is_one_clear_error() -> None:
         build(STAGES, dict(GATE, pixel=dict(folds=1)))
     with pytest.raises(ValueError, match="pixel and tiles cannot be combined"):
         build(STAGES, dict(GATE, pixel=dict(), tiles=dict(slice_size=(32, 32))))
+
+
+def test_pixel_gate_copy_paste_adds_pasted_training_images(data, tmp_path) -> None:
+    gate = build(STAGES, dict(GATE, pixel=dict(long_side=64, folds=2, min_defects=4, copy_paste=dict(images=4, max_pastes=1))))
+    summary = gate.fit(data["train"], data["val"], FitContext(work_dir=tmp_path, load_samples=load_samples))
+    # 4 per fold and 4 for the final head, fewer only when a blob found no free spot on a tile
+    assert 6 <= summary["pixel_pasted_images"] <= 12
+    assert summary["pixel_cv_iou"] > 0.3
+
+
+def test_bad_copy_paste_option_is_one_clear_error() -> None:
+    with pytest.raises(ValueError, match="pixel.copy_paste must be None or dict"):
+        build(STAGES, dict(GATE, pixel=dict(copy_paste=dict(p=0.5))))
+    with pytest.raises(ValueError, match="CopyPaste"):
+        build(STAGES, dict(GATE, pixel=dict(copy_paste=dict(images=3, max_pastes=0))))
