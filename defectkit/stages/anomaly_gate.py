@@ -32,6 +32,7 @@ _EPS = 1e-6
 # Options of ``pixel`` that the gate uses itself; the rest configure the PixelClassifier head.
 _PIXEL_STAGE_KEYS = {
     "folds", "min_defects", "negatives_per_image", "positives_per_image", "positive_fraction", "top_k", "copy_paste",
+    "peak",
 }
 # Logit bins of the out-of-fold pixel histograms the mask threshold is chosen on.
 _PIXEL_BINS = np.linspace(-12.0, 12.0, 241)
@@ -53,13 +54,13 @@ def _pixel_options(pixel: dict[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(pixel, dict):
         raise ConfigError(f"AnomalyGate pixel must be a dict of PixelClassifier and fold options or None, got {pixel!r}")
     out = dict(folds=5, min_defects=5, negatives_per_image=200, positives_per_image=400, positive_fraction=0.3, top_k=1,
-               copy_paste=None)
+               copy_paste=None, peak=False)
     out.update(pixel)
     paste = out["copy_paste"]
     if paste is not None:
         if not isinstance(paste, dict) or int(paste.get("images", 0)) < 1:
             raise ConfigError(f"AnomalyGate pixel.copy_paste must be None or dict(images=N >= 1, ...CopyPaste options), got {paste!r}")
-        options = {k: v for k, v in paste.items() if k != "images"}
+        options = {k: v for k, v in paste.items() if k not in ("images", "max_defects")}
         CopyPaste(**options)  # a bad option fails now, with CopyPaste's own message
     if int(out["folds"]) < 2:
         raise ConfigError(f"AnomalyGate pixel.folds must be >= 2, got {out['folds']}")
@@ -142,7 +143,8 @@ class AnomalyGate(TrainableStage):
             IoU) and train the stacker, so no labelled defect is used twice. ``copy_paste=dict(images=N,
             ...)`` adds N images per fit (and per fold) whose defects, cut along their masks from
             the training fold's defect images, are pasted onto its normal images
-            (:class:`~defectkit.data.copy_paste.CopyPaste` options after ``images``).
+            (:class:`~defectkit.data.copy_paste.CopyPaste` options after ``images``); with
+            ``max_defects=M`` only while the fold holds at most M labelled defects.
         seed: Seeds every subset choice.
         name: Stage name (file stem of its saved state).
 
@@ -388,6 +390,9 @@ class AnomalyGate(TrainableStage):
         """
         cfg = dict((self.pixel_cfg or {}).get("copy_paste") or {})
         count = int(cfg.pop("images", 0))
+        max_defects = cfg.pop("max_defects", None)
+        if max_defects is not None and sum(item["label"] == 1 for item in items) > int(max_defects):
+            return []  # enough real defects: pasting measured no gain there, only fit time
         sources = [item for item in items if item["label"] == 1 and item["mask"].any() and item["image"] is not None]
         targets = [item for item in items if item["label"] == 0 and item["image"] is not None]
         if not count or not sources or not targets:
@@ -464,7 +469,8 @@ class AnomalyGate(TrainableStage):
         if use_sup and has_both:
             columns["sup"] = self._fit_supervised(bank_pooled, cal_pooled, labels)
         if use_pixel and has_both and any(bool((item["target"] == 1).any()) for item in pixel_items):
-            columns["pixel"], pixel_summary = self._fit_pixel(pixel_items, labels)
+            pixel_columns, pixel_summary = self._fit_pixel(pixel_items, labels)
+            columns.update(pixel_columns)
         else:
             self.pixel_head = None
         if columns and has_both:
@@ -488,11 +494,35 @@ class AnomalyGate(TrainableStage):
             "calibration_macro_f1": round(combined_f1 if combined_f1 is not None else (anomaly_f1 or 0.0), 4),
             **rates,
             **pixel_summary,
+            "thresholds_explained": self._explain_thresholds(columns, rates, pixel_summary),
             "bank_seconds": round(t_bank, 2),
             "fit_seconds": round(time.perf_counter() - start, 2),
             **{k: v for k, v in model_summary.items()},
         }
         return self.summary
+
+    def _explain_thresholds(self, columns: dict[str, np.ndarray], rates: dict[str, float], pixel: dict[str, Any]) -> list[str]:
+        """The stored cuts in words, for the report: what is thresholded, how the cut was chosen, what to expect."""
+        names = {"sup": "pooled-feature classifier", "pixel": "pixel head's top logit", "peak": "anomaly map peak"}
+        inputs = " + ".join(["log anomaly score", *(names.get(k, k) for k in columns)]) if self.decision is not None else "log anomaly score"
+        lines = [
+            f"image: defect when the gate score ({inputs}{', stacked by a logistic regression' if self.decision is not None else ''}) "
+            f"exceeds 0.5; the cut maximises {self.threshold_metric} on the {len(columns) and 'out-of-fold ' or ''}calibration images "
+            f"weighted to the labelled class ratio ({self._defect_weight:.2f} per defect)."
+        ]
+        if rates:
+            lines.append(
+                f"expected on calibration images: {100 * rates['calibration_false_alarm_rate']:.1f}% of normal tiles flagged "
+                f"(false alarms), {100 * rates['calibration_miss_rate']:.1f}% of defect tiles passed (misses)."
+            )
+        if pixel:
+            lines.append(
+                f"mask: pixel-head logit above {pixel['pixel_threshold_logit']} (prob_maps 0.5), the cut with the best "
+                f"out-of-fold data-set IoU ({pixel['pixel_cv_iou']}) over {pixel['pixel_cv_folds']} folds of the calibration images."
+            )
+        else:
+            lines.append("mask: anomaly map above the image-level anomaly threshold (prob_maps 0.5); not fitted to masks.")
+        return lines
 
     def _fit_supervised(self, bank_x: np.ndarray, cal_x: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Fit the supervised logistic regression on pooled features; returns its out-of-fold calibration logits."""
@@ -546,7 +576,7 @@ class AnomalyGate(TrainableStage):
                 targets.append(torch.full((len(idx),), value, dtype=torch.int8))
         return torch.cat(feats), torch.cat(priors), torch.cat(targets)
 
-    def _fit_pixel(self, items: list[dict[str, Any]], labels: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    def _fit_pixel(self, items: list[dict[str, Any]], labels: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Cross-validate and fit the pixel head on the calibration images.
 
         Each fold's head predicts the held-out images: their highest logit is the stacker's
@@ -555,7 +585,9 @@ class AnomalyGate(TrainableStage):
         is then trained on every calibration image.
 
         Returns:
-            The out-of-fold image scores and a summary (threshold, out-of-fold IoU and pixel AUROC).
+            The stacker's inputs (``pixel``: out-of-fold image scores; with ``peak``, ``peak``: the
+            highest log anomaly on the head's grid, which small defects raise while barely moving
+            the map's mean) and a summary (threshold, out-of-fold IoU and pixel AUROC).
         """
         from sklearn.model_selection import StratifiedKFold
 
@@ -595,7 +627,10 @@ class AnomalyGate(TrainableStage):
         best = int(np.argmax(iou))
         self.pixel_threshold = float(_PIXEL_BINS[best])
         auroc = auroc_from_histograms(pos_hist, neg_hist)
-        return oof, {
+        columns = {"pixel": oof}
+        if self.pixel_cfg.get("peak"):  # type: ignore[union-attr]
+            columns["peak"] = np.array([float(item["prior"].max()) for item in items])
+        return columns, {
             "pixel_threshold_logit": round(self.pixel_threshold, 3),
             "pixel_cv_iou": round(float(iou[best]), 4),
             "pixel_cv_auroc": None if auroc is None else round(float(auroc), 4),
@@ -634,7 +669,9 @@ class AnomalyGate(TrainableStage):
         return np.stack([a, *columns.values()], 1) @ d["stack_coef"] + d["stack_bias"][0]
 
     # ------------------------------------------------------------------ predict
-    def _gate_logit(self, log_scores: np.ndarray, pooled: np.ndarray | None, pixel_scores: np.ndarray | None) -> np.ndarray:
+    def _gate_logit(
+        self, log_scores: np.ndarray, pooled: np.ndarray | None, pixel_scores: np.ndarray | None, peaks: np.ndarray | None = None
+    ) -> np.ndarray:
         """Decision logits (defect when > 0) from log anomaly scores and, if stacked, the supervised inputs."""
         d = self.decision
         if d is None:
@@ -644,6 +681,8 @@ class AnomalyGate(TrainableStage):
             columns.append(((pooled - d["sup_mean"]) / d["sup_scale"]) @ d["sup_coef"] + d["sup_bias"][0])
         if self.pixel_head is not None:
             columns.append(pixel_scores)
+            if (self.pixel_cfg or {}).get("peak"):
+                columns.append(peaks)
         return np.stack(columns, 1) @ d["stack_coef"] + d["stack_bias"][0]
 
     def score_images(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -656,12 +695,14 @@ class AnomalyGate(TrainableStage):
             return np.zeros(0), np.zeros(0), []
         want_pooled = self.decision is not None and "sup_coef" in self.decision
         scores, pooled, log_maps = self._embed_images(images, False, want_pooled, True)
-        pixel_scores = None
+        pixel_scores = peaks = None
         if self.pixel_head is not None:
-            maps, pixel_scores = [], np.zeros(len(images))
+            maps, pixel_scores, peaks = [], np.zeros(len(images)), np.zeros(len(images))
             for k, (image, log_map) in enumerate(zip(images, log_maps)):
-                grid = self.pixel_head.logits(*self._pixel_inputs(image, log_map)).numpy()
+                feats, prior = self._pixel_inputs(image, log_map)
+                grid = self.pixel_head.logits(feats, prior).numpy()
                 pixel_scores[k] = self._pixel_score(grid)
+                peaks[k] = float(prior.max())
                 full = _upsample(grid, image.shape[:2]).astype(np.float64) - self.pixel_threshold
                 maps.append(_sigmoid(full).astype(np.float32)[None])
         else:
@@ -669,7 +710,7 @@ class AnomalyGate(TrainableStage):
                 _sigmoid(self.map_sharpness * (log_map.astype(np.float64) - self.anomaly_threshold)).astype(np.float32)[None]
                 for log_map in log_maps
             ]
-        gate = _sigmoid(self._gate_logit(np.log(scores + _EPS), pooled, pixel_scores))
+        gate = _sigmoid(self._gate_logit(np.log(scores + _EPS), pooled, pixel_scores, peaks))
         return gate, scores, maps
 
     def predict(self, samples: list[Sample]) -> list[Sample]:

@@ -263,3 +263,14 @@ def test_bad_copy_paste_option_is_one_clear_error() -> None:
         build(STAGES, dict(GATE, pixel=dict(copy_paste=dict(p=0.5))))
     with pytest.raises(ValueError, match="CopyPaste"):
         build(STAGES, dict(GATE, pixel=dict(copy_paste=dict(images=3, max_pastes=0))))
+
+
+def test_copy_paste_stops_once_enough_defects_are_labelled(pixel_gate) -> None:
+    gate, _ = pixel_gate
+    saved = gate.pixel_cfg
+    gate.pixel_cfg = dict(saved, copy_paste=dict(images=3, max_defects=1))
+    try:
+        item = {"label": 1, "mask": np.ones((8, 8), bool), "image": np.zeros((8, 8, 3), np.uint8)}
+        assert gate._pasted_items([item, dict(item, label=0), item], np.random.default_rng(0)) == []
+    finally:
+        gate.pixel_cfg = saved
