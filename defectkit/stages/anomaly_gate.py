@@ -107,7 +107,9 @@ class AnomalyGate(TrainableStage):
     0.5; ``gate_label`` is ``"defect"`` or ``"normal"`` and normal images are ``finished``.
     ``prob_maps`` holds the anomaly map at the image's resolution mapped to [0, 1] by
     ``sigmoid(map_sharpness * (log(map) - log(t)))``, where ``t`` is the anomaly-score threshold,
-    so a pixel above 0.5 alone would make the image defective under the anomaly model.
+    so a pixel above 0.5 alone would make the image defective under the anomaly model. With a
+    fitted ``pixel`` head, ``prob_maps`` is its map instead: ``sigmoid(logit - pixel_threshold)``,
+    0.5 at the cross-validated mask cut.
 
     Args:
         model: Head config, e.g. ``dict(type="PatchCore", layers=(2, 3), coreset_size=10000)``.
