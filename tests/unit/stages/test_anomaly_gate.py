@@ -196,8 +196,8 @@ def test_best_threshold_maximises_macro_f1() -> None:
     assert 0.3 < threshold < 0.35 and value == pytest.approx(1.0)
 
 
-# Copy-paste on too, so one fit covers both (4 pasted tiles per fold and for the final head).
-PIXEL_GATE = dict(GATE, pixel=dict(long_side=64, folds=3, min_defects=4, copy_paste=dict(images=4, max_pastes=1)))
+# Copy-paste and the peak input on too, so one fit covers them (4 pasted tiles per fold and for the final head).
+PIXEL_GATE = dict(GATE, pixel=dict(long_side=64, folds=3, min_defects=4, peak=True, copy_paste=dict(images=4, max_pastes=1)))
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def test_pixel_gate_summary_reports_cross_validated_mask_threshold_and_rates(pix
 
     gate, summary = pixel_gate
     json.dumps(summary)
-    assert summary["stacked_inputs"] == ["anomaly", "pixel"] and summary["pixel_cv_folds"] == 3
+    assert summary["stacked_inputs"] == ["anomaly", "pixel", "peak"] and summary["pixel_cv_folds"] == 3
     assert summary["pixel_threshold_logit"] == pytest.approx(gate.pixel_threshold, abs=1e-3)
     assert summary["pixel_cv_auroc"] > 0.9 and summary["pixel_cv_iou"] > 0.3
     assert 0.0 <= summary["calibration_false_alarm_rate"] <= 1.0 and 0.0 <= summary["calibration_miss_rate"] <= 1.0
