@@ -71,7 +71,8 @@ class PixelClassifier(nn.Module):
         self.l2 = float(l2)
         self.steps = int(steps)
         n_in = self.embedder.channels + 1
-        self.net = nn.Sequential(nn.Linear(n_in, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1)) if self.hidden else nn.Linear(n_in, 1)
+        mlp = self.hidden > 0
+        self.net = nn.Sequential(nn.Linear(n_in, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1)) if mlp else nn.Linear(n_in, 1)
         self.mean: torch.Tensor
         self.scale: torch.Tensor
         self.register_buffer("mean", torch.zeros(n_in))

@@ -67,6 +67,12 @@ def _pixel_options(pixel: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
+def _build_pixel_head(pixel_cfg: dict[str, Any]) -> torch.nn.Module:
+    """The PixelClassifier configured by the head's keys of a ``pixel`` option (eval mode)."""
+    head_cfg = {k: v for k, v in pixel_cfg.items() if k not in _PIXEL_STAGE_KEYS}
+    return build(HEADS, {"type": "PixelClassifier", **head_cfg}).eval()
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     """Numerically stable logistic function."""
     return 0.5 * (1.0 + np.tanh(0.5 * x))
@@ -438,7 +444,7 @@ class AnomalyGate(TrainableStage):
         use_pixel = pix is not None and len(defects) >= int(pix["min_defects"])
 
         self.model = build(HEADS, self.model_cfg).eval()
-        self.pixel_head = build(HEADS, {"type": "PixelClassifier", **{k: v for k, v in pix.items() if k not in _PIXEL_STAGE_KEYS}}) if use_pixel else None
+        self.pixel_head = _build_pixel_head(pix) if use_pixel else None
         bank_kept, _, bank_pooled, _ = self._embed_records(bank_records, context, "gate: normal features", True, use_sup)
         model_summary = self.model.build()
         t_bank = time.perf_counter() - start
@@ -506,10 +512,12 @@ class AnomalyGate(TrainableStage):
     def _explain_thresholds(self, columns: dict[str, np.ndarray], rates: dict[str, float], pixel: dict[str, Any]) -> list[str]:
         """The stored cuts in words, for the report: what is thresholded, how the cut was chosen, what to expect."""
         names = {"sup": "pooled-feature classifier", "pixel": "pixel head's top logit", "peak": "anomaly map peak"}
-        inputs = " + ".join(["log anomaly score", *(names.get(k, k) for k in columns)]) if self.decision is not None else "log anomaly score"
+        stacked = self.decision is not None
+        inputs = " + ".join(["log anomaly score", *(names.get(k, k) for k in columns)]) if stacked else "log anomaly score"
+        how = ", stacked by a logistic regression" if stacked else ""
         lines = [
-            f"image: defect when the gate score ({inputs}{', stacked by a logistic regression' if self.decision is not None else ''}) "
-            f"exceeds 0.5; the cut maximises {self.threshold_metric} on the {len(columns) and 'out-of-fold ' or ''}calibration images "
+            f"image: defect when the gate score ({inputs}{how}) exceeds 0.5; the cut maximises "
+            f"{self.threshold_metric} on the {'out-of-fold ' if columns else ''}calibration images "
             f"weighted to the labelled class ratio ({self._defect_weight:.2f} per defect)."
         ]
         if rates:
@@ -785,9 +793,8 @@ class AnomalyGate(TrainableStage):
         self.pixel_cfg = _pixel_options(extra.get("pixel_cfg"))
         self.pixel_head = None
         if self.pixel_cfg is not None:
-            head_cfg = {k: v for k, v in self.pixel_cfg.items() if k not in _PIXEL_STAGE_KEYS}
             # The frozen backbone's ImageNet weights come from the installed package, as for the anomaly head.
-            self.pixel_head = build(HEADS, {"type": "PixelClassifier", **head_cfg}).eval()
+            self.pixel_head = _build_pixel_head(self.pixel_cfg)
             weights = {k[len("pixel.") :]: v for k, v in tensors.items() if k.startswith("pixel.")}
             missing = set(self.pixel_head.state_dict()) - set(weights) - {k for k in self.pixel_head.state_dict() if k.startswith("embedder.")}
             if missing:
