@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import torch
 
+from defectkit.data.copy_paste import CopyPaste
+from defectkit.data.masks import ground_truth_masks, has_annotations
 from defectkit.data.split import stable_order_key
 from defectkit.data.transforms import resize_image
 from defectkit.errors import ConfigError
@@ -28,6 +30,13 @@ from defectkit.stages.base import FitContext, TilesItself, TrainableStage
 from defectkit.tiling import Window, overlap_pair, slice_size_pair, slice_windows, stitch_maps
 
 _EPS = 1e-6
+# Options of ``pixel`` that the gate uses itself; the rest configure the PixelClassifier head.
+_PIXEL_STAGE_KEYS = {
+    "folds", "min_defects", "negatives_per_image", "positives_per_image", "positive_fraction", "top_k", "copy_paste",
+    "peak",
+}
+# Logit bins of the out-of-fold pixel histograms the mask threshold is chosen on.
+_PIXEL_BINS = np.linspace(-12.0, 12.0, 241)
 
 
 def _tile_options(tiles: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -39,9 +48,53 @@ def _tile_options(tiles: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"slice_size": list(slice_size_pair(tiles["slice_size"])), "overlap": list(overlap_pair(tiles.get("overlap", 0.2)))}
 
 
+def _pixel_options(pixel: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``pixel`` option with the gate's defaults filled in (None stays None)."""
+    if pixel is None:
+        return None
+    if not isinstance(pixel, dict):
+        raise ConfigError(f"AnomalyGate pixel must be a dict of PixelClassifier and fold options or None, got {pixel!r}")
+    out = dict(folds=5, min_defects=5, negatives_per_image=200, positives_per_image=400, positive_fraction=0.3, top_k=1,
+               copy_paste=None, peak=False)
+    out.update(pixel)
+    paste = out["copy_paste"]
+    if paste is not None:
+        if not isinstance(paste, dict) or int(paste.get("images", 0)) < 1:
+            raise ConfigError(f"AnomalyGate pixel.copy_paste must be None or dict(images=N >= 1, ...CopyPaste options), got {paste!r}")
+        options = {k: v for k, v in paste.items() if k not in ("images", "max_defects")}
+        CopyPaste(**options)  # a bad option fails now, with CopyPaste's own message
+    if int(out["folds"]) < 2:
+        raise ConfigError(f"AnomalyGate pixel.folds must be >= 2, got {out['folds']}")
+    return out
+
+
+def _build_pixel_head(pixel_cfg: dict[str, Any]) -> torch.nn.Module:
+    """The PixelClassifier configured by the head's keys of a ``pixel`` option (eval mode)."""
+    head_cfg = {k: v for k, v in pixel_cfg.items() if k not in _PIXEL_STAGE_KEYS}
+    return build(HEADS, {"type": "PixelClassifier", **head_cfg}).eval()
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     """Numerically stable logistic function."""
     return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _upsample(grid: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A coarse map resized to ``(height, width)`` (bilinear)."""
+    return cv2.resize(grid.astype(np.float32), (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR)
+
+
+def _decision_rates(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """AUROC, false-alarm rate (normals called defect) and miss rate (defects called normal) at the cut ``logit > 0``."""
+    from sklearn.metrics import roc_auc_score
+
+    called = logits > 0
+    normal, defect = labels == 0, labels == 1
+    return {
+        "calibration_auroc": round(float(roc_auc_score(labels, logits)), 4) if normal.any() and defect.any() else 0.0,
+        "calibration_false_alarm_rate": round(float(called[normal].mean()), 4) if normal.any() else 0.0,
+        "calibration_miss_rate": round(float((~called[defect]).mean()), 4) if defect.any() else 0.0,
+    }
 
 
 @STAGES.register_module()
@@ -61,7 +114,9 @@ class AnomalyGate(TrainableStage, TilesItself):
     0.5; ``gate_label`` is ``"defect"`` or ``"normal"`` and normal images are ``finished``.
     ``prob_maps`` holds the anomaly map at the image's resolution mapped to [0, 1] by
     ``sigmoid(map_sharpness * (log(map) - log(t)))``, where ``t`` is the anomaly-score threshold,
-    so a pixel above 0.5 alone would make the image defective under the anomaly model.
+    so a pixel above 0.5 alone would make the image defective under the anomaly model. With a
+    fitted ``pixel`` head, ``prob_maps`` is its map instead: ``sigmoid(logit - pixel_threshold)``,
+    0.5 at the cross-validated mask cut.
 
     Args:
         model: Head config, e.g. ``dict(type="PatchCore", layers=(2, 3), coreset_size=10000)``.
@@ -88,6 +143,17 @@ class AnomalyGate(TrainableStage, TilesItself):
             computes), and the window maps are blended without seams. A
             :class:`~defectkit.stages.tiling.Tiling` stage around the gate sets it from its own
             slicing. None: whole images.
+        pixel: Options of a supervised pixel component (``dict(long_side=256, hidden=0, folds=5)``;
+            see :class:`~defectkit.heads.pixel.PixelClassifier`) or None. Trained on the calibration
+            images (their labelled defect masks, normal images as negatives) with the image's
+            log anomaly map as an extra input, it replaces ``prob_maps`` by its own finer map and
+            the mean of its ``top_k`` highest cell logits joins the stacked image decision. Out-of-fold predictions
+            (``folds`` folds over the calibration images) choose the mask threshold (best data-set
+            IoU) and train the stacker, so no labelled defect is used twice. ``copy_paste=dict(images=N,
+            ...)`` adds N images per fit (and per fold) whose defects, cut along their masks from
+            the training fold's defect images, are pasted onto its normal images
+            (:class:`~defectkit.data.copy_paste.CopyPaste` options after ``images``); with
+            ``max_defects=M`` only while the fold holds at most M labelled defects.
         seed: Seeds every subset choice.
         name: Stage name (file stem of its saved state).
 
@@ -113,6 +179,7 @@ class AnomalyGate(TrainableStage, TilesItself):
         no_defect_quantile: float = 0.99,
         match_class_ratio: bool = True,
         tiles: dict[str, Any] | None = None,
+        pixel: dict[str, Any] | None = None,
         seed: int = 0,
         name: str | None = None,
     ) -> None:
@@ -134,6 +201,11 @@ class AnomalyGate(TrainableStage, TilesItself):
         self.no_defect_quantile = float(no_defect_quantile)
         self.match_class_ratio = bool(match_class_ratio)
         self.tiles = _tile_options(tiles)
+        self.pixel_cfg = _pixel_options(pixel)
+        if self.pixel_cfg is not None and self.tiles is not None:
+            raise ConfigError("AnomalyGate: pixel and tiles cannot be combined (the pixel head sees whole images)")
+        self.pixel_head: torch.nn.Module | None = None
+        self.pixel_threshold = 0.0  # in pixel-logit units: the mask is where the logit is above it
         self._defect_weight = 1.0
         self.seed = int(seed)
         self.model = build(HEADS, self.model_cfg)
@@ -239,26 +311,109 @@ class AnomalyGate(TrainableStage, TilesItself):
         return (np.zeros(0) if collect else scores), pooled_arr, maps
 
     def _embed_records(
-        self, records: Sequence[Record], context: FitContext, description: str, collect: bool, want_pooled: bool
-    ) -> tuple[list[Record], np.ndarray, np.ndarray | None]:
+        self,
+        records: Sequence[Record],
+        context: FitContext,
+        description: str,
+        collect: bool,
+        want_pooled: bool,
+        want_pixel: bool = False,
+    ) -> tuple[list[Record], np.ndarray, np.ndarray | None, list[dict[str, Any]]]:
         """Decode ``records`` in chunks; collect them into the model or score them.
 
         Returns:
-            The records that decoded, their anomaly scores (empty when collecting) and, if asked,
-            their pooled features.
+            The records that decoded, their anomaly scores (empty when collecting), if asked their
+            pooled features, and with ``want_pixel`` the pixel head's inputs of each
+            (:meth:`_pixel_item`; otherwise ``[]``).
         """
         kept: list[Record] = []
         scores: list[np.ndarray] = []
         pooled: list[np.ndarray] = []
+        items: list[dict[str, Any]] = []
         for chunk in context.decoded_chunks(records, description, self.chunk_size):
-            chunk_scores, chunk_pooled, _ = self._embed_images([s.image for s in chunk], collect, want_pooled, False)
+            images = [s.image for s in chunk]
+            chunk_scores, chunk_pooled, log_maps = self._embed_images(images, collect, want_pooled, want_pixel)
             scores.append(chunk_scores)
             if chunk_pooled is not None:
                 pooled.append(chunk_pooled)
             kept.extend(s.record for s in chunk)
+            if want_pixel:
+                classes = list(context.classes) or ["defect"]
+                items.extend(self._pixel_item(s, log_map, classes) for s, log_map in zip(chunk, log_maps))
         score_arr = np.concatenate(scores) if scores else np.zeros(0)
         pooled_arr = np.concatenate(pooled) if pooled else None
-        return kept, score_arr, pooled_arr
+        return kept, score_arr, pooled_arr, items
+
+    def _pixel_inputs(self, image: np.ndarray, log_map: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pixel head's ``[C, h, w]`` features of an image and its log anomaly map on the same grid."""
+        assert self.pixel_head is not None
+        feats = self.pixel_head.features(image)
+        h, w = feats.shape[-2:]
+        prior = cv2.resize(log_map.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        return feats, torch.from_numpy(prior)
+
+    def _pixel_score(self, grid: np.ndarray) -> float:
+        """An image's pixel-head score: the mean of its ``top_k`` highest cell logits (1: the highest)."""
+        k = min(int((self.pixel_cfg or {}).get("top_k", 1)), grid.size)
+        return float(np.partition(grid.ravel(), grid.size - k)[grid.size - k :].mean())
+
+    def _pixel_item(self, sample: Sample, log_map: np.ndarray, classes: list[str]) -> dict[str, Any]:
+        """What the pixel head trains and is cross-validated on for one calibration image (:meth:`_make_pixel_item`).
+
+        Normal images, and defects without a mask, have no defect pixel.
+        """
+        record = sample.record
+        if record.label not in (None, 0) and has_annotations(record):
+            mask = ground_truth_masks(record, sample.image.shape[:2], classes, scale=sample.scale)[0].any(0)
+        else:
+            mask = np.zeros(sample.image.shape[:2], dtype=bool)
+        has_mask = record.label in (None, 0) or has_annotations(record)
+        return self._make_pixel_item(sample.image, log_map, mask, has_mask, 0 if record.label in (None, 0) else 1)
+
+    def _make_pixel_item(self, image: np.ndarray, log_map: np.ndarray, mask: np.ndarray, has_mask: bool, label: int) -> dict[str, Any]:
+        """Features and prior on the head's grid, targets there and the full-resolution mask of one image.
+
+        Targets: 1 where at least ``positive_fraction`` of the cell is defect, 0 where none of it
+        is, -1 (ignored) on the edge cells in between. The image is kept for copy-paste.
+        """
+        cfg = self.pixel_cfg or {}
+        feats, prior = self._pixel_inputs(image, log_map)
+        h, w = feats.shape[-2:]
+        share = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        target = np.where(share >= float(cfg["positive_fraction"]), 1, np.where(share <= 0, 0, -1)).astype(np.int8)
+        keep_image = cfg.get("copy_paste") is not None
+        return {"features": feats, "prior": prior, "target": torch.from_numpy(target), "mask": mask,
+                "has_mask": has_mask, "label": label, "image": image if keep_image else None}
+
+    def _pasted_items(self, items: Sequence[dict[str, Any]], rng: np.random.Generator) -> list[dict[str, Any]]:
+        """Extra training images: defects of ``items`` (their masks' regions) pasted onto their normal images.
+
+        Each pasted image is scored by the anomaly model like a real one, so the prior the head
+        learns to use is the one it will see.
+        """
+        cfg = dict((self.pixel_cfg or {}).get("copy_paste") or {})
+        count = int(cfg.pop("images", 0))
+        max_defects = cfg.pop("max_defects", None)
+        if max_defects is not None and sum(item["label"] == 1 for item in items) > int(max_defects):
+            return []  # enough real defects: pasting measured no gain there, only fit time
+        sources = [item for item in items if item["label"] == 1 and item["mask"].any() and item["image"] is not None]
+        targets = [item for item in items if item["label"] == 0 and item["image"] is not None]
+        if not count or not sources or not targets:
+            return []
+        paste = CopyPaste(**{"p": 1.0, "max_pastes": 2, "seed": self.seed, **cfg})
+        for index, item in enumerate(sources):
+            n, _, stats, _ = cv2.connectedComponentsWithStats(item["mask"].astype(np.uint8), connectivity=8)
+            boxes = [[x, y, x + w, y + h] for x, y, w, h, _ in stats[1:n]]
+            paste.add_source(item["image"], boxes, [0] * len(boxes), mask=item["mask"].astype(np.uint8), source_id=index)
+        out = []
+        for j in rng.choice(len(targets), count, replace=count > len(targets)):
+            base = targets[int(j)]["image"]
+            image, _, _, mask = paste(base, np.zeros((0, 4)), np.zeros(0, np.int64), masks=np.zeros(base.shape[:2], np.uint8), rng=rng)
+            if mask is None or not mask.any():
+                continue  # no patch fitted on this tile
+            _, _, log_maps = self._embed_images([image], False, False, True)
+            out.append(self._make_pixel_item(image, log_maps[0], mask > 0, True, 1))
+        return out
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: Sequence[Record], val: Sequence[Record], context: FitContext) -> dict[str, Any]:
@@ -280,14 +435,19 @@ class AnomalyGate(TrainableStage, TilesItself):
         defects = self._select_defects(all_defects)
         sup = self.supervised_cfg
         use_sup = sup is not None and len(defects) >= int(sup.get("min_defects", 10))
+        pix = self.pixel_cfg
+        use_pixel = pix is not None and len(defects) >= int(pix["min_defects"])
 
         self.model = build(HEADS, self.model_cfg).eval()
-        bank_kept, _, bank_pooled = self._embed_records(bank_records, context, "gate: normal features", True, use_sup)
+        self.pixel_head = _build_pixel_head(pix) if use_pixel else None
+        bank_kept, _, bank_pooled, _ = self._embed_records(bank_records, context, "gate: normal features", True, use_sup)
         model_summary = self.model.build()
         t_bank = time.perf_counter() - start
 
         cal_records = cal_normals + defects
-        cal_kept, cal_scores, cal_pooled = self._embed_records(cal_records, context, "gate: calibration", False, use_sup)
+        cal_kept, cal_scores, cal_pooled, pixel_items = self._embed_records(
+            cal_records, context, "gate: calibration", False, use_sup, use_pixel
+        )
         labels = np.array([0 if r.label == 0 else 1 for r in cal_kept])
         log_scores = np.log(cal_scores + _EPS)
 
@@ -307,8 +467,19 @@ class AnomalyGate(TrainableStage, TilesItself):
             anomaly_f1 = None
         self.decision = None
         combined_f1 = None
+        pixel_summary: dict[str, Any] = {}
+        columns: dict[str, np.ndarray] = {}
         if use_sup and has_both:
-            combined_f1 = self._fit_supervised(bank_pooled, cal_pooled, log_scores, labels)
+            columns["sup"] = self._fit_supervised(bank_pooled, cal_pooled, labels)
+        if use_pixel and has_both and any(bool((item["target"] == 1).any()) for item in pixel_items):
+            pixel_columns, pixel_summary = self._fit_pixel(pixel_items, labels)
+            columns.update(pixel_columns)
+        else:
+            self.pixel_head = None
+        if columns and has_both:
+            combined_f1 = self._fit_stacker(log_scores, columns, labels)
+        z = self._calibration_logits(log_scores, columns)
+        rates = _decision_rates(z, labels) if has_both else {}
 
         self.fitted = True
         self.summary = {
@@ -321,16 +492,45 @@ class AnomalyGate(TrainableStage, TilesItself):
             "skipped": len(bank_records) + len(cal_records) - len(bank_kept) - len(cal_kept),
             "anomaly_threshold": float(np.exp(self.anomaly_threshold)),
             "calibration_macro_f1_anomaly": None if anomaly_f1 is None else round(anomaly_f1, 4),
-            "supervised": self.decision is not None,
+            "supervised": "sup" in columns,
+            "stacked_inputs": ["anomaly", *columns] if self.decision is not None else ["anomaly"],
             "calibration_macro_f1": round(combined_f1 if combined_f1 is not None else (anomaly_f1 or 0.0), 4),
+            **rates,
+            **pixel_summary,
+            "thresholds_explained": self._explain_thresholds(columns, rates, pixel_summary),
             "bank_seconds": round(t_bank, 2),
             "fit_seconds": round(time.perf_counter() - start, 2),
             **{k: v for k, v in model_summary.items()},
         }
         return self.summary
 
-    def _fit_supervised(self, bank_x: np.ndarray, cal_x: np.ndarray, log_scores: np.ndarray, labels: np.ndarray) -> float:
-        """Fit the supervised logistic regression and the stacker; returns calibration ``threshold_metric``."""
+    def _explain_thresholds(self, columns: dict[str, np.ndarray], rates: dict[str, float], pixel: dict[str, Any]) -> list[str]:
+        """The stored cuts in words, for the report: what is thresholded, how the cut was chosen, what to expect."""
+        names = {"sup": "pooled-feature classifier", "pixel": "pixel head's top logit", "peak": "anomaly map peak"}
+        stacked = self.decision is not None
+        inputs = " + ".join(["log anomaly score", *(names.get(k, k) for k in columns)]) if stacked else "log anomaly score"
+        how = ", stacked by a logistic regression" if stacked else ""
+        lines = [
+            f"image: defect when the gate score ({inputs}{how}) exceeds 0.5; the cut maximises "
+            f"{self.threshold_metric} on the {'out-of-fold ' if columns else ''}calibration images "
+            f"weighted to the labelled class ratio ({self._defect_weight:.2f} per defect)."
+        ]
+        if rates:
+            lines.append(
+                f"expected on calibration images: {100 * rates['calibration_false_alarm_rate']:.1f}% of normal tiles flagged "
+                f"(false alarms), {100 * rates['calibration_miss_rate']:.1f}% of defect tiles passed (misses)."
+            )
+        if pixel:
+            lines.append(
+                f"mask: pixel-head logit above {pixel['pixel_threshold_logit']} (prob_maps 0.5), the cut with the best "
+                f"out-of-fold data-set IoU ({pixel['pixel_cv_iou']}) over {pixel['pixel_cv_folds']} folds of the calibration images."
+            )
+        else:
+            lines.append("mask: anomaly map above the image-level anomaly threshold (prob_maps 0.5); not fitted to masks.")
+        return lines
+
+    def _fit_supervised(self, bank_x: np.ndarray, cal_x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Fit the supervised logistic regression on pooled features; returns its out-of-fold calibration logits."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold
 
@@ -357,45 +557,165 @@ class AnomalyGate(TrainableStage, TilesItself):
             params = train_lr(np.concatenate([bank_x, cal_x[tr]]), np.concatenate([bank_y, labels[tr]]))
             oof[te] = logit(params, cal_x[te])
         final = train_lr(np.concatenate([bank_x, cal_x]), np.concatenate([bank_y, labels]))
+        self._sup_params = {"sup_mean": final[0], "sup_scale": final[1], "sup_coef": final[2], "sup_bias": np.array([final[3]])}
+        return oof
 
+    def _pixel_rows(self, items: Sequence[dict[str, Any]], rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+        """Training rows of the pixel head: every image's defect cells (capped) and a sample of its normal cells."""
+        cfg = self.pixel_cfg or {}
+        feats, priors, targets = [], [], []
+        for item in items:
+            if not item["has_mask"]:
+                continue  # a defect without a mask: where it is is unknown
+            c = item["features"].shape[0]
+            flat_f = item["features"].reshape(c, -1).T
+            flat_p = item["prior"].reshape(-1)
+            flat_t = item["target"].reshape(-1)
+            for value, cap in ((1, int(cfg["positives_per_image"])), (0, int(cfg["negatives_per_image"]))):
+                idx = np.flatnonzero(flat_t.numpy() == value)
+                if len(idx) > cap:
+                    idx = rng.choice(idx, cap, replace=False)
+                idx_t = torch.from_numpy(idx)
+                feats.append(flat_f[idx_t])
+                priors.append(flat_p[idx_t])
+                targets.append(torch.full((len(idx),), value, dtype=torch.int8))
+        return torch.cat(feats), torch.cat(priors), torch.cat(targets)
+
+    def _fit_pixel(self, items: list[dict[str, Any]], labels: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Cross-validate and fit the pixel head on the calibration images.
+
+        Each fold's head predicts the held-out images: their highest logit is the stacker's
+        out-of-fold ``pixel`` input, and histograms of their full-resolution logits over defect
+        and normal pixels choose the mask threshold with the best data-set IoU. The final head
+        is then trained on every calibration image.
+
+        Returns:
+            The stacker's inputs (``pixel``: out-of-fold image scores; with ``peak``, ``peak``: the
+            highest log anomaly on the head's grid, which small defects raise while barely moving
+            the map's mean) and a summary (threshold, out-of-fold IoU and pixel AUROC).
+        """
+        from sklearn.model_selection import StratifiedKFold
+
+        from defectkit.evaluation.segmentation import auroc_from_histograms
+
+        assert self.pixel_head is not None
+        start = time.perf_counter()
+        rng = np.random.default_rng(self.seed)
+        folds = int(min(self.pixel_cfg["folds"], labels.sum(), (labels == 0).sum()))  # type: ignore[index]
+        oof = np.zeros(len(items))
+        pos_hist = np.zeros(len(_PIXEL_BINS) + 1)
+        neg_hist = np.zeros(len(_PIXEL_BINS) + 1)
+        splitter = StratifiedKFold(n_splits=max(2, folds), shuffle=True, random_state=self.seed)
+        pasted = 0
+        for tr, te in splitter.split(np.zeros(len(labels)), labels):
+            # Pasted defects come from the training folds only, so the held-out images stay unseen.
+            fold_items = [items[i] for i in tr]
+            extra = self._pasted_items(fold_items, rng)
+            pasted += len(extra)
+            self.pixel_head.fit_rows(*self._pixel_rows(fold_items + extra, rng), seed=self.seed)
+            for i in te:
+                item = items[i]
+                grid = self.pixel_head.logits(item["features"], item["prior"]).numpy()
+                oof[i] = self._pixel_score(grid)
+                if item["has_mask"]:
+                    full = _upsample(grid, item["mask"].shape)
+                    bins = np.digitize(full, _PIXEL_BINS)
+                    pos_hist += np.bincount(bins[item["mask"]], minlength=len(pos_hist))
+                    neg_hist += np.bincount(bins[~item["mask"]], minlength=len(neg_hist))
+        extra = self._pasted_items(items, rng)
+        head_summary = self.pixel_head.fit_rows(*self._pixel_rows(items + extra, rng), seed=self.seed)
+        pasted += len(extra)
+        # Predicting "defect" above bin edge k keeps the pixels of bins k+1.. (np.digitize: bins[i-1] <= x < bins[i]).
+        tp = pos_hist[::-1].cumsum()[::-1][1:]
+        fp = neg_hist[::-1].cumsum()[::-1][1:]
+        iou = tp / np.maximum(pos_hist.sum() + fp, 1)
+        best = int(np.argmax(iou))
+        self.pixel_threshold = float(_PIXEL_BINS[best])
+        auroc = auroc_from_histograms(pos_hist, neg_hist)
+        columns = {"pixel": oof}
+        if self.pixel_cfg.get("peak"):  # type: ignore[union-attr]
+            columns["peak"] = np.array([float(item["prior"].max()) for item in items])
+        return columns, {
+            "pixel_threshold_logit": round(self.pixel_threshold, 3),
+            "pixel_cv_iou": round(float(iou[best]), 4),
+            "pixel_cv_auroc": None if auroc is None else round(float(auroc), 4),
+            "pixel_cv_folds": max(2, folds),
+            "pixel_rows": head_summary["rows"],
+            "pixel_pasted_images": pasted,
+            "pixel_seconds": round(time.perf_counter() - start, 2),
+        }
+
+    def _fit_stacker(self, log_scores: np.ndarray, columns: dict[str, np.ndarray], labels: np.ndarray) -> float:
+        """The logistic regression over the anomaly score and the out-of-fold ``columns``; returns its calibration metric."""
+        from sklearn.linear_model import LogisticRegression
+
+        cfg = self.supervised_cfg or {}
         normal = log_scores[labels == 0]
         a_mean, a_scale = float(normal.mean()), float(normal.std() + 1e-6)
-        stack_x = np.stack([(log_scores - a_mean) / a_scale, oof], 1)
+        stack_x = np.stack([(log_scores - a_mean) / a_scale, *columns.values()], 1)
         stacker = LogisticRegression(C=float(cfg.get("stack_C", 1.0)), class_weight="balanced", max_iter=1000)
         stacker.fit(stack_x, labels)
         z = stack_x @ stacker.coef_[0] + stacker.intercept_[0]
         threshold, value = best_threshold(z, labels, self.threshold_metric, self._defect_weight)
         self.decision = {
-            "sup_mean": final[0],
-            "sup_scale": final[1],
-            "sup_coef": final[2],
-            "sup_bias": np.array([final[3]]),
+            **(self._sup_params if "sup" in columns else {}),
             "stack_coef": stacker.coef_[0].astype(np.float64),
             "stack_bias": np.array([float(stacker.intercept_[0]) - threshold]),
             "anomaly_norm": np.array([a_mean, a_scale]),
         }
         return value
 
-    # ------------------------------------------------------------------ predict
-    def _gate_logit(self, log_scores: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
-        """Decision logits (defect when > 0) from log anomaly scores and, if supervised, pooled features."""
+    def _calibration_logits(self, log_scores: np.ndarray, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """Decision logits of the calibration images (out-of-fold inputs) under the fitted decision."""
         d = self.decision
         if d is None:
             return self.map_sharpness * (log_scores - self.anomaly_threshold)
-        sup = ((pooled - d["sup_mean"]) / d["sup_scale"]) @ d["sup_coef"] + d["sup_bias"][0]
         a = (log_scores - d["anomaly_norm"][0]) / d["anomaly_norm"][1]
-        return d["stack_coef"][0] * a + d["stack_coef"][1] * sup + d["stack_bias"][0]
+        return np.stack([a, *columns.values()], 1) @ d["stack_coef"] + d["stack_bias"][0]
+
+    # ------------------------------------------------------------------ predict
+    def _gate_logit(
+        self, log_scores: np.ndarray, pooled: np.ndarray | None, pixel_scores: np.ndarray | None, peaks: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Decision logits (defect when > 0) from log anomaly scores and, if stacked, the supervised inputs."""
+        d = self.decision
+        if d is None:
+            return self.map_sharpness * (log_scores - self.anomaly_threshold)
+        columns = [(log_scores - d["anomaly_norm"][0]) / d["anomaly_norm"][1]]
+        if "sup_coef" in d:
+            columns.append(((pooled - d["sup_mean"]) / d["sup_scale"]) @ d["sup_coef"] + d["sup_bias"][0])
+        if self.pixel_head is not None:
+            columns.append(pixel_scores)
+            if (self.pixel_cfg or {}).get("peak"):
+                columns.append(peaks)
+        return np.stack(columns, 1) @ d["stack_coef"] + d["stack_bias"][0]
 
     def score_images(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """Gate scores, raw anomaly scores and [0, 1] anomaly maps (image resolution) of HxWx3 uint8 images."""
+        """Gate scores, raw anomaly scores and [0, 1] defect maps (image resolution) of HxWx3 uint8 images.
+
+        The maps are the pixel head's (0.5 at its cross-validated mask threshold) when it is
+        fitted, otherwise the anomaly map (0.5 at the image-level anomaly threshold).
+        """
         if not images:
             return np.zeros(0), np.zeros(0), []
-        scores, pooled, log_maps = self._embed_images(images, False, self.decision is not None, True)
-        gate = _sigmoid(self._gate_logit(np.log(scores + _EPS), pooled))
-        maps = [
-            _sigmoid(self.map_sharpness * (log_map.astype(np.float64) - self.anomaly_threshold)).astype(np.float32)[None]
-            for log_map in log_maps
-        ]
+        want_pooled = self.decision is not None and "sup_coef" in self.decision
+        scores, pooled, log_maps = self._embed_images(images, False, want_pooled, True)
+        pixel_scores = peaks = None
+        if self.pixel_head is not None:
+            maps, pixel_scores, peaks = [], np.zeros(len(images)), np.zeros(len(images))
+            for k, (image, log_map) in enumerate(zip(images, log_maps)):
+                feats, prior = self._pixel_inputs(image, log_map)
+                grid = self.pixel_head.logits(feats, prior).numpy()
+                pixel_scores[k] = self._pixel_score(grid)
+                peaks[k] = float(prior.max())
+                full = _upsample(grid, image.shape[:2]).astype(np.float64) - self.pixel_threshold
+                maps.append(_sigmoid(full).astype(np.float32)[None])
+        else:
+            maps = [
+                _sigmoid(self.map_sharpness * (log_map.astype(np.float64) - self.anomaly_threshold)).astype(np.float32)[None]
+                for log_map in log_maps
+            ]
+        gate = _sigmoid(self._gate_logit(np.log(scores + _EPS), pooled, pixel_scores, peaks))
         return gate, scores, maps
 
     def predict(self, samples: list[Sample]) -> list[Sample]:
@@ -430,6 +750,10 @@ class AnomalyGate(TrainableStage, TilesItself):
         tensors["anomaly_threshold"] = torch.tensor([self.anomaly_threshold], dtype=torch.float64)
         for key, value in (self.decision or {}).items():
             tensors[f"decision.{key}"] = torch.from_numpy(np.asarray(value, dtype=np.float64).copy())
+        if self.pixel_head is not None:
+            for k, v in self.pixel_head.state_dict().items():
+                if not k.startswith("embedder."):
+                    tensors[f"pixel.{k}"] = v.detach().clone().contiguous()
         extra = {
             "model": self.model_cfg,
             "image_size": list(self.image_size),
@@ -437,6 +761,8 @@ class AnomalyGate(TrainableStage, TilesItself):
             "supervised": self.decision is not None,
             "supervised_cfg": self.supervised_cfg,
             "tiles": self.tiles,
+            "pixel_cfg": self.pixel_cfg if self.pixel_head is not None else None,
+            "pixel_threshold": self.pixel_threshold,
             "summary": self.summary,
         }
         return tensors, extra
@@ -462,10 +788,21 @@ class AnomalyGate(TrainableStage, TilesItself):
         self.anomaly_threshold = float(tensors["anomaly_threshold"][0])
         decision = {k[len("decision.") :]: v.double().numpy() for k, v in tensors.items() if k.startswith("decision.")}
         self.decision = decision if extra.get("supervised") else None
+        self.pixel_cfg = _pixel_options(extra.get("pixel_cfg"))
+        self.pixel_head = None
+        if self.pixel_cfg is not None:
+            # The frozen backbone's ImageNet weights come from the installed package, as for the anomaly head.
+            self.pixel_head = _build_pixel_head(self.pixel_cfg)
+            weights = {k[len("pixel.") :]: v for k, v in tensors.items() if k.startswith("pixel.")}
+            missing = set(self.pixel_head.state_dict()) - set(weights) - {k for k in self.pixel_head.state_dict() if k.startswith("embedder.")}
+            if missing:
+                raise KeyError(f"saved gate state lacks pixel head tensors {sorted(missing)}")
+            self.pixel_head.load_state_dict(weights, strict=False)
+        self.pixel_threshold = float(extra.get("pixel_threshold", 0.0))
         self.summary = dict(extra.get("summary", {}))
         self.fitted = True
 
     def describe(self) -> dict[str, Any]:
         """Type, name, head config and the fit summary."""
         return {**super().describe(), "model": self.model_cfg, "image_size": list(self.image_size), "tiles": self.tiles,
-                **self.summary}
+                "pixel": self.pixel_cfg if self.pixel_head is not None else None, **self.summary}

@@ -194,3 +194,79 @@ def test_best_threshold_maximises_macro_f1() -> None:
     labels = np.array([0, 0, 0, 1, 1, 1])
     threshold, value = best_threshold(scores, labels)
     assert 0.3 < threshold < 0.35 and value == pytest.approx(1.0)
+
+
+# Copy-paste and the peak input on too, so one fit covers them (4 pasted tiles per fold and for the final head).
+PIXEL_GATE = dict(GATE, pixel=dict(long_side=64, folds=3, min_defects=4, peak=True, copy_paste=dict(images=4, max_pastes=1)))
+
+
+@pytest.fixture(scope="module")
+def pixel_gate(data) -> tuple[AnomalyGate, dict]:
+    gate = build(STAGES, dict(PIXEL_GATE))
+    summary = gate.fit(data["train"], data["val"], FitContext(work_dir=Path(data["root"][0].path), load_samples=load_samples))
+    return gate, summary
+
+
+def test_pixel_gate_summary_reports_cross_validated_mask_threshold_and_rates(pixel_gate) -> None:
+    import json
+
+    gate, summary = pixel_gate
+    json.dumps(summary)
+    assert summary["stacked_inputs"] == ["anomaly", "pixel", "peak"] and summary["pixel_cv_folds"] == 3
+    assert summary["pixel_threshold_logit"] == pytest.approx(gate.pixel_threshold, abs=1e-3)
+    assert summary["pixel_cv_auroc"] > 0.9 and summary["pixel_cv_iou"] > 0.3
+    assert 0.0 <= summary["calibration_false_alarm_rate"] <= 1.0 and 0.0 <= summary["calibration_miss_rate"] <= 1.0
+    # 4 per fold and 4 for the final head, fewer only when a blob found no free spot on a tile
+    assert 8 <= summary["pixel_pasted_images"] <= 16
+    assert any("mask: pixel-head logit above" in line for line in summary["thresholds_explained"])
+
+
+def test_pixel_gate_masks_outline_the_blob(pixel_gate, data) -> None:
+    gate, _ = pixel_gate
+    samples = gate.predict(load_samples(data["test"]))
+    assert [int(s.gate_label == "defect") for s in samples] == [s.record.label for s in samples]
+    inter = union = 0
+    for s in samples:
+        truth = np.asarray(Image.open(s.record.mask_path)) > 127
+        predicted = s.prob_maps[0] > 0.5
+        assert s.prob_maps.shape == (1, SIZE, SIZE) and s.prob_maps.dtype == np.float32
+        inter, union = inter + (truth & predicted).sum(), union + (truth | predicted).sum()
+    assert inter / union > 0.4  # the anomaly map alone covers most of a 64 px tile
+
+
+def test_pixel_gate_state_roundtrip_gives_identical_maps(pixel_gate, data, tmp_path) -> None:
+    gate, _ = pixel_gate
+    gate.save(tmp_path)
+    reloaded = build(STAGES, dict(GATE))  # no pixel option in the config: the saved head is used
+    reloaded.load(tmp_path)
+    assert reloaded.pixel_head is not None and reloaded.pixel_threshold == gate.pixel_threshold
+    a = gate.predict(load_samples(data["test"]))
+    b = reloaded.predict(load_samples(data["test"]))
+    assert [s.gate_score for s in a] == [s.gate_score for s in b]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.prob_maps, y.prob_maps)
+
+
+def test_bad_pixel_option_is_one_clear_error() -> None:
+    with pytest.raises(ValueError, match="pixel.folds must be >= 2"):
+        build(STAGES, dict(GATE, pixel=dict(folds=1)))
+    with pytest.raises(ValueError, match="pixel and tiles cannot be combined"):
+        build(STAGES, dict(GATE, pixel=dict(), tiles=dict(slice_size=(32, 32))))
+
+
+def test_bad_copy_paste_option_is_one_clear_error() -> None:
+    with pytest.raises(ValueError, match="pixel.copy_paste must be None or dict"):
+        build(STAGES, dict(GATE, pixel=dict(copy_paste=dict(p=0.5))))
+    with pytest.raises(ValueError, match="CopyPaste"):
+        build(STAGES, dict(GATE, pixel=dict(copy_paste=dict(images=3, max_pastes=0))))
+
+
+def test_copy_paste_stops_once_enough_defects_are_labelled(pixel_gate) -> None:
+    gate, _ = pixel_gate
+    saved = gate.pixel_cfg
+    gate.pixel_cfg = dict(saved, copy_paste=dict(images=3, max_defects=1))
+    try:
+        item = {"label": 1, "mask": np.ones((8, 8), bool), "image": np.zeros((8, 8, 3), np.uint8)}
+        assert gate._pasted_items([item, dict(item, label=0), item], np.random.default_rng(0)) == []
+    finally:
+        gate.pixel_cfg = saved
