@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from defectkit.io.overlays import overlay_name, write_overlay
 from defectkit.io.detection_report import detection_html
+from defectkit.io.overlays import overlay_name, write_overlay
 from defectkit.io.report import write_report
 
 
