@@ -174,12 +174,7 @@ class Resize:
                       "nearest": cv2.INTER_NEAREST}
 
     def __init__(self, size: Sequence[int], interpolation: str = "auto") -> None:
-        try:
-            height, width = (int(v) for v in size)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"Resize: size must be (height, width), got {size!r}") from exc
-        if height < 1 or width < 1:
-            raise ConfigError(f"Resize: size must be positive, got {size!r}")
+        height, width = _parse_size(size, "Resize")
         if interpolation != "auto" and interpolation not in self.INTERPOLATIONS:
             raise ConfigError(f"Resize: interpolation must be 'auto' or one of {sorted(self.INTERPOLATIONS)}")
         self.size = (height, width)
@@ -271,12 +266,7 @@ class ForegroundCrop:
     """
 
     def __init__(self, size: Sequence[int], foreground_share: float = 0.67, seed: int | None = None) -> None:
-        try:
-            height, width = (int(v) for v in size)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"ForegroundCrop: size must be (height, width), got {size!r}") from exc
-        if height < 1 or width < 1:
-            raise ConfigError(f"ForegroundCrop: size must be positive, got {size!r}")
+        height, width = _parse_size(size, "ForegroundCrop")
         if not 0.0 <= float(foreground_share) <= 1.0:
             raise ConfigError(f"ForegroundCrop: foreground_share must be in [0, 1], got {foreground_share!r}")
         self.size = (height, width)
@@ -345,6 +335,21 @@ class Compose:
 
 
 SEEDED_AUGMENTATIONS = ("Albumentations", "CarDamageAugmentation")
+
+
+def _parse_size(size: Any, kind: str) -> tuple[int, int]:
+    """``(height, width)`` of a size option, both positive.
+
+    Raises:
+        ConfigError: Not two integers, or not positive; the message names ``kind``.
+    """
+    try:
+        height, width = (int(v) for v in size)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{kind}: size must be (height, width), got {size!r}") from exc
+    if height < 1 or width < 1:
+        raise ConfigError(f"{kind}: size must be positive, got {size!r}")
+    return height, width
 
 
 def _check_image(image: np.ndarray) -> None:
