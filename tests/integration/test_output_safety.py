@@ -66,7 +66,8 @@ def _lines(out: Path) -> list[dict]:
 
 def _one_error_line(err: str) -> str:
     assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    # Config errors (exit 2) say "config error:", the others "error:".
+    errors = [line for line in err.splitlines() if line.startswith(("error:", "config error:"))]
     assert len(errors) == 1, err
     return errors[0]
 
