@@ -736,6 +736,10 @@ class AnomalyGate(TrainableStage, TilesItself):
         return samples
 
     # ------------------------------------------------------------------ state
+    # The coreset size only caps the memory bank while fitting; a loaded bank keeps its saved size, so
+    # a stage reused without the training config (from_weights) may leave it at the default.
+    model_fields_not_checked = ("coreset_size",)
+
     def expected_model(self) -> dict[str, Any] | None:
         """The head config the stage's config asks for; a saved state must have been made with it."""
         return self.model_cfg
