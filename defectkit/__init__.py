@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
+        # trusted-ok: _EXPORTS is this module's fixed table of defectkit submodules; no input chooses the module.
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value

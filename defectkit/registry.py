@@ -120,6 +120,8 @@ def _import_locations(registry: Registry) -> None:
     # metric, format...); mmengine imports only the package itself, so import its modules too.
     if id(registry) in _SUBMODULES_IMPORTED:
         return
+    # trusted-ok: locations are set in code by defectkit's registries (and installed plugins, which are
+    # trusted code); config and manifest names never reach this import (see lookup()).
     for location in registry._locations:
         package = importlib.import_module(location)
         for module in pkgutil.iter_modules(getattr(package, "__path__", [])):
