@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files or folders")
     predict.add_argument("--out", required=True, help="results folder (one command at a time; not the work dir)")
     predict.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    cv = with_config(
+        "cv",
+        "Cross-validate the config on the train+val images of the run's split (the test split is never read): "
+        "one fit per fold, pooled metrics in <work dir>/cv/cv.json.",
+    )
+    cv.add_argument("--data-root", help="data set folder (default: the config's built-in data set)")
+    cv.add_argument("--folds", type=int, default=4, help="number of folds (default 4)")
     check = commands.add_parser(
         "check-data",
         help="Validate a data set in the config's layout and print a summary (exit 3 if problems are found).",
@@ -143,6 +150,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     from defectkit.runner import Runner
 
     runner = Runner(cfg, args.config, data_root=getattr(args, "data_root", None), work_dir=args.work_dir)
+    if args.command == "cv":
+        from defectkit.cross_validation import cross_validate
+
+        summary = cross_validate(cfg, args.config, args.data_root, runner.work_dir / "cv", folds=args.folds, log=_console().print)
+        _console().print(f"per-fold results in {runner.work_dir / 'cv'}")
+        _print_json("cross-validated metrics (pooled over every train+val image)", summary["pooled"])
+        return EXIT_OK
     if args.command == "train":
         summaries = runner.train()
         _print_json("fitted", summaries)

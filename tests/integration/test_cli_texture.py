@@ -84,3 +84,25 @@ def test_unknown_config_key_lists_valid_keys(tmp_path: Path, capsys):
     assert code == EXIT_USAGE  # a config error is bad usage
     err = capsys.readouterr().err
     assert "pipelin" in err and "pipeline" in err
+
+
+def test_cv_fits_each_fold_and_pools_every_development_image_but_never_the_test_split(tmp_path: Path, tiny_texture_options: list[str]):
+    from defectkit.config import load_config
+    from defectkit.data.split import split_records
+    from defectkit.runner import Runner, split_stratum
+
+    work = tmp_path / "cv run"
+    assert main(["cv", CONFIG, "--work-dir", str(work), "--folds", "2", "--cfg-options", *tiny_texture_options]) == EXIT_OK
+    summary = json.loads((work / "cv" / "cv.json").read_text())
+    held_out = [json.loads((work / "cv" / f"fold{k}" / "split.json").read_text())["test"] for k in range(2)]
+    assert not set(held_out[0]) & set(held_out[1])
+    assert summary["pooled"]["n_images"] == len(held_out[0]) + len(held_out[1])
+    assert [fold["metrics"]["n_images"] for fold in summary["per_fold"]] == [len(h) for h in held_out]
+    assert 0.0 <= summary["pooled"]["image_auroc"] <= 1.0 and "iou.defect" in summary["pooled"]
+    # The images `defectkit run` tests on are not among them.
+    options = dict(item.split("=", 1) for item in tiny_texture_options)
+    cfg = load_config(CONFIG, {k: int(v) if v.isdigit() else v for k, v in options.items()})
+    records = Runner(cfg, CONFIG, work_dir=str(work / "cv" / "records")).records()
+    run_test = split_records(records, (0.7, 0.1, 0.2), seed=0, stratum=split_stratum({}, records))["test"]
+    assert run_test and not {r.path for r in run_test} & (set(held_out[0]) | set(held_out[1]))
+    assert summary["pooled"]["n_images"] == len(records) - len(run_test)
