@@ -130,7 +130,14 @@ class AnomalyGate(TrainableStage, TilesItself):
             separate pass at that size instead (deeper, more semantic, slower).
         threshold_metric: ``"f1_macro"``, ``"f1_defect"`` or ``"balanced_accuracy"``.
         calibration_fraction: Share of the normal training images kept out of the anomaly model to
-            calibrate (the normal validation images are always used to calibrate).
+            calibrate (the normal validation images are always used to calibrate). Not used with
+            ``calibration_folds``.
+        calibration_folds: Cross-fit the normal images instead (e.g. 4): the stored model is built
+            from every normal training image, and every normal image of train and val is a
+            calibration image, scored by a model built without its fold (one model per fold). The
+            decision and the pixel head then learn from all normal images rather than a held-out
+            fifth, which is what keeps false alarms down on unseen tiles. None: hold out
+            ``calibration_fraction``.
         map_sharpness: Slope of the map and score mapping in log-score units.
         no_defect_quantile: Threshold quantile of calibration-normal scores when no defect is labelled.
         match_class_ratio: Weight the calibration images so that defects and normals count in the
@@ -175,6 +182,7 @@ class AnomalyGate(TrainableStage, TilesItself):
         supervised: dict[str, Any] | None = None,
         threshold_metric: str = "f1_macro",
         calibration_fraction: float = 0.2,
+        calibration_folds: int | None = None,
         map_sharpness: float = 4.0,
         no_defect_quantile: float = 0.99,
         match_class_ratio: bool = True,
@@ -197,6 +205,9 @@ class AnomalyGate(TrainableStage, TilesItself):
         self.supervised_cfg = None if supervised is None else dict(supervised)
         self.threshold_metric = threshold_metric
         self.calibration_fraction = float(calibration_fraction)
+        if calibration_folds is not None and int(calibration_folds) < 2:
+            raise ValueError(f"calibration_folds must be at least 2 (or None), got {calibration_folds}")
+        self.calibration_folds = None if calibration_folds is None else int(calibration_folds)
         self.map_sharpness = float(map_sharpness)
         self.no_defect_quantile = float(no_defect_quantile)
         self.match_class_ratio = bool(match_class_ratio)
@@ -424,11 +435,15 @@ class AnomalyGate(TrainableStage, TilesItself):
         """
         start = time.perf_counter()
         normals = sorted((r for r in train if r.label == 0), key=lambda r: stable_order_key(self.seed, r.path))
-        n_cal = int(round(self.calibration_fraction * len(normals)))
         val_normals = [r for r in val if r.label == 0]
-        if n_cal == 0 and not val_normals and normals:
-            n_cal = max(1, len(normals) // 5)
-        bank_records, cal_normals = normals[n_cal:], normals[:n_cal] + val_normals
+        cross_fit = self.calibration_folds is not None and len(normals) >= self.calibration_folds
+        if cross_fit:
+            bank_records, cal_normals = normals, normals + val_normals
+        else:
+            n_cal = int(round(self.calibration_fraction * len(normals)))
+            if n_cal == 0 and not val_normals and normals:
+                n_cal = max(1, len(normals) // 5)
+            bank_records, cal_normals = normals[n_cal:], normals[:n_cal] + val_normals
         if not bank_records:
             raise ValueError("AnomalyGate.fit needs normal (label 0) training images")
         all_defects = [r for r in (*train, *val) if r.label is not None and r.label != 0]
@@ -440,14 +455,28 @@ class AnomalyGate(TrainableStage, TilesItself):
 
         self.model = build(HEADS, self.model_cfg).eval()
         self.pixel_head = _build_pixel_head(pix) if use_pixel else None
-        bank_kept, _, bank_pooled, _ = self._embed_records(bank_records, context, "gate: normal features", True, use_sup)
+        # Cross-fitted normals are all calibration images, so the bank's pooled features would count them twice.
+        bank_kept, _, bank_pooled, _ = self._embed_records(
+            bank_records, context, "gate: normal features", True, use_sup and not cross_fit
+        )
         model_summary = self.model.build()
         t_bank = time.perf_counter() - start
 
+        if cross_fit:
+            cal_kept, cal_scores, cal_pooled, pixel_items = self._cross_fitted_normals(
+                normals, val_normals, context, use_sup, use_pixel
+            )
+            kept, scores, pooled, items = self._embed_records(defects, context, "gate: calibration defects", False, use_sup, use_pixel)
+            cal_kept, cal_scores, pixel_items = cal_kept + kept, np.concatenate([cal_scores, scores]), pixel_items + items
+            if use_sup:
+                assert cal_pooled is not None and pooled is not None
+                cal_pooled = np.concatenate([cal_pooled, pooled])
+                bank_pooled = cal_pooled[:0]
+        else:
+            cal_kept, cal_scores, cal_pooled, pixel_items = self._embed_records(
+                cal_normals + defects, context, "gate: calibration", False, use_sup, use_pixel
+            )
         cal_records = cal_normals + defects
-        cal_kept, cal_scores, cal_pooled, pixel_items = self._embed_records(
-            cal_records, context, "gate: calibration", False, use_sup, use_pixel
-        )
         labels = np.array([0 if r.label == 0 else 1 for r in cal_kept])
         log_scores = np.log(cal_scores + _EPS)
 
@@ -486,6 +515,7 @@ class AnomalyGate(TrainableStage, TilesItself):
             "model": self.model_cfg.get("type"),
             "bank_images": len(bank_kept),
             "calibration_normals": int((labels == 0).sum()),
+            "calibration_folds": self.calibration_folds if cross_fit else None,
             "labelled_defects": int((labels == 1).sum()),
             "defects_available": len(all_defects),
             "calibration_defect_weight": round(float(self._defect_weight), 4),
@@ -503,6 +533,43 @@ class AnomalyGate(TrainableStage, TilesItself):
             **{k: v for k, v in model_summary.items()},
         }
         return self.summary
+
+    def _cross_fitted_normals(
+        self, normals: list[Record], val_normals: list[Record], context: FitContext, use_sup: bool, use_pixel: bool
+    ) -> tuple[list[Record], np.ndarray, np.ndarray | None, list[dict[str, Any]]]:
+        """Score every normal image with an anomaly model built from the normal training images of the other folds.
+
+        Fold ``k`` holds every ``calibration_folds``-th image of the training normals (in the seeded
+        order) and of the validation normals; validation normals are never in a model. ``self.model``
+        (built from all training normals) is put back afterwards.
+
+        Returns:
+            As :meth:`_embed_records`, for the normal images fold by fold.
+        """
+        folds = int(self.calibration_folds or 2)
+        final_model = self.model
+        kept: list[Record] = []
+        scores: list[np.ndarray] = []
+        pooled: list[np.ndarray] = []
+        items: list[dict[str, Any]] = []
+        try:
+            for k in range(folds):
+                bank = [r for i, r in enumerate(normals) if i % folds != k]
+                held_out = normals[k::folds] + val_normals[k::folds]
+                self.model = build(HEADS, self.model_cfg).eval()
+                self._embed_records(bank, context, f"gate: normal features, fold {k + 1}/{folds}", True, False)
+                self.model.build()
+                fold_kept, fold_scores, fold_pooled, fold_items = self._embed_records(
+                    held_out, context, f"gate: calibration normals, fold {k + 1}/{folds}", False, use_sup, use_pixel
+                )
+                kept += fold_kept
+                scores.append(fold_scores)
+                if fold_pooled is not None:
+                    pooled.append(fold_pooled)
+                items += fold_items
+        finally:
+            self.model = final_model
+        return kept, np.concatenate(scores), np.concatenate(pooled) if pooled else None, items
 
     def _explain_thresholds(self, columns: dict[str, np.ndarray], rates: dict[str, float], pixel: dict[str, Any]) -> list[str]:
         """The stored cuts in words, for the report: what is thresholded, how the cut was chosen, what to expect."""

@@ -270,3 +270,34 @@ def test_copy_paste_stops_once_enough_defects_are_labelled(pixel_gate) -> None:
         assert gate._pasted_items([item, dict(item, label=0), item], np.random.default_rng(0)) == []
     finally:
         gate.pixel_cfg = saved
+
+
+def test_cross_fitted_gate_calibrates_on_every_normal_and_keeps_all_training_normals_in_its_model(data) -> None:
+    gate = build(STAGES, dict(GATE, calibration_folds=3, supervised=dict(C=0.1, folds=3, min_defects=4)))
+    context = FitContext(work_dir=Path(data["root"][0].path), load_samples=load_samples)
+    summary = gate.fit(data["train"], data["val"], context)
+    # 16 training normals all build the stored model; they and the 4 validation normals are calibration
+    # images, each scored by a model built without its fold.
+    assert summary["bank_images"] == 16 and summary["calibration_normals"] == 20
+    assert summary["calibration_folds"] == 3 and summary["labelled_defects"] == 12
+    samples = gate.predict(load_samples(data["test"]))
+    assert [int(s.gate_label == "defect") for s in samples] == [s.record.label for s in samples]
+
+
+def test_cross_fitted_normal_scores_come_from_models_that_never_saw_them(data) -> None:
+    context = FitContext(work_dir=Path(data["root"][0].path), load_samples=load_samples)
+    gate = build(STAGES, dict(GATE, calibration_folds=2))
+    gate.fit(data["train"], data["val"], context)
+    normals = sorted((r for r in data["train"] if r.label == 0), key=lambda r: r.path)
+    kept, own_scores, _, _ = gate._embed_records(normals, context, "score", False, False)
+    crossed_kept, crossed, _, _ = gate._cross_fitted_normals(normals, [], context, False, False)
+    own = dict(zip((r.path for r in kept), own_scores))
+    # The stored model's bank holds patches of every training normal, so it finds them closer than
+    # a fold model, which never saw the image it scores.
+    assert sorted(r.path for r in crossed_kept) == sorted(own)
+    assert all(score > 1.3 * own[r.path] for r, score in zip(crossed_kept, crossed))
+
+
+def test_calibration_folds_below_two_is_refused() -> None:
+    with pytest.raises(ValueError, match="calibration_folds"):
+        AnomalyGate(calibration_folds=1)
