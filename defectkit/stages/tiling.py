@@ -226,7 +226,8 @@ class Tiling(WrappingStage, Detects, Segments):
 
     # ------------------------------------------------------------------ predict
     def _run_inner(self, method: str, images: list[np.ndarray]) -> list[Any]:
-        results = list(getattr(self.inner, method)(images))
+        # The inner stage's declared ability (Detects / Segments), called by name, not looked up.
+        results = list(self.inner.detect(images) if method == "detect" else self.inner.probability_maps(images))
         if len(results) != len(images):
             raise RuntimeError(f"{self.name}: inner {method} returned {len(results)} results for {len(images)} images")
         return results
