@@ -371,7 +371,7 @@ class ClassifierGate(NetworkStage):
             return samples  # fit found nothing to learn (see summary["reason"]): pass-through
         if not active:
             return samples
-        probs = self._probabilities([s.image for s in active])
+        probs = self._probabilities([s.image for s in active if s.image is not None])  # all of them: active_samples
         scores = self._positive_score(probs)
         negative = [i for i in range(len(self.image_classes)) if i not in self.positive]
         for sample, p, score in zip(active, probs, scores):

@@ -143,18 +143,18 @@ class _LuminanceRule:
 
     def predict(self, samples: list[Sample]) -> list[Sample]:
         """Enhance ``sample.image`` of the samples the rule selects; record what was done in ``sample.enhancement``."""
-        todo: list[tuple[Sample, float]] = []
+        todo: list[tuple[Sample, float, np.ndarray]] = []
         for sample in samples:
             if not sample.ok or sample.image is None:
                 continue
             luma = mean_luma(sample.image)
             if self.should_enhance(luma):
-                todo.append((sample, luma))
+                todo.append((sample, luma, sample.image))
             else:
                 sample.enhancement = Enhancement(False, round(luma, 3), round(luma, 3))
         if todo:
-            outputs = self.enhance_images([sample.image for sample, _ in todo])
-            for (sample, luma), image in zip(todo, outputs):
+            outputs = self.enhance_images([image for _, _, image in todo])
+            for (sample, luma, _), image in zip(todo, outputs):
                 sample.image = image
                 sample.enhancement = Enhancement(True, round(luma, 3), round(mean_luma(image), 3), self.name)
         return samples
