@@ -415,9 +415,7 @@ class Runner:
             if not stage.enabled:
                 notes.append(f"stage {stage.name!r} is switched off in the config (enabled=False): every image went on to the next stage")
             # Choices a stage made when it was fitted (e.g. Tiling: sliced or whole images, and why).
-            report_notes = getattr(stage, "report_notes", None)
-            if callable(report_notes):
-                notes.extend(str(note) for note in report_notes())
+            notes.extend(str(note) for note in stage.report_notes())
         sections = []
         if evaluate and self.classes:
             by_key = {r.key: r for r in records}

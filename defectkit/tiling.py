@@ -2,6 +2,11 @@
 overlapping windows, blending dense per-window maps without seams, and slicing training boxes so
 that training sees exactly the windows prediction will.
 
+Every stage that works window by window takes its windows from here: :func:`image_windows` (or
+:func:`slice_windows`) makes them, :func:`window_batches` crops them in batches across images, and
+:func:`stitch_maps` joins per-window maps (the Tiling stage, the anomaly gate's own tiling,
+Zero-DCE's tiles and bands).
+
 Pure functions on arrays and tensors; no model code. Windows are ``(x1, y1, x2, y2)`` integer
 pixel-edge coordinates: the crop is ``image[y1:y2, x1:x2]``.
 
@@ -73,8 +78,9 @@ def overlap_pair(value: float | Sequence[float]) -> tuple[float, float]:
     return height_ratio, width_ratio
 
 
-def _axis_starts(image_size: int, slice_size: int, overlap: int) -> list[tuple[int, int]]:
-    """``(start, end)`` of the windows along one axis, the last one shifted to end at the border."""
+def _axis_starts(image_size: int, slice_size: int, overlap: int, keep_size: bool = True) -> list[tuple[int, int]]:
+    """``(start, end)`` of the windows along one axis, the last one shifted to end at the border
+    (``keep_size``) or cut there."""
     if image_size <= slice_size:
         return [(0, image_size)]
     step = slice_size - overlap
@@ -83,7 +89,7 @@ def _axis_starts(image_size: int, slice_size: int, overlap: int) -> list[tuple[i
     while True:
         end = start + slice_size
         if end >= image_size:
-            spans.append((image_size - slice_size, image_size))
+            spans.append((image_size - slice_size, image_size) if keep_size else (start, image_size))
             return spans
         spans.append((start, end))
         start += step
@@ -96,13 +102,16 @@ def slice_windows(
     slice_width: int,
     overlap_height_ratio: float = 0.2,
     overlap_width_ratio: float = 0.2,
+    keep_size: bool = True,
 ) -> list[Window]:
     """Overlapping windows covering an image, with SAHI's ``get_slice_bboxes`` geometry.
 
     Windows step by ``slice - overlap`` pixels (``overlap = int(ratio * slice)``), row by row from
     the top left. A window that would cross the right or bottom border is shifted inward so that it
     ends exactly at the border, so every window has the slice size unless the image itself is
-    smaller; an image smaller than a slice along an axis gets one window spanning that axis.
+    smaller; an image smaller than a slice along an axis gets one window spanning that axis. With
+    ``keep_size=False`` that last window is cut at the border instead (with no overlap: tiles that
+    cover each pixel once, for work that gives the same result however the image is cut).
 
     Args:
         image_height: Image height in pixels (>= 1).
@@ -111,6 +120,7 @@ def slice_windows(
         slice_width: Window width in pixels (>= 1).
         overlap_height_ratio: Vertical overlap of neighbouring windows as a share of ``slice_height``, in [0, 1).
         overlap_width_ratio: Horizontal overlap as a share of ``slice_width``, in [0, 1).
+        keep_size: Shift the last window of a row or column inward (SAHI) rather than cut it at the border.
 
     Returns:
         ``(x1, y1, x2, y2)`` windows, row-major.
@@ -121,15 +131,65 @@ def slice_windows(
     Example:
         >>> slice_windows(100, 250, 100, 100, 0.2, 0.2)
         [(0, 0, 100, 100), (80, 0, 180, 100), (150, 0, 250, 100)]
+        >>> slice_windows(100, 250, 100, 100, 0, 0, keep_size=False)
+        [(0, 0, 100, 100), (100, 0, 200, 100), (200, 0, 250, 100)]
     """
     for name, value in (("image_height", image_height), ("image_width", image_width),
                         ("slice_height", slice_height), ("slice_width", slice_width)):
         if int(value) != value or value < 1:
             raise ConfigError(f"{name} must be a whole number of pixels >= 1, got {value!r}")
     overlap_height_ratio, overlap_width_ratio = overlap_pair((overlap_height_ratio, overlap_width_ratio))
-    rows = _axis_starts(int(image_height), int(slice_height), int(overlap_height_ratio * slice_height))
-    columns = _axis_starts(int(image_width), int(slice_width), int(overlap_width_ratio * slice_width))
+    rows = _axis_starts(int(image_height), int(slice_height), int(overlap_height_ratio * slice_height), keep_size)
+    columns = _axis_starts(int(image_width), int(slice_width), int(overlap_width_ratio * slice_width), keep_size)
     return [(x1, y1, x2, y2) for y1, y2 in rows for x1, x2 in columns]
+
+
+def image_windows(
+    image_height: int,
+    image_width: int,
+    slice_size: Sequence[int] | None,
+    overlap: Sequence[float] = (0.2, 0.2),
+) -> list[Window]:
+    """The windows a stage processes an image in: the whole image when ``slice_size`` is None,
+    else :func:`slice_windows` with ``(height, width)`` ``slice_size`` and ``overlap`` ratios.
+
+    Example:
+        >>> image_windows(100, 250, None), image_windows(100, 250, (100, 100), (0.2, 0.2))[1]
+        ([(0, 0, 250, 100)], (80, 0, 180, 100))
+    """
+    if slice_size is None:
+        return [(0, 0, int(image_width), int(image_height))]
+    return slice_windows(image_height, image_width, slice_size[0], slice_size[1], overlap[0], overlap[1])
+
+
+def window_batches(
+    images: Sequence[np.ndarray],
+    windows: Sequence[Sequence[Window]],
+    batch_size: int,
+) -> Iterator[list[tuple[int, Window, np.ndarray]]]:
+    """The crops of every image's windows, ``batch_size`` at a time across images.
+
+    Batching across images keeps a network's batches full when each image has few windows.
+
+    Args:
+        images: HxW(xC) arrays.
+        windows: Per image, its windows (e.g. from :func:`image_windows`).
+        batch_size: Crops per batch (>= 1).
+
+    Yields:
+        Lists of ``(image index, window, contiguous crop)``, image by image and window by window.
+
+    Example:
+        >>> images = [np.zeros((10, 20)), np.zeros((10, 10))]
+        >>> batches = list(window_batches(images, [image_windows(10, 20, (10, 10)), [(0, 0, 10, 10)]], 2))
+        >>> [[(i, w) for i, w, _ in batch] for batch in batches]
+        [[(0, (0, 0, 10, 10)), (0, (8, 0, 18, 10))], [(0, (10, 0, 20, 10)), (1, (0, 0, 10, 10))]]
+    """
+    jobs = [(i, window) for i, image_windows_ in enumerate(windows) for window in image_windows_]
+    step = max(1, int(batch_size))
+    for start in range(0, len(jobs), step):
+        yield [(i, (x1, y1, x2, y2), np.ascontiguousarray(images[i][y1:y2, x1:x2]))
+               for i, (x1, y1, x2, y2) in jobs[start : start + step]]
 
 
 # ----------------------------------------------------------------------------- merging detections
@@ -388,7 +448,8 @@ def stitch_maps(
 
     Each pixel is the weighted mean of the windows covering it, with :func:`blend_weights`, so the
     maps of overlapping windows cross-fade instead of meeting at a hard edge. Identical values in
-    the overlaps are reproduced exactly. Pixels no window covers are 0.
+    the overlaps are reproduced exactly. Pixels no window covers are 0. A single window over the
+    whole image returns its map as it is (float32).
 
     Args:
         maps: One CxhXw array per window, ``h x w`` the window's size.
@@ -414,6 +475,11 @@ def stitch_maps(
     if len(maps) != len(windows) or not maps:
         raise ValueError(f"stitch_maps needs one map per window, got {len(maps)} maps for {len(windows)} windows")
     channels = maps[0].shape[0]
+    if len(maps) == 1 and tuple(int(v) for v in windows[0]) == (0, 0, int(image_width), int(image_height)):
+        # One window over the whole image: its map is the result (blending would divide by weights of 1).
+        if maps[0].ndim != 3 or maps[0].shape[1:] != (int(image_height), int(image_width)):
+            raise ValueError(f"map of window {windows[0]} has shape {maps[0].shape}, expected {(channels, image_height, image_width)}")
+        return np.asarray(maps[0], dtype=np.float32)
     ramp = window_overlaps(windows) if ramp is None else ramp
     total = np.zeros((channels, int(image_height), int(image_width)), dtype=np.float32)
     weight_sum = np.zeros((int(image_height), int(image_width)), dtype=np.float32)
@@ -534,6 +600,7 @@ __all__ = [
     "Window",
     "blend_weights",
     "check_merge_options",
+    "image_windows",
     "merge_detections",
     "overlap_pair",
     "slice_annotations",
@@ -541,5 +608,6 @@ __all__ = [
     "slice_training_items",
     "slice_windows",
     "stitch_maps",
+    "window_batches",
     "window_overlaps",
 ]

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from defectkit.data.transforms import resize_image
 from defectkit.errors import ConfigError
 
 BOX_ALPHAS = ("rectangle", "ellipse")
@@ -414,9 +415,7 @@ class CopyPaste:
         height, width = pixels.shape[:2]
         new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
         if (new_height, new_width) != (height, width):
-            shrinking = new_height * new_width < height * width
-            pixels = cv2.resize(np.ascontiguousarray(pixels), (new_width, new_height),
-                                interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+            pixels = resize_image(np.ascontiguousarray(pixels), (new_height, new_width))  # the one resize rule
             rows = _nearest_indices(height, new_height)
             cols = _nearest_indices(width, new_width)
             if shape is not None and values is not None:

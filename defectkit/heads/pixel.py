@@ -23,12 +23,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectkit.data.transforms import resize_image
 from defectkit.heads.anomaly import _LiteEmbedder
 from defectkit.heads.backbones import to_input_tensor
 from defectkit.registry import HEADS
@@ -86,11 +86,7 @@ class PixelClassifier(nn.Module):
     @torch.no_grad()
     def features(self, image: np.ndarray) -> torch.Tensor:
         """``[C, h, w]`` float16 features of one HxWx3 uint8 image (h, w: the stride-4 grid)."""
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=2)
-        h, w = self.input_size(*image.shape[:2])
-        shrink = image.shape[0] * image.shape[1] > h * w
-        resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        resized = resize_image(image, self.input_size(*image.shape[:2]))  # the one resize rule (grey -> RGB too)
         return self.embedder(to_input_tensor([resized]))[0].half()
 
     def _inputs(self, features: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from defectkit.heads.backbones import create_feature_extractor, to_input_tensor
 from defectkit.registry import HEADS, STAGES, build
 from defectkit.sample import Record, Sample
 from defectkit.stages.base import FitContext, TilesItself, TrainableStage
-from defectkit.tiling import Window, overlap_pair, slice_size_pair, slice_windows, stitch_maps
+from defectkit.tiling import Window, image_windows, overlap_pair, slice_size_pair, stitch_maps, window_batches
 
 _EPS = 1e-6
 # Options of ``pixel`` that the gate uses itself; the rest configure the PixelClassifier head.
@@ -270,10 +270,9 @@ class AnomalyGate(TrainableStage, TilesItself):
         self.tiles = None if slice_size is None else _tile_options(dict(slice_size=slice_size, overlap=overlap))
 
     def _windows(self, image: np.ndarray) -> list[Window]:
-        height, width = image.shape[:2]
         if self.tiles is None:
-            return [(0, 0, width, height)]
-        return slice_windows(height, width, *self.tiles["slice_size"], *self.tiles["overlap"])
+            return image_windows(*image.shape[:2], None)
+        return image_windows(*image.shape[:2], self.tiles["slice_size"], self.tiles["overlap"])
 
     def _embed_images(
         self, images: Sequence[np.ndarray], collect: bool, want_pooled: bool, want_maps: bool
@@ -289,13 +288,12 @@ class AnomalyGate(TrainableStage, TilesItself):
             Scores (empty when collecting), pooled features or None, and log maps (or ``[]``).
         """
         windows = [self._windows(image) for image in images]
-        jobs = [(i, window) for i, image_windows in enumerate(windows) for window in image_windows]
         scores = np.full(len(images), -np.inf)
         pooled: list[np.ndarray | None] = [None] * len(images)
         view_maps: list[list[np.ndarray]] = [[] for _ in images]
-        for b in range(0, len(jobs), self.batch_size):
-            batch = jobs[b : b + self.batch_size]
-            views = [np.ascontiguousarray(images[i][y1:y2, x1:x2]) for i, (x1, y1, x2, y2) in batch]
+        for crops in window_batches(images, windows, self.batch_size):
+            batch = [(i, window) for i, window, _ in crops]
+            views = [crop for _, _, crop in crops]
             x = self._to_tensor(views)
             with torch.no_grad():
                 emb = self.model.extract(x)
@@ -314,10 +312,10 @@ class AnomalyGate(TrainableStage, TilesItself):
                     log_map = torch.log(amaps[k].clamp_min(0) + _EPS).numpy()
                     view_maps[i].append(cv2.resize(log_map, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)[None])
         maps = []
-        for image, image_windows, image_maps in zip(images, windows, view_maps):
+        for image, windows_of_image, image_maps in zip(images, windows, view_maps):
             if image_maps:
                 height, width = image.shape[:2]
-                maps.append(image_maps[0][0] if len(image_maps) == 1 else stitch_maps(image_maps, image_windows, height, width)[0])
+                maps.append(stitch_maps(image_maps, windows_of_image, height, width)[0])
         pooled_arr = np.stack(pooled) if want_pooled and images else None
         return (np.zeros(0) if collect else scores), pooled_arr, maps
 

@@ -170,6 +170,11 @@ class Stage:
         """A short JSON summary for reports."""
         return {"type": type(self).__name__, "name": self.name}
 
+    def report_notes(self) -> list[str]:
+        """Lines for the report's summary about choices the stage made when fitted (e.g. a Tiling
+        stage: sliced or whole images, and why); none by default."""
+        return []
+
     def use_device(self, device: torch.device) -> None:
         """Run (and train) on ``device`` from now on; stages without a network ignore it."""
 

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from defectkit.data.split import stable_order_key
-from defectkit.data.transforms import build_augmentation, resize_image
-from defectkit.heads.backbones import create_classifier, to_input_tensor
+from defectkit.data.transforms import build_augmentation
+from defectkit.heads.backbones import create_classifier
 from defectkit.registry import STAGES
-from defectkit.runtime import inference_mode, memory_format
 from defectkit.sample import Record, Sample
-from defectkit.stages.base import FitContext, TrainableStage
-from defectkit.training import ImageTensorDataset, fit_head
+from defectkit.stages.base import FitContext
+from defectkit.stages.network import NetworkStage
+from defectkit.training import ImageTensorDataset
 
 DEFAULT_GATE_AUGMENT: dict[str, Any] = dict(
     type="Albumentations",
@@ -35,6 +35,9 @@ DEFAULT_GATE_AUGMENT: dict[str, Any] = dict(
 """Mild augmentation: the gate only needs image-level cues, and strong warps cost CPU time."""
 
 _DISABLED_NOTE = "disabled: every image passes to the next stage"
+
+CLASSIFIER_TYPE = "EfficientNetLite0"
+"""The gate's network (its saved model description): timm's ``tf_efficientnet_lite0`` with a new head."""
 
 
 def recall_threshold(scores: np.ndarray, positive: np.ndarray, target_recall: float) -> float:
@@ -69,9 +72,7 @@ def recall_threshold(scores: np.ndarray, positive: np.ndarray, target_recall: fl
 
 
 @STAGES.register_module()
-class ClassifierGate(TrainableStage):
-    handles_enabled = True  # switched off, it still fits (nothing) and records why, so its state says so
-
+class ClassifierGate(NetworkStage):
     """Classify each image into the data set's image classes; skip the ones confidently normal.
 
     Fitting: an EfficientNet-Lite0 (offline ImageNet weights) with a new head for the config's
@@ -115,6 +116,10 @@ class ClassifierGate(TrainableStage):
         (0.98, 0.41)
     """
 
+    handles_enabled = True  # switched off, it still fits (nothing) and records why, so its state says so
+    model_types = (CLASSIFIER_TYPE,)
+    size_multiple = 1  # the classifier pools globally: any input size works
+
     def __init__(
         self,
         image_size: Sequence[int] = (224, 224),
@@ -133,35 +138,51 @@ class ClassifierGate(TrainableStage):
         chunk_size: int = 64,
         name: str | None = None,
     ) -> None:
-        super().__init__(name or "classifier_gate")
+        # The architecture is fixed (not an option): the saved model description names it, so
+        # weights of another network are refused on load.
+        super().__init__(
+            name or "classifier_gate", dict(type=CLASSIFIER_TYPE), image_size, epochs, batch_size, lr, weight_decay,
+            max_images, seed, True, chunk_size,
+        )
         if not 0.0 < target_recall <= 1.0:
             raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
-        if epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {epochs}")
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
         self.augment_cfg = None if augment is None else dict(augment)
         if self.augment_cfg is not None:
             build_augmentation(self.augment_cfg, int(seed))  # fail on a bad augmentation config now, not after loading data
         self.target_recall = float(target_recall)
         self.positive_names = None if positive_classes is None else [str(c) for c in positive_classes]
-        self.max_images = None if max_images is None else int(max_images)
         self.freeze_backbone_epochs = int(freeze_backbone_epochs)
         self.class_weighting = bool(class_weighting)
-        self.seed = int(seed)
         self.enabled = bool(enabled)
-        self.chunk_size = int(chunk_size)
-        self.image_classes: list[str] = []
         self.positive: list[int] = []
         self.threshold = 0.5
-        self.model: torch.nn.Module | None = None
-        self.device = torch.device("cpu")
         # False when fit found nothing to learn (one side missing): the gate then passes everything.
         self.active = False
-        self.summary: dict[str, Any] = {}
+
+    @property
+    def image_classes(self) -> list[str]:
+        """The data set's image classes, the classifier's outputs (the network's ``classes``)."""
+        return self.classes
+
+    @image_classes.setter
+    def image_classes(self, value: list[str]) -> None:
+        self.classes = value
+
+    def build_network(self, pretrained: bool) -> torch.nn.Module:
+        """EfficientNet-Lite0 with a new head for the image classes."""
+        return create_classifier(len(self.classes), pretrained=pretrained)
+
+    def network_expected(self) -> bool:
+        """Only a gate that learned something (``active``) has a network; otherwise it passes everything."""
+        return self.active
+
+    def saved_settings(self) -> dict[str, Any]:
+        """The positive class indices and whether the gate is on and trained."""
+        return {"positive": self.positive, "enabled": self.enabled, "active": self.active}
+
+    def restore_settings(self, extra: dict[str, Any]) -> None:
+        self.positive = [int(i) for i in extra.get("positive", [])]
+        self.active = bool(extra.get("active", False))
 
     # ------------------------------------------------------------------ helpers
     def _resolve_classes(self, image_classes: Sequence[str]) -> None:
@@ -180,10 +201,6 @@ class ClassifierGate(TrainableStage):
             raise ValueError(
                 f"positive_classes must name some but not all of {self.image_classes}, got {self.positive_names}"
             )
-
-    def _resize(self, image: np.ndarray) -> np.ndarray:
-        """HxWx3 uint8 at ``image_size``: area averaging when shrinking (no aliasing), linear when enlarging."""
-        return resize_image(image, self.image_size)
 
     def _subset(self, records: list[Record]) -> list[Record]:
         """At most ``max_images`` records, every class in proportion (at least one each), order-independent."""
@@ -220,20 +237,14 @@ class ClassifierGate(TrainableStage):
         for chunk in context.decoded_chunks(records, description, self.chunk_size):
             for sample in chunk:
                 assert sample.image is not None  # decoded_chunks keeps decoded samples only
-                images.append(self._resize(sample.image))
+                images.append(self._resize(np.ascontiguousarray(sample.image))[0])
                 labels.append(int(sample.record.label))  # type: ignore[arg-type]
         return images, labels
 
     def _probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Softmax class probabilities (N x classes, float64) of HxWx3 uint8 images, batched."""
-        assert self.model is not None
-        model = self.model.to(self.device, memory_format=memory_format(self.device)).eval()  # type: ignore[call-overload]
-        out = []
-        for b in range(0, len(images), self.batch_size):
-            x = to_input_tensor([self._resize(im) for im in images[b : b + self.batch_size]])
-            with inference_mode(self.device):
-                logits = model(x.to(self.device).contiguous(memory_format=memory_format(self.device)))
-            out.append(torch.softmax(logits.double().cpu(), dim=1).numpy())
+        model = self.network().eval()
+        out = [torch.softmax(self.forward(model, x).double(), dim=1).numpy() for _, x in self.input_batches(images)]
         return np.concatenate(out) if out else np.zeros((0, len(self.image_classes)))
 
     def _positive_score(self, probs: np.ndarray) -> np.ndarray:
@@ -252,10 +263,6 @@ class ClassifierGate(TrainableStage):
         return self.summary
 
     # ------------------------------------------------------------------ fit
-    def use_device(self, device: torch.device) -> None:
-        """Train and classify on ``device``."""
-        self.device = torch.device(device)
-
     def fit(self, train: Sequence[Record], val: Sequence[Record], context: FitContext) -> dict[str, Any]:
         """Fine-tune the classifier on ``train`` and calibrate the recall threshold on ``val``.
 
@@ -293,19 +300,16 @@ class ClassifierGate(TrainableStage):
             weight = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
         loss_fn = torch.nn.CrossEntropyLoss(weight=None if weight is None else torch.tensor(weight, dtype=torch.float32))
 
-        torch.manual_seed(self.seed)  # the new classifier layer's initialisation
-        self.model = create_classifier(n_classes)
+        self.fresh_network()  # seeded: the new classifier layer starts the same every run
         augment = build_augmentation(self.augment_cfg, self.seed)
         train_ds = ImageTensorDataset(train_images, train_labels, self.image_size, transform=augment)
         val_ds = ImageTensorDataset(val_images, val_labels, self.image_size) if val_images else None
-        training = fit_head(
-            self.model, train_ds, val_ds, loss_fn,
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-            progress=context.progress, description=f"{self.name}: train", seed=self.seed,
+        training = self.train_network(
+            context, train_ds, val_ds, loss_fn,
             frozen=lambda name: not name.startswith("classifier."), freeze_epochs=self.freeze_backbone_epochs,
-            restore_best=val_ds is not None, log=context.log, device=self.device,
         )
-        self.active, self.fitted = True, True
+        self.active = True
+        self.mark_fitted()
 
         positive_set = set(self.positive)
         val_pos = np.array([y in positive_set for y in val_labels], dtype=bool)
@@ -362,14 +366,12 @@ class ClassifierGate(TrainableStage):
         """Set ``gate_score``, ``gate_label`` and ``finished`` (negative images); disabled: no change."""
         if not self.enabled:
             return samples  # pass-through: every image goes on to the next stage
+        active = self.active_samples(samples)
         if not self.active:
-            self.require_ready()
-        if not self.active or self.model is None:
             return samples  # fit found nothing to learn (see summary["reason"]): pass-through
-        active = [s for s in samples if s.ok and s.image is not None]
         if not active:
             return samples
-        probs = self._probabilities([s.image for s in active])
+        probs = self._probabilities([s.image for s in active if s.image is not None])  # all of them: active_samples
         scores = self._positive_score(probs)
         negative = [i for i in range(len(self.image_classes)) if i not in self.positive]
         for sample, p, score in zip(active, probs, scores):
@@ -384,35 +386,16 @@ class ClassifierGate(TrainableStage):
 
     # ------------------------------------------------------------------ state
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Classifier weights (when trained) and the threshold; classes and settings as JSON."""
-        tensors: dict[str, torch.Tensor] = {"threshold": torch.tensor([self.threshold], dtype=torch.float64)}
-        if self.active and self.model is not None:
-            tensors.update({f"classifier.{k}": v.detach().clone() for k, v in self.model.state_dict().items()})
-        extra = {
-            "image_classes": self.image_classes,
-            "positive": self.positive,
-            "image_size": list(self.image_size),
-            "enabled": self.enabled,
-            "active": self.active,
-            "summary": self.summary,
-        }
+        """The shared network state (weights only when trained) plus the threshold as a float64 tensor."""
+        tensors, extra = super().state_tensors()
+        # A tensor, not JSON: the threshold is -inf when calibration saw no positive image.
+        tensors["threshold"] = torch.tensor([self.threshold], dtype=torch.float64)
         return tensors, extra
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         """Rebuild the classifier (no ImageNet weights needed) and restore weights and threshold."""
-        self.image_classes = [str(c) for c in extra.get("image_classes", [])]
-        self.positive = [int(i) for i in extra.get("positive", [])]
-        self.image_size = tuple(int(v) for v in extra.get("image_size", self.image_size))  # type: ignore[assignment]
-        self.active = bool(extra.get("active", False))
+        super().load_state_tensors(tensors, extra)
         self.threshold = float(tensors["threshold"][0])
-        self.summary = dict(extra.get("summary", {}))
-        self.model = None
-        if self.active:
-            weights = {k[len("classifier.") :]: v for k, v in tensors.items() if k.startswith("classifier.")}
-            self.model = create_classifier(len(self.image_classes), pretrained=False)
-            self.model.load_state_dict(weights, strict=True)
-            self.model.eval()
-        self.fitted = True
 
     def describe(self) -> dict[str, Any]:
         """Type, name, whether it gates at all, classes, threshold and the fit summary."""

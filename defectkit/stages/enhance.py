@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -45,6 +45,8 @@ from defectkit.heads.zero_dce import (
 from defectkit.registry import STAGES
 from defectkit.sample import Enhancement, Record, Sample
 from defectkit.stages.base import FitContext, Stage, TrainableStage
+from defectkit.tiling import Window, slice_windows
+from defectkit.training import fit_head
 
 __all__ = ["Clahe", "Gamma", "ZeroDce", "darken", "gamma_lut", "is_dark", "mean_luma"]
 
@@ -141,18 +143,18 @@ class _LuminanceRule:
 
     def predict(self, samples: list[Sample]) -> list[Sample]:
         """Enhance ``sample.image`` of the samples the rule selects; record what was done in ``sample.enhancement``."""
-        todo: list[tuple[Sample, float]] = []
+        todo: list[tuple[Sample, float, np.ndarray]] = []
         for sample in samples:
             if not sample.ok or sample.image is None:
                 continue
             luma = mean_luma(sample.image)
             if self.should_enhance(luma):
-                todo.append((sample, luma))
+                todo.append((sample, luma, sample.image))
             else:
                 sample.enhancement = Enhancement(False, round(luma, 3), round(luma, 3))
         if todo:
-            outputs = self.enhance_images([sample.image for sample, _ in todo])
-            for (sample, luma), image in zip(todo, outputs):
+            outputs = self.enhance_images([image for _, _, image in todo])
+            for (sample, luma, _), image in zip(todo, outputs):
                 sample.image = image
                 sample.enhancement = Enhancement(True, round(luma, 3), round(mean_luma(image), 3), self.name)
         return samples
@@ -305,8 +307,8 @@ class ZeroDce(_LuminanceRule, TrainableStage):
         train_size: ``(height, width)`` of the training crops.
         epochs: Passes over the crops.
         batch_size: Crops per optimisation step; also images per batch at prediction.
-        lr: Adam learning rate.
-        weight_decay: Adam weight decay (as in the released code).
+        lr: Adam learning rate (constant, as in the released code).
+        weight_decay: Adam (L2) weight decay (as in the released code).
         max_images: Use at most this many training images (a reproducible subset); None for all.
         crops_per_image: Random crops taken from each training image.
         darken_probability: Share of crops darkened anew at each epoch.
@@ -405,20 +407,12 @@ class ZeroDce(_LuminanceRule, TrainableStage):
             return np.zeros((0, *self.train_size, 3), np.uint8), 0
         return np.stack(crops), used
 
-    def _augment(self, crops: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        """An NCHW float batch in [0, 1]: random flips, and a share darkened with :func:`darken`."""
-        out = []
-        for crop in crops:
-            if rng.random() < 0.5:
-                crop = crop[:, ::-1]
-            if rng.random() < self.darken_probability:
-                crop = darken(crop, factor=rng.uniform(0.2, 0.8), gamma=rng.uniform(1.0, 2.0))
-            out.append(np.ascontiguousarray(crop))
-        x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div_(255.0)
-        return x.contiguous(memory_format=torch.channels_last)
-
     def fit(self, train: Sequence[Record], val: Sequence[Record], context: FitContext) -> dict[str, Any]:
         """Train DCE-Net on crops of the training images (``val`` is not needed: the losses need no labels).
+
+        Training goes through the shared Lightning loop (:func:`defectkit.training.fit_head`) with the
+        released recipe: Adam with L2 weight decay at a constant learning rate, gradient norm clipped
+        at 0.1, on ``self.device``.
 
         Returns:
             A JSON-able summary: images, crops, steps, the last epoch's mean losses, the mean luma of
@@ -434,32 +428,24 @@ class ZeroDce(_LuminanceRule, TrainableStage):
             raise ValueError("ZeroDce.fit needs at least one decodable training image")
         t_crops = time.perf_counter() - start
 
-        self.model = self._new_model(self.model.config()).to(self.device)
-        self.model.train()
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        self.model = self._new_model(self.model.config())
+        objective = _ZeroDceObjective(self.loss_weights)
+        training = fit_head(
+            self.model, _DarkenedCrops(crops, self.darken_probability, rng), None, objective,
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+            # The released code: Adam (L2 decay) at a constant rate, and gradients clipped at 0.1
+            # because the smoothness term's gradients spike early on.
+            optimizer="adam", schedule="constant", gradient_clip_val=0.1,
+            progress=context.progress, description=f"{self.name}: train Zero-DCE", seed=self.seed,
+            log=context.log, device=self.device,
+        )
         n_batches = math.ceil(len(crops) / self.batch_size)
-        advance = context.progress(f"{self.name}: train Zero-DCE", self.epochs * n_batches)
-        last: dict[str, float] = {}
-        for epoch in range(self.epochs):
-            order = rng.permutation(len(crops))
-            sums: dict[str, float] = {}
-            for b in range(n_batches):
-                x = self._augment(crops[order[b * self.batch_size : (b + 1) * self.batch_size]], rng).to(self.device)
-                enhanced, curves = self.model(x)
-                loss, parts = zero_dce_loss(x, enhanced, curves, self.loss_weights)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # The released code clips at 0.1: the smoothness term's gradients spike early on.
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.1)
-                optimizer.step()
-                for key, value in {"total": float(loss.detach()), **parts}.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                advance(1)
-            last = {k: round(v / n_batches, 5) for k, v in sums.items()}
-            context.log(f"{self.name}: epoch {epoch + 1}/{self.epochs} " + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
+        last = objective.mean_of_last(n_batches)
+        context.log(f"{self.name}: last epoch " + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
         # Enhancement itself stays on the CPU: the curves come from a 4x downscaled photo (a few
         # thousand weights), so moving full-size photos to a GPU and back would cost more than it saves.
-        self.model.cpu().eval()
+        # fit_head leaves the net on the CPU; channels-last keeps oneDNN's fast convolutions.
+        self.model = self.model.to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
         self.fitted = True
         t_train = time.perf_counter() - start - t_crops
 
@@ -472,7 +458,7 @@ class ZeroDce(_LuminanceRule, TrainableStage):
             "crops": int(len(crops)),
             "train_size": list(self.train_size),
             "epochs": self.epochs,
-            "steps": self.epochs * n_batches,
+            "steps": int(training["steps"]),
             "losses": last,
             "darkened_crop_luma_before": round(float(np.mean([mean_luma(p) for p in probe])), 2),
             "darkened_crop_luma_after": round(float(np.mean([mean_luma(a) for a in after])), 2),
@@ -483,20 +469,17 @@ class ZeroDce(_LuminanceRule, TrainableStage):
         return self.summary
 
     # ------------------------------------------------------------------ predict
-    def _tiles(self, height: int, width: int) -> Iterator[tuple[int, int, int, int]]:
-        """``(y0, y1, x0, x1)`` boxes of at most ``tile_size`` x ``tile_size`` covering the image."""
-        t = self.tile_size
-        for y0 in range(0, height, t):
-            for x0 in range(0, width, t):
-                yield y0, min(y0 + t, height), x0, min(x0 + t, width)
+    def _tiles(self, height: int, width: int) -> list[Window]:
+        """Non-overlapping windows of at most ``tile_size`` x ``tile_size`` covering the image (the shared slicing)."""
+        return slice_windows(height, width, self.tile_size, self.tile_size, 0.0, 0.0, keep_size=False)
 
-    def _curves_in_box(self, x: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
-        """Curves of ``x`` inside ``box``, computed on the box plus the receptive-field margin.
+    def _curves_in_box(self, x: torch.Tensor, box: Window) -> torch.Tensor:
+        """Curves of ``x`` inside the ``(x1, y1, x2, y2)`` window ``box``, computed on it plus the receptive-field margin.
 
         With the margin, the convolutions see the same pixels as in one pass over the whole image
         (zero padding only happens at the image's real border), so tiles join seamlessly.
         """
-        y0, y1, x0, x1 = box
+        x0, y0, x1, y1 = box
         h, w = x.shape[-2:]
         r = RECEPTIVE_RADIUS + 1
         ya, yb, xa, xb = max(0, y0 - r), min(h, y1 + r), max(0, x0 - r), min(w, x1 + r)
@@ -511,18 +494,20 @@ class ZeroDce(_LuminanceRule, TrainableStage):
         low = self.model.downscale(x)
         if low.shape[-2:] == x.shape[-2:]:
             # Zero-DCE: curves and enhancement tile by tile; the 24 full-size curve maps never exist at once.
-            for y0, y1, x0, x1 in self._tiles(height, width):
-                out[..., y0:y1, x0:x1] = apply_curves(x[..., y0:y1, x0:x1], self._curves_in_box(x, (y0, y1, x0, x1)))
+            for box in self._tiles(height, width):
+                x0, y0, x1, y1 = box
+                out[..., y0:y1, x0:x1] = apply_curves(x[..., y0:y1, x0:x1], self._curves_in_box(x, box))
             return out
         # Zero-DCE++: curves at low resolution (small), then upsampled and applied band by band.
         lh, lw = low.shape[-2:]
         curves = torch.empty((x.shape[0], 3 * self.model.n_iterations, lh, lw), dtype=x.dtype)
-        for y0, y1, x0, x1 in self._tiles(lh, lw):
-            curves[..., y0:y1, x0:x1] = self._curves_in_box(low, (y0, y1, x0, x1))
+        for box in self._tiles(lh, lw):
+            x0, y0, x1, y1 = box
+            curves[..., y0:y1, x0:x1] = self._curves_in_box(low, box)
         cols = _bilinear_indices(width, lw, 0, width)
         band = max(1, self.tile_size**2 // max(width, 1))
-        for y0 in range(0, height, band):
-            y1 = min(height, y0 + band)
+        # Full-width bands of ``band`` rows: the shared slicing with the width as the slice width.
+        for _, y0, _, y1 in slice_windows(height, width, band, width, 0.0, 0.0, keep_size=False):
             full = _upsample_band(curves, _bilinear_indices(height, lh, y0, y1), cols)
             out[..., y0:y1, :] = apply_curves(x[..., y0:y1, :], full)
         return out
@@ -576,6 +561,55 @@ class ZeroDce(_LuminanceRule, TrainableStage):
 
     def describe(self) -> dict[str, Any]:
         return {**Stage.describe(self), **self._rule_summary(), "model": self.model.config(), **self.summary}
+
+
+# ------------------------------------------------------------------------- Zero-DCE training data
+class _DarkenedCrops(torch.utils.data.Dataset):
+    """Training crops as ``(x, x)`` pairs of 3xHxW float tensors in [0, 1], augmented anew at every access.
+
+    Each access flips a crop at random and darkens a share ``darken_probability`` of them with a
+    random exposure factor and gamma (:func:`darken`), so every epoch sees a new mix of exposures.
+    The no-reference losses compare the net's output with its own input, so the target is the input.
+    Draws come from ``rng`` in access order: reproducible with the loop's seeded, single-process loading.
+    """
+
+    def __init__(self, crops: np.ndarray, darken_probability: float, rng: np.random.Generator) -> None:
+        self.crops, self.darken_probability, self.rng = crops, float(darken_probability), rng
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        crop = self.crops[index]
+        if self.rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        if self.rng.random() < self.darken_probability:
+            crop = darken(crop, factor=self.rng.uniform(0.2, 0.8), gamma=self.rng.uniform(1.0, 2.0))
+        x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float().div_(255.0)
+        return x, x
+
+
+class _ZeroDceObjective:
+    """The training loss for :func:`~defectkit.training.fit_head`: ``(DCE-Net outputs, input) -> zero_dce_loss``.
+
+    It also keeps every step's total and unweighted terms, so the fit summary can report the last
+    epoch's mean of each (the loop itself records only the total).
+    """
+
+    def __init__(self, weights: Mapping[str, float]) -> None:
+        self.weights = dict(weights)
+        self.steps: list[dict[str, float]] = []
+
+    def __call__(self, outputs: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        enhanced, curves = outputs
+        total, parts = zero_dce_loss(x, enhanced, curves, self.weights)
+        self.steps.append({"total": float(total.detach()), **parts})
+        return total
+
+    def mean_of_last(self, n: int) -> dict[str, float]:
+        """Per-step means of the last ``n`` steps (one epoch), rounded for the summary."""
+        recent = self.steps[-n:]
+        return {k: round(sum(step[k] for step in recent) / len(recent), 5) for k in recent[0]} if recent else {}
 
 
 # ---------------------------------------------------------------------- banded bilinear upsampling

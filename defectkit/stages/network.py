@@ -1,8 +1,10 @@
 """The base of stages that own one torch network trained on the config's defect classes.
 
-Such a stage (:class:`~defectkit.stages.detect.Detector`, :class:`~defectkit.stages.segment.Segmenter`)
-keeps its network in ``model``, built from a head config for the classes of ``context.classes``
-and trained by the shared Lightning loop on images resized to ``image_size``. Its state is the
+Such a stage (:class:`~defectkit.stages.detect.Detector`, :class:`~defectkit.stages.segment.Segmenter`,
+:class:`~defectkit.stages.classifier_gate.ClassifierGate`) keeps its network in ``model``, built
+from a head config for its classes (``context.classes``; the gate's are the image classes) and
+trained by the shared Lightning loop on images resized to ``image_size``. The training options,
+the device, the fit check and saving and loading the weights live here, once. Its state is the
 network's weights under ``model.`` plus what rebuilds it (head config, classes, image size, fit
 summary), so loading needs no ImageNet weights. Subclasses decide what the network learns from
 and what its predictions fill in.
@@ -56,6 +58,10 @@ class NetworkStage(TrainableStage):
     reserved_model_keys: Mapping[str, str] = {}
     """Head config keys the stage sets itself, each with where its value comes from (for the error)."""
 
+    size_multiple: int = 32
+    """``image_size`` must be a multiple of this (encoders that downsample 32x need 32; a classifier
+    that pools globally takes any size)."""
+
     def __init__(
         self,
         name: str,
@@ -79,8 +85,9 @@ class NetworkStage(TrainableStage):
             if key in self.model_cfg:
                 raise ConfigError(f"{kind} model config must not set {key!r} (it comes from {source})")
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        if any(v < 32 or v % 32 for v in self.image_size):
-            raise ConfigError(f"{kind} image_size must be multiples of 32 (>= 32), got {list(self.image_size)}")
+        step = self.size_multiple
+        if any(v < step or v % step for v in self.image_size):
+            raise ConfigError(f"{kind} image_size must be multiples of {step} (>= {step}), got {list(self.image_size)}")
         if epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {epochs}")
         self.epochs = int(epochs)
@@ -169,6 +176,12 @@ class NetworkStage(TrainableStage):
             restore_best=val is not None, log=context.log, device=self.device, **options,
         )
 
+    def mark_fitted(self) -> None:
+        """The trained network goes to the stage's device, in eval mode; the stage counts as fitted."""
+        assert self.model is not None, "fresh_network() first"
+        self._place(self.model).eval()
+        self.fitted = True
+
     def finish_fit(
         self,
         context: FitContext,
@@ -189,9 +202,7 @@ class NetworkStage(TrainableStage):
             details: The stage's own summary entries, between the architecture, classes and image
                 size and the problem count and training summary.
         """
-        assert self.model is not None, "fresh_network() first"
-        self._place(self.model).eval()
-        self.fitted = True
+        self.mark_fitted()
         self.summary = {
             "arch": self.model_cfg["type"],
             "classes": self.classes,
@@ -221,9 +232,16 @@ class NetworkStage(TrainableStage):
         # A no-op when fitted or loaded here; a network set from outside is brought to the device and layout.
         return self.model.to(self.device, memory_format=memory_format(self.device))  # type: ignore[call-overload]
 
+    def network_expected(self) -> bool:
+        """Whether the fitted stage has a network (to save, load and predict with).
+
+        True for every stage that always trains one; a gate that found nothing to learn has none.
+        """
+        return True
+
     def ready_to_predict(self) -> bool:
-        """Whether there is a network to predict with (fitted or loaded)."""
-        return self.model is not None
+        """Whether there is a network to predict with (fitted or loaded), or the fitted stage needs none."""
+        return self.model is not None if self.network_expected() else self.fitted
 
     def input_batches(self, images: Sequence[np.ndarray]) -> Iterator[tuple[Sequence[np.ndarray], torch.Tensor]]:
         """HxWx3 uint8 images ``batch_size`` at a time, each batch with its network input (NCHW at ``image_size``, on the stage's device)."""
@@ -246,8 +264,11 @@ class NetworkStage(TrainableStage):
 
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The network's weights; head config, :meth:`saved_settings`, classes, image size and fit summary as JSON."""
-        model = self.network("nothing to save")
-        tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+        self.require_ready("nothing to save")
+        tensors: dict[str, torch.Tensor] = {}
+        if self.network_expected():
+            model = self.network("nothing to save")
+            tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
         extra = {
             "arch": self.model_cfg["type"],
             "model": self.model_cfg,
@@ -268,10 +289,12 @@ class NetworkStage(TrainableStage):
         self.image_size = tuple(int(v) for v in extra.get("image_size", self.image_size))  # type: ignore[assignment]
         self._resize = Resize(self.image_size)
         self.summary = dict(extra.get("summary", {}))
-        model = self.build_network(pretrained=False)
-        weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-        model.load_state_dict(weights, strict=True)
-        self.model = self._place(model).eval()
+        self.model = None
+        if self.network_expected():  # restore_settings decided (e.g. a gate that learned nothing has no network)
+            model = self.build_network(pretrained=False)
+            weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+            model.load_state_dict(weights, strict=True)
+            self.model = self._place(model).eval()
         self.fitted = True
 
     def describe(self) -> dict[str, Any]:

@@ -58,11 +58,12 @@ from defectkit.tiling import (
     BLEND_PROFILES,
     Window,
     check_merge_options,
+    image_windows,
     merge_detections,
     overlap_pair,
     slice_size_pair,
-    slice_windows,
     stitch_maps,
+    window_batches,
 )
 
 DEFAULT_MERGE: dict[str, Any] = dict(method="GREEDYNMM", match_metric="IOS", threshold=0.5, class_agnostic=False)
@@ -221,16 +222,12 @@ class Tiling(WrappingStage, Detects, Segments):
             >>> tiling.windows(100, 250)  # slice_size=100, overlap=0.2      # doctest: +SKIP
             [(0, 0, 100, 100), (80, 0, 180, 100), (150, 0, 250, 100)]
         """
-        if (mode or self.mode) == "whole":
-            return [(0, 0, width, height)]
-        return slice_windows(height, width, *self.slice_size, *self.overlap)
+        return image_windows(height, width, None if (mode or self.mode) == "whole" else self.slice_size, self.overlap)
 
     # ------------------------------------------------------------------ predict
-    def _crops(self, images: Sequence[np.ndarray], jobs: Sequence[tuple[int, Window]]) -> list[np.ndarray]:
-        return [np.ascontiguousarray(images[i][y1:y2, x1:x2]) for i, (x1, y1, x2, y2) in jobs]
-
     def _run_inner(self, method: str, images: list[np.ndarray]) -> list[Any]:
-        results = list(getattr(self.inner, method)(images))
+        # The inner stage's declared ability (Detects / Segments), called by name, not looked up.
+        results = list(self.inner.detect(images) if method == "detect" else self.inner.probability_maps(images))
         if len(results) != len(images):
             raise RuntimeError(f"{self.name}: inner {method} returned {len(results)} results for {len(images)} images")
         return results
@@ -240,11 +237,9 @@ class Tiling(WrappingStage, Detects, Segments):
     ) -> tuple[list[list[Window]], list[list[Any]]]:
         """Every image's windows and the inner stage's result for each, in batches over all images."""
         windows = [self.windows(*image.shape[:2], mode=mode) for image in images]
-        jobs = [(i, window) for i, image_windows in enumerate(windows) for window in image_windows]
         results: list[list[Any]] = [[] for _ in images]
-        for start in range(0, len(jobs), self.batch_size):
-            chunk = jobs[start : start + self.batch_size]
-            for (i, _), result in zip(chunk, self._run_inner(method, self._crops(images, chunk))):
+        for batch in window_batches(images, windows, self.batch_size):
+            for (i, _, _), result in zip(batch, self._run_inner(method, [crop for _, _, crop in batch])):
                 results[i].append(result)
         return windows, results
 
@@ -255,8 +250,8 @@ class Tiling(WrappingStage, Detects, Segments):
     def _detect(self, images: Sequence[np.ndarray], mode: str | None = None) -> list[Detections]:
         windows, found = self._window_results(images, "detect", mode)
         parts = [
-            [self._confident(detections).shifted(x1, y1) for (x1, y1, _, _), detections in zip(image_windows, image_found)]
-            for image_windows, image_found in zip(windows, found)
+            [self._confident(detections).shifted(x1, y1) for (x1, y1, _, _), detections in zip(windows_of_image, image_found)]
+            for windows_of_image, image_found in zip(windows, found)
         ]
         if self.full_image:
             # An image that fits one window was already seen whole.
@@ -290,12 +285,9 @@ class Tiling(WrappingStage, Detects, Segments):
             raise RuntimeError(f"{self.name}: probability_maps needs a segmenter inside, this Tiling wraps a {self.kind}")
         windows, maps = self._window_results(images, "probability_maps")
         out = []
-        for image, image_windows, image_maps in zip(images, windows, maps):
+        for image, windows_of_image, image_maps in zip(images, windows, maps):
             height, width = image.shape[:2]
-            if len(image_maps) == 1:
-                out.append(np.asarray(image_maps[0], dtype=np.float32))
-            else:
-                out.append(stitch_maps(image_maps, image_windows, height, width, profile=self.blend))
+            out.append(stitch_maps([np.asarray(m) for m in image_maps], windows_of_image, height, width, profile=self.blend))
         return out
 
     def predict(self, samples: list[Sample]) -> list[Sample]:

@@ -2,7 +2,9 @@
 
 A wrapping stage builds its ``inner`` stage from a config dict (or takes a built object), hands
 fitting to it, saves and loads the inner stage's tensors as its own (recording the inner type), and
-reports ``fitted`` from it. Subclasses decide how predictions run and what their settings are.
+reports ``fitted`` from it. An inner stage is trainable when it is a
+:class:`~defectkit.stages.base.TrainableStage` (declared, never probed); any other inner object is
+run as it is. Subclasses decide how predictions run and what their settings are.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from defectkit.errors import ConfigError, StateError
 from defectkit.registry import STAGES, build
 from defectkit.sample import Record
-from defectkit.stages.base import FitContext, TrainableStage
+from defectkit.stages.base import FitContext, Stage, TrainableStage
 
 # Manifest header fields (see io.state.save_state) copied up from the inner stage's settings, so
 # a saved wrapping stage records the classes, head and input size of the model it wraps.
@@ -57,13 +59,13 @@ class WrappingStage(TrainableStage):
 
     @property
     def _inner_trainable(self) -> bool:
-        return callable(getattr(self.inner, "state_tensors", None))
+        return isinstance(self.inner, TrainableStage)
 
     @property  # type: ignore[override]
     def fitted(self) -> bool:
         """Whether the inner stage is ready to predict (always, for an inner stage without training)."""
         inner = self.__dict__.get("inner")
-        return True if inner is None or not self._inner_trainable else bool(getattr(inner, "fitted", False))
+        return True if inner is None or not self._inner_trainable else bool(inner.fitted)
 
     @fitted.setter
     def fitted(self, value: bool) -> None:
@@ -85,8 +87,7 @@ class WrappingStage(TrainableStage):
             context.log(f"{self.name}: inner {type(self.inner).__name__} has nothing to train")
             return {self.settings_key: self.settings()}
         self.prepare_inner_fit()
-        if hasattr(self.inner, "fit_classes"):
-            self.inner.fit_classes = self.fit_classes
+        self.inner.fit_classes = self.fit_classes
         summary = dict(self.inner.fit(train, val, context) or {})
         self.fitted = True
         return {**summary, self.settings_key: self.settings()}
@@ -103,8 +104,7 @@ class WrappingStage(TrainableStage):
 
     def expected_model(self) -> dict[str, Any] | None:
         """The inner stage's model as the config builds it (its copy at the top of the saved state must match too)."""
-        expected = getattr(self.inner, "expected_model", None)
-        return expected() if self._inner_trainable and callable(expected) else None
+        return self.inner.expected_model() if self._inner_trainable else None
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         """Restore the inner stage; this stage's settings come from the config, not the saved state.
@@ -123,17 +123,13 @@ class WrappingStage(TrainableStage):
             if not isinstance(inner_extra, dict):
                 raise StateError(f"{self.name}: saved state's 'inner' is not an object")
             # What the inner stage rebuilds from is this nested copy: check it, not only the top-level one.
-            # (An inner object that is not a TrainableStage checks what it loads itself.)
-            check = getattr(self.inner, "check_saved_model", None)
-            if callable(check):
-                check(inner_extra)
+            self.inner.check_saved_model(inner_extra)
             self.inner.load_state_tensors(tensors, dict(inner_extra))
         self.fitted = True
 
     def describe(self) -> dict[str, Any]:
         """Type, name, settings and the inner stage's description."""
-        describe_inner = getattr(self.inner, "describe", None)
-        inner = describe_inner() if callable(describe_inner) else {"type": type(self.inner).__name__}
+        inner = self.inner.describe() if isinstance(self.inner, Stage) else {"type": type(self.inner).__name__}
         return {**super().describe(), **self.settings(), "inner": inner}
 
 

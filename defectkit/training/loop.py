@@ -4,8 +4,9 @@ A head is any ``nn.Module`` mapping an NCHW batch to outputs; a loss is any call
 ``(outputs, targets) -> scalar tensor``. Heads that compute their own loss (torchvision's detectors:
 ``head(images, targets)`` returns a dict of loss terms in train mode) are trained with
 ``loss_fn=None``. :func:`fit_head` wraps head and loss in :class:`HeadModule` and runs a quiet CPU
-``lightning.Trainer`` (AdamW, cosine schedule per step, optional frozen-backbone warm-up, optional
-restore of the best validation epoch). :class:`ImageTensorDataset` turns in-memory
+``lightning.Trainer`` (AdamW, or Adam with L2 weight decay; a cosine or constant learning rate per
+step; optional gradient-norm clipping, frozen-backbone warm-up and restore of the best validation
+epoch). :class:`ImageTensorDataset` turns in-memory
 ``(HxWx3 uint8 image, target)`` pairs into tensors with the backbones' [-1, 1] scaling; targets may be
 class indices (classifiers) or HxW / CxHxW masks (segmenters), which are resized and augmented
 together with the image. :class:`BoxTensorDataset` does the same for images with boxes (detectors).
@@ -266,8 +267,22 @@ def collate_boxes(items: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> 
     return torch.stack([x for x, _ in items]), [target for _, target in items]
 
 
+OPTIMIZERS = ("adamw", "adam")
+"""Optimizers :func:`fit_head` can use: AdamW (decoupled weight decay) or Adam (L2 weight decay, as some
+released recipes train, e.g. Zero-DCE)."""
+
+SCHEDULES = ("cosine", "constant")
+"""Per-step learning-rate schedules after the warm-up: cosine decay to ``lr * min_lr_ratio``, or constant ``lr``."""
+
+
+def _check_choice(name: str, value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
 class HeadModule(pl.LightningModule):
-    """Generic LightningModule: a head, a loss, AdamW with a per-step cosine schedule.
+    """Generic LightningModule: a head, a loss, AdamW (or Adam) with a per-step cosine (or constant) schedule.
 
     Train and validation losses are averaged per epoch over samples (not batches) and kept in
     :attr:`history`, so :func:`fit_head` needs no logger.
@@ -277,9 +292,11 @@ class HeadModule(pl.LightningModule):
         loss_fn: ``(outputs, targets) -> loss``; None: the head computes its own loss
             (:func:`head_loss`).
         lr: Peak learning rate.
-        weight_decay: AdamW weight decay.
+        weight_decay: Weight decay (decoupled for AdamW, an L2 term for Adam).
         min_lr_ratio: The cosine schedule ends at ``lr * min_lr_ratio``.
-        warmup_steps: Linear warm-up steps before the cosine decay (0 = none).
+        warmup_steps: Linear warm-up steps before the schedule (0 = none).
+        optimizer: One of :data:`OPTIMIZERS`.
+        schedule: One of :data:`SCHEDULES`.
         log: Called with one line per finished epoch (losses, seconds), e.g. ``FitContext.log``;
             progress bars do not show in redirected output, these lines do.
         description: Prefix of those lines.
@@ -300,8 +317,12 @@ class HeadModule(pl.LightningModule):
         warmup_steps: int = 0,
         log: Callable[[str], None] | None = None,
         description: str = "training",
+        optimizer: str = "adamw",
+        schedule: str = "cosine",
     ) -> None:
         super().__init__()
+        self.optimizer_name = _check_choice("optimizer", optimizer, OPTIMIZERS)
+        self.schedule = _check_choice("schedule", schedule, SCHEDULES)
         self.log_line = log
         self.description = description
         self._epoch_start = time.perf_counter()
@@ -372,16 +393,19 @@ class HeadModule(pl.LightningModule):
             )
 
     def configure_optimizers(self) -> dict[str, Any]:
-        # Every parameter goes to the optimizer, frozen or not: AdamW skips parameters whose grad is
+        # Every parameter goes to the optimizer, frozen or not: Adam(W) skips parameters whose grad is
         # None, so a backbone frozen for the first epochs joins training without rebuilding anything.
-        optimizer = torch.optim.AdamW(self.head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        kind = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
+        optimizer = kind(self.head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup, floor = min(self.warmup_steps, total - 1), self.min_lr_ratio
+        warmup, floor, constant = min(self.warmup_steps, total - 1), self.min_lr_ratio, self.schedule == "constant"
 
         def factor(step: int) -> float:
-            """Linear warm-up, then cosine from 1 to ``min_lr_ratio`` over the remaining steps."""
+            """Linear warm-up, then cosine from 1 to ``min_lr_ratio`` over the remaining steps (or constant 1)."""
             if step < warmup:
                 return (step + 1) / (warmup + 1)
+            if constant:
+                return 1.0
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -460,6 +484,9 @@ def fit_head(
     sampler: Sampler | None = None,
     log: Callable[[str], None] | None = None,
     device: torch.device | None = None,
+    optimizer: str = "adamw",
+    schedule: str = "cosine",
+    gradient_clip_val: float | None = None,
 ) -> dict[str, Any]:
     """Train ``head`` in place with Lightning (on ``device``) and return a JSON-able summary.
 
@@ -471,8 +498,8 @@ def fit_head(
             (``head(x, targets)``, e.g. torchvision detectors; see :func:`head_loss`).
         epochs: Training epochs.
         batch_size: Samples per step (the last, smaller batch is kept).
-        lr: Peak AdamW learning rate of the cosine schedule.
-        weight_decay: AdamW weight decay.
+        lr: Peak learning rate (of the cosine schedule; the rate itself with ``schedule="constant"``).
+        weight_decay: Weight decay (decoupled for AdamW, an L2 term for Adam).
         num_workers: DataLoader worker processes (0 = load in the training process).
         progress: ``FitContext.progress``-style factory ``(description, total) -> advance(n)``; the
             bar advances once per training batch. None: no progress output at all.
@@ -492,6 +519,9 @@ def fit_head(
         device: Where to train (:func:`defectkit.runtime.resolve_device`); None: the CPU. On CUDA
             with mixed precision; image batches in channels-last layout. The head is left on the
             CPU afterwards (stages move it where they predict).
+        optimizer: ``"adamw"`` or ``"adam"`` (:data:`OPTIMIZERS`).
+        schedule: ``"cosine"`` (decay to 1 % of ``lr``) or ``"constant"`` (:data:`SCHEDULES`), after the warm-up.
+        gradient_clip_val: Clip the global gradient norm of every step to this (None: no clipping).
 
     Returns:
         ``epochs``, ``steps``, ``train_samples``, ``val_samples``, ``train_loss`` (last epoch),
@@ -504,6 +534,8 @@ def fit_head(
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if gradient_clip_val is not None and not gradient_clip_val > 0:
+        raise ValueError(f"gradient_clip_val must be > 0 or None, got {gradient_clip_val}")
     if len(train_dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("fit_head needs at least one training sample")
     start = time.perf_counter()
@@ -520,7 +552,7 @@ def fit_head(
     )
     device = device or torch.device("cpu")
     module = HeadModule(head, loss_fn, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, log=log,
-                        description=description)
+                        description=description, optimizer=optimizer, schedule=schedule)
     module.memory_format = memory_format(device)
     head.to(memory_format=module.memory_format)  # type: ignore[call-overload]
     accelerator, devices = lightning_accelerator(device)
@@ -547,6 +579,9 @@ def fit_head(
             # CUDA has no deterministic kernels for some backward passes (bilinear upsampling): warn there.
             deterministic=deterministic if device.type == "cpu" else ("warn" if deterministic else False),
             callbacks=callbacks,
+            # Lightning unscales mixed-precision gradients before clipping, so the bound means the same on every device.
+            gradient_clip_val=gradient_clip_val,
+            gradient_clip_algorithm="norm",
         )
         try:
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
@@ -587,4 +622,4 @@ def _round(value: float | int | None, digits: int = 6) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-__all__ = ["BoxTensorDataset", "HeadModule", "ImageTensorDataset", "collate_boxes", "fit_head", "head_loss", "resize_with_boxes"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "BoxTensorDataset", "HeadModule", "ImageTensorDataset", "collate_boxes", "fit_head", "head_loss", "resize_with_boxes"]

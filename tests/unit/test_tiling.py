@@ -14,11 +14,13 @@ from defectkit.errors import ConfigError
 from defectkit.sample import Detections, detections_to_instances
 from defectkit.tiling import (
     blend_weights,
+    image_windows,
     merge_detections,
     slice_annotations,
     slice_training_items,
     slice_windows,
     stitch_maps,
+    window_batches,
     window_overlaps,
 )
 
@@ -348,3 +350,49 @@ def test_slivers_under_a_pixel_are_not_reported_as_instances():
 def test_a_label_outside_the_classes_is_an_error():
     with pytest.raises(ValueError, match="classes"):
         detections_to_instances(dets([[0, 0, 1, 1]], [0.5], labels=[2]), ["scratch", "dent"])
+
+
+# ----------------------------------------------------------------------------- the shared window helpers
+@settings(max_examples=120, deadline=None)
+@given(
+    height=st.integers(1, 200), width=st.integers(1, 200),
+    slice_height=st.integers(1, 90), slice_width=st.integers(1, 90),
+    overlap=st.floats(0, 0.9), keep_size=st.booleans(), whole=st.booleans(),
+)
+def test_shared_windows_cover_the_image_and_stay_inside_it(height, width, slice_height, slice_width, overlap, keep_size, whole):
+    if whole:
+        windows = image_windows(height, width, None)
+        assert windows == [(0, 0, width, height)]
+    else:
+        windows = slice_windows(height, width, slice_height, slice_width, overlap, overlap, keep_size=keep_size)
+        if keep_size:
+            assert windows == image_windows(height, width, (slice_height, slice_width), (overlap, overlap))
+    covered = np.zeros((height, width), np.int64)
+    for x1, y1, x2, y2 in windows:
+        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+        if not whole:
+            assert x2 - x1 <= slice_width and y2 - y1 <= slice_height
+        covered[y1:y2, x1:x2] += 1
+    assert (covered >= 1).all()
+    if not keep_size and overlap == 0 and not whole:
+        assert (covered == 1).all()  # cut tiles without overlap cover each pixel once
+
+
+def test_window_batches_crop_every_window_of_every_image_in_order_and_regroup() -> None:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(30, 50), (20, 20), (45, 31)]]
+    windows = [image_windows(*image.shape[:2], (20, 20), (0.25, 0.25)) for image in images]
+    batches = list(window_batches(images, windows, 4))
+    flat = [item for batch in batches for item in batch]
+    assert all(len(batch) == 4 for batch in batches[:-1]) and 1 <= len(batches[-1]) <= 4
+    assert [(i, w) for i, w, _ in flat] == [(i, w) for i, ws in enumerate(windows) for w in ws]
+    for i, (x1, y1, x2, y2), crop in flat:
+        assert crop.flags["C_CONTIGUOUS"] and np.array_equal(crop, images[i][y1:y2, x1:x2])
+
+
+def test_stitching_one_window_over_the_whole_image_returns_its_map() -> None:
+    full = np.random.default_rng(1).random((2, 7, 9)).astype(np.float64)
+    out = stitch_maps([full], [(0, 0, 9, 7)], 7, 9)
+    assert out.dtype == np.float32 and np.array_equal(out, full.astype(np.float32))
+    with pytest.raises(ValueError, match="expected"):
+        stitch_maps([full[:, :6]], [(0, 0, 9, 7)], 7, 9)

@@ -7,11 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from defectkit.errors import StateError
+from defectkit.io.state import save_state
 from defectkit.pipeline import Pipeline
 from defectkit.registry import STAGES, build
 from defectkit.sample import Record, Sample
 from defectkit.stages.base import FitContext, Stage
 from defectkit.stages.classifier_gate import ClassifierGate, recall_threshold
+from defectkit.stages.network import NetworkStage
 
 SIZE = 48
 CLASSES = ["normal", "damaged", "contaminated"]
@@ -189,3 +192,29 @@ def test_recall_threshold_is_the_highest_keeping_the_target() -> None:
     assert np.mean(scores[positive] >= t) >= 0.8
     assert recall_threshold(scores, positive, 1.0) < 0.2
     assert recall_threshold(scores, np.zeros(8, bool), 0.9) == -np.inf
+
+
+def test_gate_is_a_network_stage_and_saves_like_one(fitted, tmp_path) -> None:
+    gate, _ = fitted
+    assert isinstance(gate, NetworkStage)
+    tensors, extra = gate.state_tensors()
+    assert extra["model"] == {"type": "EfficientNetLite0"} and extra["classes"] == CLASSES
+    assert extra["active"] is True and extra["positive"] == [1, 2]
+    assert "threshold" in tensors and any(k.startswith("model.") for k in tensors)
+    assert not any(k.startswith("classifier.") for k in tensors)
+
+
+def test_weights_saved_in_the_old_gate_layout_are_refused_in_one_line(fitted, tmp_path) -> None:
+    gate, _ = fitted
+    tensors, _ = gate.state_tensors()
+    # The layout before the gate became a NetworkStage: "classifier." weights, no model description.
+    old = {"threshold": tensors["threshold"], **{f"classifier.{k[len('model.'):]}": v for k, v in tensors.items() if k.startswith("model.")}}
+    save_state(tmp_path, gate.name, "ClassifierGate", old,
+               {"image_classes": CLASSES, "positive": [1, 2], "image_size": [64, 64], "enabled": True, "active": True, "summary": {}})
+    with pytest.raises(StateError, match="no model description") as info:
+        build(STAGES, dict(GATE)).load(tmp_path)
+    assert "\n" not in str(info.value) and "refusing to load" in str(info.value)
+
+
+def test_image_size_need_not_be_a_multiple_of_32_for_the_gate() -> None:
+    assert ClassifierGate(image_size=(100, 75)).image_size == (100, 75)

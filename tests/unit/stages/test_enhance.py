@@ -43,9 +43,10 @@ def fitted_zero_dce() -> tuple[ZeroDce, dict]:
         progress_calls.append((description, total))
         return lambda n=1: None
 
+    lines: list[str] = []
     stage = ZeroDce(**TINY)
-    summary = stage.fit(records, [], FitContext(work_dir=Path("."), load_samples=load_samples, progress=progress, log=lambda m: None))
-    summary["progress"] = progress_calls
+    summary = stage.fit(records, [], FitContext(work_dir=Path("."), load_samples=load_samples, progress=progress, log=lines.append))
+    summary["progress"], summary["log"] = progress_calls, lines
     return stage, summary
 
 
@@ -147,6 +148,9 @@ def test_zero_dce_fit_trains_on_crops_with_progress(fitted_zero_dce) -> None:
     assert summary["steps"] == 2
     assert set(summary["losses"]) == {"total", "spatial", "exposure", "color", "smoothness"}
     assert any("train" in desc and total == 2 for desc, total in summary["progress"])
+    # Trained by the shared Lightning loop: its one line per epoch, then the last epoch's loss terms.
+    assert any(line.startswith("zero_dce: train Zero-DCE: epoch 1/1 train loss") for line in summary["log"])
+    assert any(line.startswith("zero_dce: last epoch total") for line in summary["log"])
 
 
 def test_zero_dce_fit_uses_at_most_max_images() -> None:

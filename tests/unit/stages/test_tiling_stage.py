@@ -16,7 +16,7 @@ from defectkit.io.state import read_manifest
 from defectkit.pipeline import Pipeline
 from defectkit.registry import STAGES, build
 from defectkit.sample import Detections, Record, Sample
-from defectkit.stages.base import Detects, FitContext, Segments, TrainsOnSlices
+from defectkit.stages.base import Detects, FitContext, Segments, TrainableStage, TrainsOnSlices
 from defectkit.stages.segment import Segmenter
 from defectkit.stages.tiling import Tiling
 from defectkit.tiling import slice_windows
@@ -55,11 +55,12 @@ class BrightBoxDetector(Detects):
         return Detections(np.asarray(boxes, np.float32), np.asarray(scores, np.float32), np.asarray(labels, np.int64))
 
 
-class TrainableBrightBoxDetector(BrightBoxDetector, TrainsOnSlices):
+class TrainableBrightBoxDetector(BrightBoxDetector, TrainsOnSlices, TrainableStage):
     """The detector double with a weight, fit and state, recording how it was trained."""
 
     def __init__(self) -> None:
         super().__init__()
+        TrainableStage.__init__(self, "bright_boxes")
         self.fitted = False
         self.fit_classes: list[str] | None = None
         self.weight = torch.zeros(3)

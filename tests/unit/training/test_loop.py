@@ -145,3 +145,41 @@ def test_dataset_multilabel_masks_become_float_channels() -> None:
 def test_dataset_rejects_mismatched_lengths() -> None:
     with pytest.raises(ValueError, match="2 images but 1 targets"):
         ImageTensorDataset([np.zeros((4, 4, 3), np.uint8)] * 2, [0], size=(4, 4))
+
+
+def test_adam_with_clipping_takes_the_same_step_as_a_hand_written_loop() -> None:
+    # One batch holding every sample, so shuffling cannot change the step.
+    images, labels = bright_dark(8, 0)
+    train = ImageTensorDataset(images, labels, size=(16, 16))
+    looped, manual = tiny_head(), tiny_head()
+    summary = fit_head(looped, train, None, nn.CrossEntropyLoss(), epochs=1, batch_size=8, lr=1e-2, weight_decay=0.1,
+                       optimizer="adam", schedule="constant", gradient_clip_val=0.1)
+    x = torch.stack([train[i][0] for i in range(len(train))])
+    y = torch.stack([train[i][1] for i in range(len(train))])
+    optimizer = torch.optim.Adam(manual.parameters(), lr=1e-2, weight_decay=0.1)
+    nn.functional.cross_entropy(manual(x), y).backward()
+    assert float(nn.utils.clip_grad_norm_(manual.parameters(), 0.1)) > 0.1  # the clip did act
+    optimizer.step()
+    for (name, a), b in zip(looped.state_dict().items(), manual.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert summary["steps"] == 1 and summary["history"][0]["lr"] == pytest.approx(1e-2)
+
+
+def test_constant_schedule_keeps_the_rate_and_cosine_lowers_it() -> None:
+    train = ImageTensorDataset(*bright_dark(8, 0), size=(16, 16))
+    constant = fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=3, batch_size=4, lr=1e-2, schedule="constant")
+    cosine = fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=3, batch_size=4, lr=1e-2)
+    assert [h["lr"] for h in constant["history"]] == pytest.approx([1e-2] * 3)
+    assert cosine["history"][-1]["lr"] < 0.5e-2
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [(dict(optimizer="sgd"), r"optimizer must be one of \['adamw', 'adam'\], got 'sgd'"),
+     (dict(schedule="step"), r"schedule must be one of \['cosine', 'constant'\]"),
+     (dict(gradient_clip_val=0.0), "gradient_clip_val must be > 0")],
+)
+def test_bad_loop_options_say_what_is_allowed(option, message) -> None:
+    train = ImageTensorDataset(*bright_dark(4, 0), size=(16, 16))
+    with pytest.raises(ValueError, match=message):
+        fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=1, batch_size=4, lr=1e-2, **option)
