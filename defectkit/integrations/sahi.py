@@ -31,6 +31,7 @@ except ImportError as exc:  # sahi itself, or its opencv / shapely dependencies
     ) from exc
 
 from defectkit.sample import Detections
+from defectkit.stages.base import Detects
 
 
 def _per_image(value: Sequence[Any] | None, count: int, default: Any) -> list[Any]:
@@ -87,8 +88,8 @@ class DefectkitDetectionModel(DetectionModel):
 
     def set_model(self, model: Any, **kwargs: Any) -> None:
         """Use ``model`` (a defectkit detector) and name the categories after its classes."""
-        if not callable(getattr(model, "detect", None)) or not hasattr(model, "classes"):
-            raise TypeError(f"{type(model).__name__} is not a defectkit detector (needs detect(images) and classes)")
+        if not isinstance(model, Detects):
+            raise TypeError(f"{type(model).__name__} is not a defectkit detector (a stage with the Detects ability)")
         self.model = model
         self.category_mapping = {str(i): str(name) for i, name in enumerate(model.classes)}
 

@@ -17,7 +17,7 @@ import torch
 from defectkit.errors import ConfigError, StateError
 from defectkit.registry import STAGES, build
 from defectkit.sample import Record
-from defectkit.stages.base import FitContext, Stage, TrainableStage
+from defectkit.stages.base import Detects, FitContext, Segments, Stage, TrainableStage
 
 # Manifest header fields (see io.state.save_state) copied up from the inner stage's settings, so
 # a saved wrapping stage records the classes, head and input size of the model it wraps.
@@ -54,8 +54,8 @@ class WrappingStage(TrainableStage):
 
     @property
     def classes(self) -> list[str]:
-        """The inner stage's classes."""
-        return list(getattr(self.inner, "classes", []))
+        """The inner stage's classes: what it detects or segments (none for other stages)."""
+        return list(self.inner.classes) if isinstance(self.inner, (Detects, Segments)) else []
 
     @property
     def _inner_trainable(self) -> bool:

@@ -10,13 +10,14 @@ import pytest
 from scipy import ndimage
 
 from defectkit.sample import Detections, Record, Sample
+from defectkit.stages.base import Detects
 from defectkit.stages.tiling import Tiling
 
 SAHI_MISSING = importlib.util.find_spec("sahi") is None
 needs_sahi = pytest.mark.skipif(SAHI_MISSING, reason="sahi is not installed (optional [sahi] extra)")
 
 
-class BrightBoxDetector:
+class BrightBoxDetector(Detects):
     """A detector double: one "dent" box per connected region of 255 in the red channel, scoring
     higher the more of the region the image shows; records the batch sizes it is called with."""
 
