@@ -22,7 +22,7 @@ from defectkit.heads.backbones import create_classifier, to_input_tensor
 from defectkit.registry import STAGES
 from defectkit.runtime import inference_mode, memory_format
 from defectkit.sample import Record, Sample
-from defectkit.stages.base import FitContext, TrainableStage
+from defectkit.stages.base import Exportable, ExportSpec, FitContext, TrainableStage
 from defectkit.training import ImageTensorDataset, fit_head
 
 DEFAULT_GATE_AUGMENT: dict[str, Any] = dict(
@@ -69,7 +69,7 @@ def recall_threshold(scores: np.ndarray, positive: np.ndarray, target_recall: fl
 
 
 @STAGES.register_module()
-class ClassifierGate(TrainableStage):
+class ClassifierGate(TrainableStage, Exportable):
     handles_enabled = True  # switched off, it still fits (nothing) and records why, so its state says so
 
     """Classify each image into the data set's image classes; skip the ones confidently normal.
@@ -231,10 +231,25 @@ class ClassifierGate(TrainableStage):
         out = []
         for b in range(0, len(images), self.batch_size):
             x = to_input_tensor([self._resize(im) for im in images[b : b + self.batch_size]])
-            with inference_mode(self.device):
-                logits = model(x.to(self.device).contiguous(memory_format=memory_format(self.device)))
+            if self.exported is not None:  # predict.runtime: the exported network (defectkit.export)
+                logits = self.exported(x)
+            else:
+                with inference_mode(self.device):
+                    logits = model(x.to(self.device).contiguous(memory_format=memory_format(self.device)))
             out.append(torch.softmax(logits.double().cpu(), dim=1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.image_classes)))
+
+    def export_module(self, images: Sequence[np.ndarray]) -> ExportSpec | None:
+        """The classifier (logits) with its inputs for ``images``, compared as softmax probabilities and
+        argmax labels; None when fit found nothing to learn (the gate passes everything)."""
+        self.require_ready("export")
+        if not self.active or self.model is None:
+            return None
+        inputs = to_input_tensor([self._resize(np.ascontiguousarray(im)) for im in images])
+        return ExportSpec(
+            module=self.model.eval(), inputs=inputs, activation=lambda logits: torch.softmax(logits, dim=1),
+            tolerance=1e-3, decision=lambda p: p.argmax(dim=1), min_agreement=1.0,
+        )
 
     def _positive_score(self, probs: np.ndarray) -> np.ndarray:
         return probs[:, self.positive].sum(axis=1)
