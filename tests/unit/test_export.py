@@ -191,6 +191,17 @@ def test_anomaly_gate_scores_the_same_through_the_exported_feature_extractor(tex
     assert max(float(np.abs(a - b).max()) for a, b in zip(m_torch, m_exp)) <= 1e-2
 
 
+def test_the_python_api_loads_a_pipeline_running_the_exported_networks(car_dir: Path):
+    import defectkit
+
+    pipeline = defectkit.load(car_dir, cfg_options={"predict.runtime": "onnxruntime"})
+    assert [name for name, stage in exportable_stages(pipeline.stages) if stage.exported is not None] == ["enhance", "gate", "segmenter"]
+    images = sorted((car_dir / "builtin_data" / "images").glob("*.jpg"))[:2]
+    exported = pipeline(images)
+    reference = defectkit.load(car_dir)(images)
+    assert [r.gate_label for r in exported] == [r.gate_label for r in reference]
+
+
 # ------------------------------------------------------------------------------------ refusals
 def _predict(work_dir: Path, tmp_path: Path, runtime: str, capsys) -> tuple[int, str]:
     inputs = sorted((work_dir / "builtin_data" / "images").glob("*.jpg"))[:2]
