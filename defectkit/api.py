@@ -67,7 +67,8 @@ def load(work_dir: str | Path, config: str | Path | None = None, cfg_options: Ma
     Args:
         work_dir: The work dir of a ``defectkit run``/``train`` (or of :func:`train`).
         config: The config file; None uses the copy the run saved in the work dir (``config.py``).
-        cfg_options: Overrides as on the command line, e.g. ``{"pipeline.1.rules.defect.threshold": 0.6}``.
+        cfg_options: Overrides as on the command line, e.g. ``{"pipeline.1.rules.defect.threshold": 0.6}``;
+            ``{"predict.runtime": "onnxruntime"}`` runs the networks ``defectkit export`` wrote.
 
     Returns:
         A :class:`~defectkit.pipeline.Pipeline` whose trainable stages are loaded; call it on
@@ -77,6 +78,7 @@ def load(work_dir: str | Path, config: str | Path | None = None, cfg_options: Ma
         ConfigError: No config given or saved, or a bad config.
         StateError: A stage has no saved weights, or they were saved by another stage type,
             library version or for other classes.
+        ExportError: ``predict.runtime`` names an export that is missing, stale or altered.
 
     Examples:
         >>> pipe = defectkit.load("work_dirs/texture_defect")  # doctest: +SKIP
@@ -87,9 +89,18 @@ def load(work_dir: str | Path, config: str | Path | None = None, cfg_options: Ma
     work_dir = Path(work_dir)
     if not work_dir.is_dir():
         raise StateError(f"work dir not found: {work_dir}")
-    cfg = load_config(_config_path(work_dir, config), dict(cfg_options or {}))
+    config_path = _config_path(work_dir, config)
+    cfg = load_config(config_path, dict(cfg_options or {}))
     pipeline = pipeline_from_config(cfg)
     pipeline.load(work_dir / "weights")
+    runtime = str(dict(cfg.get("predict", {})).get("runtime", "torch"))
+    if runtime != "torch":
+        import torch
+
+        from defectkit.export import EXPORT_DIR, use_runtime
+
+        use_runtime(pipeline.stages, work_dir / "weights", work_dir / EXPORT_DIR, runtime, torch.get_num_threads(),
+                    f"defectkit export {config_path} --work-dir {work_dir}")
     return pipeline
 
 

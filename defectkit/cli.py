@@ -1,4 +1,4 @@
-"""The ``defectkit`` command: run, train, eval, predict, check-data and plugins.
+"""The ``defectkit`` command: run, train, eval, predict, export, check-data and plugins.
 
 Exit status: 0 success; 1 a fatal error (message printed, no traceback); 2 bad usage (a wrong
 argument, or a config file, key, option or value that is not allowed: :class:`ConfigError`); 3 the
@@ -63,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cv.add_argument("--data-root", help="data set folder (default: the config's built-in data set)")
     cv.add_argument("--folds", type=int, default=4, help="number of folds (default 4)")
+    export = with_config(
+        "export",
+        "Export every network stage (ONNX or OpenVINO) to <work dir>/exported with a manifest and a parity check "
+        "against PyTorch; predict.runtime=onnxruntime|openvino then runs them.",
+        work_dir_required=True,
+    )
+    export.add_argument("--format", default="onnx", choices=["onnx", "openvino"], help="what to write (default onnx)")
+    export.add_argument("--data-root", help="data set whose validation photos the parity check uses (default: the one trained on)")
+    export.add_argument("--images", type=int, default=4, metavar="N", help="validation photos in the parity check (default 4, at least 2)")
     check = commands.add_parser(
         "check-data",
         help="Validate a data set in the config's layout and print a summary (exit 3 if problems are found).",
@@ -156,6 +165,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         summary = cross_validate(cfg, args.config, args.data_root, runner.work_dir / "cv", folds=args.folds, log=_console().print)
         _console().print(f"per-fold results in {runner.work_dir / 'cv'}")
         _print_json("cross-validated metrics (pooled over every train+val image)", summary["pooled"])
+        return EXIT_OK
+    if args.command == "export":
+        section = runner.export(args.format, n_images=args.images, data_root=args.data_root)
+        _console().print(f"exported to {runner.export_dir}")
+        _print_json("exported", section)
         return EXIT_OK
     if args.command == "train":
         summaries = runner.train()

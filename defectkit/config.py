@@ -23,7 +23,7 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "split": "dict(ratios=(train, val, test), seed=...) for the stratified split",
     "pipeline": "list of stage dicts, run in order",
     "metrics": "list of metric dicts",
-    "predict": "dict(batch_size=..., overlays='all'|'defects'|'none', decode_workers=...)",
+    "predict": "dict(batch_size=..., overlays='all'|'defects'|'none', decode_workers=..., runtime='torch'|'onnxruntime'|'openvino')",
     "runtime": "dict(seed=..., num_threads=..., device='auto'|'cpu'|'cuda')",
     "work_dir": "where weights and results go (default work_dirs/<config name>)",
     "data_root": "default data root (overridden by --data-root)",
@@ -38,6 +38,7 @@ SECTION_OPTIONS: dict[str, dict[str, Any]] = {
         "overlays": Literal["all", "defects", "none"],
         "decode_workers": int,
         "max_side": int | None,
+        "runtime": Literal["torch", "onnxruntime", "openvino"],
     },
     "runtime": {"seed": int, "num_threads": int | None, "device": str},
     "split": {

@@ -25,5 +25,9 @@ class FolderLockedError(OutputError):
     """Another process is writing to the same results folder."""
 
 
+class ExportError(DefectkitError):
+    """An exported network is missing, stale, altered or differs from PyTorch beyond its tolerance."""
+
+
 class ConfigError(DefectkitError, ValueError):
     """A config names something that does not exist or passes arguments it does not take."""

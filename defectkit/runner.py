@@ -34,6 +34,7 @@ from defectkit.data.masks import ground_truth_masks
 from defectkit.data.split import default_stratum, load_split, save_split, split_records
 from defectkit.errors import ConfigError, DataError, OutputError
 from defectkit.evaluation.records import make_eval_record
+from defectkit.export import EXPORT_DIR, export_pipeline, use_runtime
 from defectkit.io.atomic import TEMP_GLOB, atomic_write_bytes, atomic_write_json, with_path
 from defectkit.io.detection_report import detection_html
 from defectkit.io.images import DEFAULT_MAX_SIDE, decode_record
@@ -57,7 +58,7 @@ RESULT_NAMES = ("predictions.jsonl", "eval_records.jsonl", "metrics.json", "timi
 
 _STAMP_FIELDS = {
     "mode": "command (eval or predict)", "split": "split", "data_root": "data root", "pipeline": "config's pipeline or classes",
-    "version": "defectkit version", "weights": "weights",
+    "version": "defectkit version", "weights": "weights", "runtime": "predict.runtime",
 }
 
 
@@ -92,6 +93,8 @@ class Runner:
         if self.overlays not in ("all", "defects", "none"):
             raise DataError(f"predict.overlays must be 'all', 'defects' or 'none', got {self.overlays!r}")
         self.decode_workers = int(predict_cfg.get("decode_workers", 2))
+        # torch, or the exported networks in work_dir/exported run by onnxruntime / openvino (defectkit.export).
+        self.predict_runtime = str(predict_cfg.get("runtime", "torch"))
         # Larger images are decoded at reduced size (memory stays bounded); 0/None decodes at full size.
         max_side = predict_cfg.get("max_side", DEFAULT_MAX_SIDE)
         self.max_side = int(max_side) if max_side else None
@@ -260,12 +263,15 @@ class Runner:
             if stage.has_saved_state(self.weights_dir):
                 check_manifest(self.weights_dir, stage.name, type(stage).__name__, self.classes or None)
 
-    def load_weights(self) -> None:
+    def load_weights(self, with_runtime: bool = True) -> None:
         """Load every trainable stage not fitted yet from the work dir, checked against the config.
+
+        With ``with_runtime`` the networks then run with ``predict.runtime`` (:meth:`use_predict_runtime`).
 
         Raises:
             DataError: A stage has no saved state (the message says how to train it).
             StateError: Saved state of another stage type, library version or other classes.
+            ExportError: ``predict.runtime`` names an export that is missing, stale or altered.
         """
         self._check_saved_states()
         for stage in self.pipeline.trainable:
@@ -275,6 +281,51 @@ class Runner:
                     f"run `defectkit train {self.config_path} --work-dir {self.work_dir}` first"
                 )
         self.pipeline.load(self.weights_dir, only_unfitted=True)
+        if with_runtime:
+            self.use_predict_runtime()
+
+    @property
+    def export_dir(self) -> Path:
+        """Where ``defectkit export`` writes the networks and their manifest."""
+        return self.work_dir / EXPORT_DIR
+
+    def use_predict_runtime(self) -> None:
+        """Run the stages' networks with ``predict.runtime`` (torch, or their exported files).
+
+        Raises:
+            ExportError: A missing, stale or altered export (the message says which command writes it).
+        """
+        used = use_runtime(
+            self.pipeline.stages, self.weights_dir, self.export_dir, self.predict_runtime, torch.get_num_threads(),
+            f"defectkit export {self.config_path} --work-dir {self.work_dir}",
+        )
+        if used:
+            console.print(f"predict.runtime={self.predict_runtime}: {', '.join(used)} run from {self.export_dir}", soft_wrap=True, highlight=False)
+
+    def export(self, fmt: str, n_images: int = 4, data_root: str | None = None) -> dict[str, Any]:
+        """Export every network stage in ``fmt`` to ``work_dir/exported`` and check parity on validation photos.
+
+        The parity images are the first ``n_images`` of the validation split that decode (the training
+        split when it has none), never the test split.
+
+        Raises:
+            DataError: A stage has no saved state, or no photo decodes.
+            ExportError: A stage's export differs from PyTorch beyond its tolerance (recorded in the manifest).
+        """
+        self.load_weights(with_runtime=False)
+        parts = self.split(self.records(data_root))
+        images: list[np.ndarray] = []
+        for record in parts["val"] or parts["train"]:
+            sample = decode_record(record, max_side=self.max_side)
+            if sample.ok and sample.image is not None:
+                images.append(sample.image)
+            if len(images) >= max(2, n_images):
+                break
+        if len(images) < 2:
+            raise DataError("the parity check needs at least 2 validation photos that decode; found fewer")
+        with folder_lock(self.export_dir):
+            return export_pipeline(self.pipeline.stages, self.weights_dir, self.export_dir, fmt, images,
+                                   log=lambda line: console.print(line, highlight=False))
 
     # ----------------------------------------------------------------------------- streaming
     def stream(
@@ -296,6 +347,8 @@ class Runner:
     def _stream(self, records: Sequence[Record], out_dir: Path, stamp: dict[str, Any], evaluate: bool, overwrite: bool) -> dict[str, float]:
         _remove_stale_temp_files(out_dir)  # safe: the lock says no other run is writing here
         stamp = {**stamp, "pipeline": self._pipeline_hash(), "version": __version__, "weights": self._weight_checksums()}
+        if self.predict_runtime != "torch":  # (absent for torch: results written before the key existed stay this run's)
+            stamp["runtime"] = self.predict_runtime
         info_path = out_dir / "run_info.json"
         previous = _read_json(info_path).get("stamp")
         if previous != stamp and _holds_results(out_dir):

@@ -2,5 +2,6 @@
 # device "auto": CUDA (mixed precision) when a GPU is visible, else the CPU; num_threads None: every core.
 runtime = dict(seed=0, num_threads=None, device="auto")
 # overlays: 'all' for review runs; 'defects' skips drawing images the gate passed as normal.
-predict = dict(batch_size=16, overlays="all", decode_workers=2)
+# runtime: 'torch', or 'onnxruntime' / 'openvino' to run the networks `defectkit export` wrote.
+predict = dict(batch_size=16, overlays="all", decode_workers=2, runtime="torch")
 split = dict(ratios=(0.7, 0.1, 0.2), seed=0)

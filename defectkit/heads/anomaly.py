@@ -27,7 +27,7 @@ from torch import nn
 from defectkit.heads.backbones import create_feature_extractor
 from defectkit.registry import HEADS
 
-__all__ = ["PatchCore", "Padim", "greedy_coreset", "nearest_distances"]
+__all__ = ["EmbeddingExtractor", "PatchCore", "Padim", "greedy_coreset", "nearest_distances"]
 
 
 def greedy_coreset(
@@ -215,6 +215,19 @@ class _AnomalyHead(nn.Module):
     def build(self) -> dict[str, Any]:
         """Turn the collected embeddings into the fitted statistics; returns a summary."""
         raise NotImplementedError
+
+
+class EmbeddingExtractor(nn.Module):
+    """A head's :meth:`~_AnomalyHead.extract` alone, as a module with one input and one output: the part of an
+    anomaly head that is exported (the memory bank or Gaussian statistics score its output in PyTorch)."""
+
+    def __init__(self, head: _AnomalyHead) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, C, h, w]`` embedding of images scaled to [-1, 1]."""
+        return self.head.extract(images)
 
 
 @HEADS.register_module()

@@ -32,6 +32,7 @@ from torch import nn
 from defectkit.registry import HEADS
 
 __all__ = [
+    "CurveEstimator",
     "DceNet",
     "ZERO_DCE_LOSS_WEIGHTS",
     "apply_curves",
@@ -187,6 +188,19 @@ class DceNet(nn.Module):
             "scale_factor": self.scale_factor,
             "depthwise": self.depthwise,
         }
+
+
+class CurveEstimator(nn.Module):
+    """DCE-Net's curve estimator alone (:meth:`DceNet.estimate_curves`) as a module with one input and one
+    output, the part of Zero-DCE that is exported (downscaling, tiling and applying the curves stay in PyTorch)."""
+
+    def __init__(self, net: DceNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, h, w]`` in [0, 1] -> ``[N, 3 * n_iterations, h, w]`` curve parameters in [-1, 1]."""
+        return self.net.estimate_curves(x)
 
 
 # ---------------------------------------------------------------------------------------- losses

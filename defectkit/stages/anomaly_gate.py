@@ -22,11 +22,11 @@ from defectkit.data.split import stable_order_key
 from defectkit.data.transforms import resize_image
 from defectkit.errors import ConfigError
 from defectkit.evaluation.thresholds import THRESHOLD_METRICS, best_threshold
-from defectkit.heads.anomaly import pooled_features
+from defectkit.heads.anomaly import EmbeddingExtractor, pooled_features
 from defectkit.heads.backbones import create_feature_extractor, to_input_tensor
 from defectkit.registry import HEADS, STAGES, build
 from defectkit.sample import Record, Sample
-from defectkit.stages.base import FitContext, TilesItself, TrainableStage
+from defectkit.stages.base import Exportable, ExportSpec, FitContext, TilesItself, TrainableStage
 from defectkit.tiling import Window, image_windows, overlap_pair, slice_size_pair, stitch_maps, window_batches
 
 _EPS = 1e-6
@@ -98,7 +98,7 @@ def _decision_rates(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 
 @STAGES.register_module()
-class AnomalyGate(TrainableStage, TilesItself):
+class AnomalyGate(TrainableStage, TilesItself, Exportable):
     """Decide normal/defect per image with an anomaly model fitted on normal images (plus a few defects).
 
     Fitting: the normal training images, minus a ``calibration_fraction`` held out, build the
@@ -244,6 +244,13 @@ class AnomalyGate(TrainableStage, TilesItself):
         h, w = size or self.image_size
         return to_input_tensor([resize_image(image, (h, w)) for image in images])
 
+    def export_module(self, images: Sequence[np.ndarray]) -> ExportSpec:
+        """The backbone embedding (:class:`~defectkit.heads.anomaly.EmbeddingExtractor`) with inputs for the first
+        view of each of ``images``; compared relative to the embedding's largest value."""
+        self.require_ready("export")
+        views = [np.ascontiguousarray(image[y1:y2, x1:x2]) for image in images for x1, y1, x2, y2 in self._windows(image)[:1]]
+        return ExportSpec(module=EmbeddingExtractor(self.model).eval(), inputs=self._to_tensor(views), tolerance=1e-4, relative=True)
+
     def _select_defects(self, defects: list[Record]) -> list[Record]:
         """A deterministic, category-stratified subset of at most ``max_labelled_defects`` defects."""
         ordered = sorted(defects, key=lambda r: stable_order_key(self.seed, r.path))
@@ -296,7 +303,8 @@ class AnomalyGate(TrainableStage, TilesItself):
             views = [crop for _, _, crop in crops]
             x = self._to_tensor(views)
             with torch.no_grad():
-                emb = self.model.extract(x)
+                # predict.runtime: the exported feature extractor (defectkit.export) when one is in use.
+                emb = self.exported(x) if self.exported is not None and not collect else self.model.extract(x)
                 if collect:
                     self.model.collect(emb)
                 else:

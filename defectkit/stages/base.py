@@ -231,6 +231,64 @@ class TrainsOnSlices:
         raise NotImplementedError
 
 
+@dataclass
+class ExportSpec:
+    """What :func:`defectkit.export.export_pipeline` needs to write one stage's network to a file.
+
+    Attributes:
+        module: The network as the stage runs it (eval mode, CPU, fp32): one NCHW float input, one output.
+        inputs: The network inputs the stage builds for a few images, exactly as its prediction does
+            (the first two trace the export; all of them are compared in the parity check).
+        dynamic_axes: Input axes whose size varies between calls (``{0: "batch"}``; tiles add height and width).
+        activation: What the stage applies to the output before using it (e.g. ``torch.sigmoid``); the
+            parity check compares activated outputs. None: the raw output.
+        tolerance: Largest absolute difference of activated outputs allowed between PyTorch and the
+            export (relative to the largest absolute PyTorch value when ``relative``).
+        relative: Compare differences relative to the output's scale (embeddings have no fixed range).
+        decision: Turns activated outputs into the decisions the stage makes (mask pixels, labels);
+            the parity check reports how many agree. None: no discrete decision.
+        min_agreement: Share of decisions that must agree for the parity check to pass.
+    """
+
+    module: torch.nn.Module
+    inputs: torch.Tensor
+    dynamic_axes: dict[int, str] = field(default_factory=lambda: {0: "batch"})
+    activation: Callable[[torch.Tensor], torch.Tensor] | None = None
+    tolerance: float = 1e-3
+    relative: bool = False
+    decision: Callable[[torch.Tensor], torch.Tensor] | None = None
+    min_agreement: float = 0.999
+
+
+class Exportable:
+    """Ability of a stage whose network can be exported (ONNX, OpenVINO) and run from the exported file.
+
+    ``defectkit export`` writes the network :meth:`export_module` returns; with
+    ``predict.runtime=onnxruntime|openvino`` the runner hands the stage the loaded file through
+    :meth:`use_exported`, and the stage calls :attr:`exported` wherever it would call the network.
+    Declared by subclassing, like the other abilities.
+
+    Attributes:
+        exported: The exported network as a callable (NCHW float tensor in, tensor out, on the CPU),
+            or None: the stage runs its PyTorch network.
+    """
+
+    exported: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def export_module(self, images: Sequence[np.ndarray]) -> ExportSpec | None:
+        """The network to export with its inputs for HxWx3 uint8 ``images``; None when the stage has no network to run
+        (e.g. a gate that fit found nothing to learn for).
+
+        Raises:
+            RuntimeError: The stage was neither fitted nor loaded.
+        """
+        raise NotImplementedError
+
+    def use_exported(self, network: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        """Run the network through ``network`` (an exported file's runtime) from now on; None: PyTorch again."""
+        self.exported = network
+
+
 class TrainableStage(Stage):
     """A stage with learned state.
 

@@ -21,7 +21,7 @@ from defectkit.data.transforms import build_augmentation
 from defectkit.heads.backbones import create_classifier
 from defectkit.registry import STAGES
 from defectkit.sample import Record, Sample
-from defectkit.stages.base import FitContext
+from defectkit.stages.base import Exportable, ExportSpec, FitContext
 from defectkit.stages.network import NetworkStage
 from defectkit.training import ImageTensorDataset
 
@@ -72,7 +72,7 @@ def recall_threshold(scores: np.ndarray, positive: np.ndarray, target_recall: fl
 
 
 @STAGES.register_module()
-class ClassifierGate(NetworkStage):
+class ClassifierGate(NetworkStage, Exportable):
     """Classify each image into the data set's image classes; skip the ones confidently normal.
 
     Fitting: an EfficientNet-Lite0 (offline ImageNet weights) with a new head for the config's
@@ -246,6 +246,18 @@ class ClassifierGate(NetworkStage):
         model = self.network().eval()
         out = [torch.softmax(self.forward(model, x).double(), dim=1).numpy() for _, x in self.input_batches(images)]
         return np.concatenate(out) if out else np.zeros((0, len(self.image_classes)))
+
+    def export_module(self, images: Sequence[np.ndarray]) -> ExportSpec | None:
+        """The classifier (logits) with its inputs for ``images``, compared as softmax probabilities and
+        argmax labels; None when fit found nothing to learn (the gate passes everything)."""
+        self.require_ready("export")
+        if not self.active or self.model is None:
+            return None
+        inputs = torch.cat([x for _, x in self.input_batches(images)]).cpu()
+        return ExportSpec(
+            module=self.network("export").eval(), inputs=inputs, activation=lambda logits: torch.softmax(logits, dim=1),
+            tolerance=1e-3, decision=lambda p: p.argmax(dim=1), min_agreement=1.0,
+        )
 
     def _positive_score(self, probs: np.ndarray) -> np.ndarray:
         return probs[:, self.positive].sum(axis=1)

@@ -38,13 +38,14 @@ from defectkit.data.split import stable_order_key
 from defectkit.data.transforms import resize_image
 from defectkit.heads.zero_dce import (
     RECEPTIVE_RADIUS,
+    CurveEstimator,
     DceNet,
     apply_curves,
     zero_dce_loss,
 )
 from defectkit.registry import STAGES
 from defectkit.sample import Enhancement, Record, Sample
-from defectkit.stages.base import FitContext, Stage, TrainableStage
+from defectkit.stages.base import Exportable, ExportSpec, FitContext, Stage, TrainableStage
 from defectkit.tiling import Window, slice_windows
 from defectkit.training import fit_head
 
@@ -281,7 +282,7 @@ class Gamma(_LuminanceRule, Stage):
 
 # -------------------------------------------------------------------------------------- learned
 @STAGES.register_module()
-class ZeroDce(_LuminanceRule, TrainableStage):
+class ZeroDce(_LuminanceRule, TrainableStage, Exportable):
     """Zero-DCE low-light enhancement of dark images, trained on the data set's own photos.
 
     Fitting needs no reference (well-lit) images: random crops of up to ``max_images`` training
@@ -484,7 +485,8 @@ class ZeroDce(_LuminanceRule, TrainableStage):
         r = RECEPTIVE_RADIUS + 1
         ya, yb, xa, xb = max(0, y0 - r), min(h, y1 + r), max(0, x0 - r), min(w, x1 + r)
         tile = x[..., ya:yb, xa:xb].contiguous(memory_format=torch.channels_last)
-        curves = self.model.estimate_curves(tile)
+        # predict.runtime: the exported curve estimator (defectkit.export) when one is in use.
+        curves = (self.exported or self.model.estimate_curves)(tile)
         return curves[..., y0 - ya : y1 - ya, x0 - xa : x1 - xa]
 
     def _enhance_tensor(self, x: torch.Tensor) -> torch.Tensor:
@@ -531,6 +533,22 @@ class ZeroDce(_LuminanceRule, TrainableStage):
                 for i, image in zip(chunk, arr):
                     results[i] = image
         return [r for r in results if r is not None]
+
+    def export_module(self, images: Sequence[np.ndarray]) -> ExportSpec:
+        """The curve estimator with inputs cut from ``images`` as prediction cuts them (downscaled, at most a tile
+        plus its margin; cropped to a common size so they batch); height and width vary between calls."""
+        self.require_ready("export")
+        margin = self.tile_size + 2 * (RECEPTIVE_RADIUS + 1)
+        lows = []
+        for image in images:
+            x = torch.from_numpy(np.array(image[..., :3], dtype=np.float32)).permute(2, 0, 1)[None].div_(255.0)
+            lows.append(self.model.downscale(x)[..., :margin, :margin])
+        height, width = min(low.shape[-2] for low in lows), min(low.shape[-1] for low in lows)
+        inputs = torch.cat([low[..., :height, :width] for low in lows])
+        return ExportSpec(
+            module=CurveEstimator(self.model).eval(), inputs=inputs, dynamic_axes={0: "batch", 2: "height", 3: "width"},
+            tolerance=1e-4,
+        )
 
     # ------------------------------------------------------------------ state
     model_fields_not_checked = ("scale_factor",)  # loading takes it from the config (see load_state_tensors)

@@ -24,7 +24,7 @@ from defectkit.errors import ConfigError
 from defectkit.heads.backbones import to_input_tensor
 from defectkit.runtime import inference_mode, memory_format
 from defectkit.sample import Record
-from defectkit.stages.base import FitContext, TrainableStage
+from defectkit.stages.base import Exportable, FitContext, TrainableStage
 from defectkit.training import fit_head
 
 
@@ -252,7 +252,13 @@ class NetworkStage(TrainableStage):
             yield batch, x.to(self.device).contiguous(memory_format=layout)
 
     def forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """``model(x)`` for prediction: no gradients, mixed precision on CUDA; outputs back on the CPU as fp32."""
+        """``model(x)`` for prediction: no gradients, mixed precision on CUDA; outputs back on the CPU as fp32.
+
+        An :class:`~defectkit.stages.base.Exportable` stage running an exported file
+        (``predict.runtime``, :meth:`~defectkit.stages.base.Exportable.use_exported`) calls that instead.
+        """
+        if isinstance(self, Exportable) and self.exported is not None:
+            return self.exported(x.cpu()).float()
         with inference_mode(self.device):
             out = model(x)
         return out.float().cpu()

@@ -21,7 +21,7 @@ from defectkit.errors import ConfigError
 from defectkit.heads.segmenter import ARCHITECTURES, build_segmenter, segmentation_loss
 from defectkit.registry import STAGES
 from defectkit.sample import Record, Sample
-from defectkit.stages.base import FitContext, Segments
+from defectkit.stages.base import Exportable, ExportSpec, FitContext, Segments
 from defectkit.stages.network import NetworkStage
 from defectkit.training import ImageTensorDataset
 
@@ -36,7 +36,7 @@ DEFAULT_SEGMENT_AUGMENT: dict[str, Any] = dict(
 
 
 @STAGES.register_module()
-class Segmenter(NetworkStage, Segments):
+class Segmenter(NetworkStage, Segments, Exportable):
     """Per-class defect probability maps from a U-Net or DeepLabV3+ on EfficientNet-Lite0.
 
     Fitting: the training records with annotations (mask file or polygons) are decoded in chunks
@@ -217,6 +217,15 @@ class Segmenter(NetworkStage, Segments):
                     p = F.interpolate(p[None], size=(height, width), mode="bilinear", align_corners=False)[0]
                 out.append(p.clamp_(0.0, 1.0).numpy().astype(np.float32, copy=False))
         return out
+
+    def export_module(self, images: Sequence[np.ndarray]) -> ExportSpec:
+        """The U-Net / DeepLabV3+ (logits) with its inputs for ``images``; compared as sigmoid maps and 0.5 masks."""
+        model = self.network("export").eval()
+        inputs = torch.cat([x for _, x in self.input_batches(images)]).cpu()
+        return ExportSpec(
+            module=model, inputs=inputs, activation=torch.sigmoid, tolerance=1e-3,
+            decision=lambda p: p >= 0.5, min_agreement=0.999,
+        )
 
     def predict(self, samples: list[Sample]) -> list[Sample]:
         """Set ``prob_maps`` (CxHxW float32, image resolution) and ``map_classes`` of active samples."""

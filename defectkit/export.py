@@ -1,0 +1,399 @@
+"""Exported networks: ``defectkit export`` (ONNX, OpenVINO) with a parity check, and ``predict.runtime``.
+
+Every stage that declares :class:`~defectkit.stages.base.Exportable` (the segmenter, the classifier
+gate, the anomaly gate's feature extractor, Zero-DCE's curve estimator; a wrapping stage's inner
+stage under the wrapper's name) hands over its network and the inputs it builds for a few images.
+:func:`export_pipeline` writes ``<work dir>/exported/<stage name>.onnx`` (or ``.xml`` + ``.bin``
+for OpenVINO), runs PyTorch and the exported file on those inputs and records the largest
+difference of what the stage uses (probabilities, curves, embeddings) and how many of its
+decisions (mask pixels, labels) agree in ``exported/manifest.json``; a stage outside its stated
+tolerance fails the export. With ``predict.runtime=onnxruntime`` or ``openvino``,
+:func:`use_runtime` loads each file (checked against the manifest's sha256, its parity result and
+the weights it was exported from) and the stage calls it instead of its PyTorch network; everything
+before and after the network (resizing, tiling, scoring, thresholds) stays the same code.
+
+Example:
+    >>> from defectkit.export import RUNTIMES
+    >>> RUNTIMES
+    ('torch', 'onnxruntime', 'openvino')
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from defectkit import __version__
+from defectkit.errors import ExportError
+from defectkit.io.atomic import atomic_write_json
+from defectkit.io.state import has_state, read_manifest
+from defectkit.stages.base import Exportable, ExportSpec, Stage
+from defectkit.stages.wrapping import WrappingStage
+
+FORMATS = ("onnx", "openvino")
+"""What ``defectkit export --format`` writes."""
+
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+"""What ``predict.runtime`` accepts; each runtime but torch runs the files of one format."""
+
+RUNTIME_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}
+"""The export format each runtime reads."""
+
+SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
+"""The file each format writes per stage (OpenVINO's weights go beside it in ``.bin``)."""
+
+OPSET = 17
+"""ONNX opset the networks are exported with (TorchScript exporter; every operator used exists there)."""
+
+EXPORT_DIR = "exported"
+"""Folder of the work dir that holds the exported networks and their manifest."""
+
+MANIFEST = "manifest.json"
+
+
+def exportable_stages(stages: Sequence[Stage]) -> Iterator[tuple[str, Exportable]]:
+    """``(name, stage)`` of every exportable network stage that runs, a wrapped one under its wrapper's name.
+
+    A wrapping stage (tiling, crop) saves its inner stage's state under its own name, so the export is named
+    the same way; switched-off stages are left out (they neither load nor run).
+    """
+    for stage in stages:
+        if stage.skipped:
+            continue
+        target: Any = stage
+        while isinstance(target, WrappingStage):
+            target = target.inner
+        if isinstance(target, Exportable):
+            yield stage.name, target
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- runtimes
+class OnnxRuntimeNetwork:
+    """An ONNX file run by ONNX Runtime on the CPU, called like the network it was exported from.
+
+    Args:
+        path: The ``.onnx`` file.
+        threads: Intra-op threads (the runner's ``runtime.num_threads``).
+    """
+
+    def __init__(self, path: Path, threads: int) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ExportError("predict.runtime=onnxruntime needs the package 'onnxruntime' (pip install 'defectkit[export]')") from exc
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, int(threads))
+        options.inter_op_num_threads = 1
+        # Decoding and writing threads share the cores: waiting workers sleep instead of spinning,
+        # as torch's OpenMP threads do under OMP_WAIT_POLICY=PASSIVE (defectkit.cli).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The first output for an NCHW float batch (on the CPU, fp32)."""
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
+class OpenVinoNetwork:
+    """An OpenVINO IR (``.xml`` + ``.bin``) compiled for the CPU in fp32, called like the network it was exported from.
+
+    Args:
+        path: The ``.xml`` file.
+        threads: Inference threads (the runner's ``runtime.num_threads``).
+    """
+
+    def __init__(self, path: Path, threads: int) -> None:
+        ov = _import_openvino("predict.runtime=openvino")
+        core = ov.Core()
+        # fp32 stated explicitly: on CPUs with bf16 units OpenVINO would otherwise lower the precision.
+        config = {"INFERENCE_NUM_THREADS": max(1, int(threads)), "INFERENCE_PRECISION_HINT": "f32"}
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The first output for an NCHW float batch (on the CPU, fp32)."""
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        self.request.infer({0: array})
+        return torch.from_numpy(np.array(self.request.get_output_tensor(0).data, copy=True))
+
+
+def _import_openvino(what: str) -> Any:
+    """The ``openvino`` module, or an :class:`ExportError` saying how to install it."""
+    try:
+        import openvino
+    except ImportError as exc:
+        raise ExportError(f"{what} needs the package 'openvino' (pip install 'defectkit[export]')") from exc
+    return openvino
+
+
+def load_network(path: Path, fmt: str, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The exported file ``path`` of format ``fmt`` as a callable network."""
+    return OnnxRuntimeNetwork(path, threads) if fmt == "onnx" else OpenVinoNetwork(path, threads)
+
+
+# ------------------------------------------------------------------------------------------- export
+def write_onnx(module: torch.nn.Module, example: torch.Tensor, dynamic_axes: dict[int, str], path: Path) -> None:
+    """Export ``module`` (CPU, fp32, eval) traced on ``example`` to ``path``: one input ``input``, one output ``output``,
+    the ``dynamic_axes`` of both free (opset :data:`OPSET`, TorchScript exporter)."""
+    axes = {int(k): str(v) for k, v in dynamic_axes.items()}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter on purpose: the torch.export-based one needs onnxscript, which the
+        # [export] extra does not install; its deprecation notices say nothing a user can act on.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*(legacy TorchScript-based ONNX export|feature will be removed).*")
+        torch.onnx.export(
+            module, (example,), str(path), input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": axes, "output": axes}, opset_version=OPSET, dynamo=False,
+        )
+
+
+def onnx_to_openvino(onnx_path: Path, xml_path: Path) -> None:
+    """Convert an ONNX file to OpenVINO IR (``xml_path`` and the ``.bin`` beside it), weights kept in fp32.
+
+    Raises:
+        ExportError: The ``openvino`` package is not installed.
+    """
+    ov = _import_openvino("--format openvino")
+    # fp32 weights: the default fp16 compression would move outputs beyond the parity tolerance.
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+
+
+def _write_files(spec: ExportSpec, module: torch.nn.Module, inputs: torch.Tensor, fmt: str, export_dir: Path, name: str) -> list[Path]:
+    """Write the stage's network in ``fmt`` into ``export_dir`` (temporary files renamed into place); the files written."""
+    with tempfile.TemporaryDirectory(dir=export_dir, prefix=".tmp-") as tmp:
+        onnx_path = Path(tmp) / f"{name}.onnx"
+        # Traced on two inputs (one would let the tracer fold the batch size into reshapes).
+        write_onnx(module, inputs[:2], spec.dynamic_axes, onnx_path)
+        if fmt == "onnx":
+            written = [onnx_path]
+        else:
+            xml_path = Path(tmp) / f"{name}.xml"
+            onnx_to_openvino(onnx_path, xml_path)
+            written = [xml_path, xml_path.with_suffix(".bin")]
+        final = []
+        for path in written:
+            target = export_dir / path.name
+            os.replace(path, target)
+            final.append(target)
+    return final
+
+
+def parity(spec: ExportSpec, expected: torch.Tensor, actual: torch.Tensor) -> dict[str, Any]:
+    """Compare PyTorch's output with the export's: largest (relative) difference after the stage's activation,
+    agreement of its decisions, and whether both are within the spec's bounds."""
+    if tuple(expected.shape) != tuple(actual.shape):
+        return {"passed": False, "problem": f"output shape {list(actual.shape)} differs from PyTorch's {list(expected.shape)}"}
+    a, b = expected.double(), actual.double()
+    if spec.activation is not None:
+        a, b = spec.activation(a), spec.activation(b)
+    diff = float((a - b).abs().max()) if a.numel() else 0.0
+    scale = float(a.abs().max()) if spec.relative and a.numel() else 1.0
+    measured = diff / max(scale, 1e-12)
+    result: dict[str, Any] = {"max_abs_diff": float(f"{diff:.3g}")}
+    if spec.relative:
+        result["max_rel_diff"] = float(f"{measured:.3g}")
+    result["passed"] = bool(measured <= spec.tolerance)
+    if spec.decision is not None:
+        agreement = float((spec.decision(a) == spec.decision(b)).double().mean())
+        result["agreement"] = round(agreement, 6)
+        result["passed"] = result["passed"] and agreement >= spec.min_agreement
+    return result
+
+
+def export_pipeline(
+    stages: Sequence[Stage],
+    weights_dir: Path,
+    export_dir: Path,
+    fmt: str,
+    images: Sequence[np.ndarray],
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Export every exportable stage's network, check its parity on ``images`` and write the manifest.
+
+    Args:
+        stages: The pipeline's stages, fitted or loaded.
+        weights_dir: Where their weights are (the checksum of each is recorded, so a later retraining
+            makes the export stale instead of silently mixing old networks with new thresholds).
+        export_dir: Where the files and ``manifest.json`` go.
+        fmt: ``"onnx"`` or ``"openvino"``.
+        images: HxWx3 uint8 images for the parity check (at least two).
+        log: Where one line per stage goes.
+
+    Returns:
+        This format's manifest section: ``{"opset", "stages": {name: entry}}``.
+
+    Raises:
+        ExportError: An unknown format, a missing package, or a stage whose export is outside its
+            tolerance (the manifest is written first, with the failed result).
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
+    if len(images) < 2:
+        raise ExportError(f"the parity check needs at least 2 images, got {len(images)}")
+    export_dir.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, Any] = {}
+    failures: list[str] = []
+    threads = torch.get_num_threads()
+    for name, stage in exportable_stages(stages):
+        spec = stage.export_module(images)
+        entry: dict[str, Any] = {"stage_type": type(stage).__name__, "weights_sha256": _weights_sha256(weights_dir, name)}
+        if spec is None:
+            entries[name] = {**entry, "file": None, "reason": "the stage has no network to run (see its fit summary)"}
+            log(f"{name}: no network to export")
+            continue
+        # The stage's own network stays where it is (maybe CUDA, channels-last); a CPU fp32 copy is exported.
+        module = copy.deepcopy(spec.module).to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
+        inputs = spec.inputs.detach().to("cpu", torch.float32).contiguous()
+        files = _write_files(spec, module, inputs, fmt, export_dir, name)
+        with torch.inference_mode():
+            expected = module(inputs)
+        actual = load_network(files[0], fmt, threads)(inputs)
+        check = parity(spec, expected, actual)
+        entries[name] = {
+            **entry,
+            "file": files[0].name,
+            "sha256": sha256_of(files[0]),
+            **({"weights_file": files[1].name, "weights_file_sha256": sha256_of(files[1])} if len(files) > 1 else {}),
+            "input_shape": list(inputs.shape),
+            "dynamic_axes": {str(k): v for k, v in spec.dynamic_axes.items()},
+            "opset": OPSET,
+            "tolerance": spec.tolerance,
+            **({"min_agreement": spec.min_agreement} if spec.decision is not None else {}),
+            "parity": {"images": int(inputs.shape[0]), **check},
+        }
+        verdict = "ok" if check["passed"] else "FAILED"
+        log(f"{name}: {files[0].name} parity {verdict} ({', '.join(f'{k} {v}' for k, v in check.items() if k != 'passed')})")
+        if not check["passed"]:
+            failures.append(f"{name} ({check.get('problem') or _describe_failure(check, spec)})")
+    section = {"opset": OPSET, "stages": entries}
+    manifest = _read_manifest(export_dir)
+    manifest["defectkit_version"] = __version__
+    manifest.setdefault("formats", {})[fmt] = section
+    atomic_write_json(export_dir / MANIFEST, manifest)
+    if failures:
+        raise ExportError(
+            f"exported network differs from PyTorch beyond its tolerance: {'; '.join(failures)}; "
+            f"recorded in {export_dir / MANIFEST} (predict.runtime refuses it)"
+        )
+    return section
+
+
+def _describe_failure(check: dict[str, Any], spec: ExportSpec) -> str:
+    what = f"max relative diff {check['max_rel_diff']}" if spec.relative else f"max abs diff {check['max_abs_diff']}"
+    text = f"{what} > tolerance {spec.tolerance}"
+    if "agreement" in check:
+        text += f", agreement {check['agreement']} (needs {spec.min_agreement})"
+    return text
+
+
+def _weights_sha256(weights_dir: Path, name: str) -> str | None:
+    """The checksum of a stage's saved tensors (from its state manifest), or None when it has none."""
+    return read_manifest(weights_dir, name).get("sha256") if has_state(weights_dir, name) else None
+
+
+def _read_manifest(export_dir: Path) -> dict[str, Any]:
+    """The export manifest, ``{}`` when there is none.
+
+    Raises:
+        ExportError: It exists but is not a JSON object.
+    """
+    path = export_dir / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path}: not readable as JSON ({exc}); run `defectkit export` again") from exc
+    if not isinstance(manifest, dict):
+        raise ExportError(f"{path}: expected a JSON object; run `defectkit export` again")
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------- runtime
+def use_runtime(
+    stages: Sequence[Stage], weights_dir: Path, export_dir: Path, runtime: str, threads: int, export_command: str
+) -> list[str]:
+    """Make every exportable stage run its network with ``runtime`` (``"torch"``: their own PyTorch networks).
+
+    Each file is the one named after its stage in ``export_dir`` (never a path from the manifest), and is
+    used only when its sha256, its parity result and the weights it was exported from match the manifest
+    and the current weights.
+
+    Args:
+        stages: The pipeline's stages, loaded.
+        weights_dir: The weights the stages were loaded from.
+        export_dir: The work dir's ``exported/`` folder.
+        runtime: One of :data:`RUNTIMES`.
+        threads: Threads per network.
+        export_command: The ``defectkit export ...`` command line to suggest when an export is missing or stale.
+
+    Returns:
+        The names of the stages now running an exported file.
+
+    Raises:
+        ExportError: An unknown runtime; a missing, stale, failed or altered export (one line saying what
+            to run); a missing package.
+    """
+    if runtime not in RUNTIMES:
+        raise ExportError(f"predict.runtime must be one of {list(RUNTIMES)}, got {runtime!r}")
+    chosen = list(exportable_stages(stages))
+    if runtime == "torch":
+        for _, stage in chosen:
+            stage.use_exported(None)
+        return []
+    fmt = RUNTIME_FORMAT[runtime]
+    rerun = f"run `{export_command} --format {fmt}`"
+    section = _read_manifest(export_dir).get("formats", {}).get(fmt)
+    if not isinstance(section, dict) or not isinstance(section.get("stages"), dict):
+        raise ExportError(f"predict.runtime={runtime} needs the {fmt} export in {export_dir}, which has none; {rerun} first")
+    used = []
+    for name, stage in chosen:
+        entry = section["stages"].get(name)
+        if not isinstance(entry, dict):
+            raise ExportError(f"predict.runtime={runtime}: stage {name!r} has no {fmt} export in {export_dir}; {rerun} first")
+        if entry.get("weights_sha256") != _weights_sha256(weights_dir, name):
+            raise ExportError(f"predict.runtime={runtime}: the {fmt} export of stage {name!r} was made from other weights; {rerun} again")
+        if entry.get("file") is None:
+            stage.use_exported(None)  # the stage has no network (e.g. a gate that passes everything)
+            continue
+        if not (isinstance(entry.get("parity"), dict) and entry["parity"].get("passed") is True):
+            raise ExportError(f"predict.runtime={runtime}: the {fmt} export of stage {name!r} failed its parity check; see {export_dir / MANIFEST}")
+        path = export_dir / f"{name}{SUFFIX[fmt]}"
+        checks = [(path, entry.get("sha256"))]
+        if fmt == "openvino":
+            checks.append((path.with_suffix(".bin"), entry.get("weights_file_sha256")))
+        for file, expected in checks:
+            if not file.is_file():
+                raise ExportError(f"predict.runtime={runtime}: {file} is missing; {rerun} again")
+            if sha256_of(file) != expected:
+                raise ExportError(f"predict.runtime={runtime}: {file} does not match the sha256 in {export_dir / MANIFEST}; {rerun} again")
+        stage.use_exported(load_network(path, fmt, threads))
+        used.append(name)
+    return used
+
+
+__all__ = [
+    "EXPORT_DIR", "FORMATS", "OPSET", "RUNTIMES", "OnnxRuntimeNetwork", "OpenVinoNetwork", "export_pipeline",
+    "exportable_stages", "load_network", "onnx_to_openvino", "parity", "sha256_of", "use_runtime", "write_onnx",
+]
