@@ -21,13 +21,14 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from defectkit.config import Config
-from defectkit.data.split import save_split, split_records, stable_order_key
+from defectkit.data.split import common_folder, save_split, split_records, stable_order_key
 from defectkit.errors import ConfigError
 from defectkit.io.atomic import atomic_write_json
 from defectkit.io.results import ResultLog
@@ -58,9 +59,13 @@ def stratified_folds(records: Sequence[Record], folds: int, seed: int, stratum: 
     """
     if folds < 2:
         raise ConfigError(f"folds={folds}: cross-validation needs at least 2 folds")
+    # Ungrouped records are keyed by their path relative to the records' common folder, so the
+    # folds are the same wherever the data set is stored.
+    base = common_folder([r.path for r in records])
     groups: dict[str, list[Record]] = {}
     for record in records:
-        groups.setdefault(record.group if record.group is not None else record.path, []).append(record)
+        key = record.group if record.group is not None else "path:" + (os.path.relpath(record.path, base) if base else record.path)
+        groups.setdefault(key, []).append(record)
     by_stratum: dict[str, list[str]] = {}
     for key, members in groups.items():
         by_stratum.setdefault(stratum(min(members, key=lambda r: r.path)), []).append(key)

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,7 @@ def split_records(
     groups: dict[str, list[Record]] = defaultdict(list)
     # Paths relative to the records' common folder, so the same data set split the same way
     # wherever it is stored.
-    base = _common_folder([r.path for r in records])
+    base = common_folder([r.path for r in records])
     for record in records:
         key = record.group if record.group is not None else f"path:{os.path.relpath(record.path, base)}"
         groups[key].append(record)
@@ -77,7 +77,8 @@ def split_records(
     return {name: sorted(members, key=lambda r: r.path) for name, members in parts.items()}
 
 
-def _common_folder(paths: list[str]) -> str:
+def common_folder(paths: list[str]) -> str:
+    """The folder every path lies in (a single path's folder); "" for none or mixed absolute and relative paths."""
     if not paths:
         return ""
     try:
@@ -90,6 +91,24 @@ def _common_folder(paths: list[str]) -> str:
 def stable_order_key(seed: int, text: str) -> str:
     """Sort key for a reproducible shuffle: depends only on ``seed`` and ``text``, never on list order."""
     return hashlib.sha1(f"{seed}:{text}".encode()).hexdigest()
+
+
+def stable_order(records: Iterable[Record], seed: int) -> list[Record]:
+    """``records`` in a reproducible shuffled order that depends only on ``seed`` and their relative paths.
+
+    Paths are taken relative to the records' common folder, so the same data set gives the same
+    order wherever it is stored (a work dir's built-in data, a copied data root), and so do the
+    choices made from that order (which images build a model, which are held out).
+
+    Example:
+        >>> a = [Record(path=f"/data/a/{i}.png") for i in range(5)]
+        >>> b = [Record(path=f"/elsewhere/b/{i}.png") for i in range(5)]
+        >>> [r.path[-5:] for r in stable_order(a, 0)] == [r.path[-5:] for r in stable_order(b, 0)]
+        True
+    """
+    records = list(records)
+    base = common_folder([r.path for r in records])
+    return sorted(records, key=lambda r: stable_order_key(seed, os.path.relpath(r.path, base) if base else r.path))
 
 
 def save_split(path: str | Path, parts: dict[str, list[Record]]) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from defectkit.data.copy_paste import CopyPaste
 from defectkit.data.masks import ground_truth_masks, has_annotations
-from defectkit.data.split import stable_order_key
+from defectkit.data.split import stable_order
 from defectkit.data.transforms import resize_image
 from defectkit.errors import ConfigError
 from defectkit.evaluation.thresholds import THRESHOLD_METRICS, best_threshold
@@ -253,7 +253,7 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
 
     def _select_defects(self, defects: list[Record]) -> list[Record]:
         """A deterministic, category-stratified subset of at most ``max_labelled_defects`` defects."""
-        ordered = sorted(defects, key=lambda r: stable_order_key(self.seed, r.path))
+        ordered = stable_order(defects, self.seed)
         limit = self.max_labelled_defects
         if limit is None or len(ordered) <= limit:
             return ordered
@@ -266,7 +266,7 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
         for i in np.argsort(-(exact - quota), kind="mergesort")[: limit - int(quota.sum())]:
             quota[i] += 1
         chosen = [r for c, q in zip(cats, quota) for r in by_cat[c][:q]]
-        return sorted(chosen, key=lambda r: stable_order_key(self.seed, r.path))
+        return stable_order(chosen, self.seed)
 
     def configure_tiling(self, slice_size: Sequence[int] | None, overlap: Sequence[float] = (0.2, 0.2)) -> None:
         """Score windows of ``slice_size`` (``(height, width)``, overlap ratios) from now on; None: whole images.
@@ -440,7 +440,7 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
             A JSON-able summary: image counts, thresholds, coreset size, timings, calibration macro F1.
         """
         start = time.perf_counter()
-        normals = sorted((r for r in train if r.label == 0), key=lambda r: stable_order_key(self.seed, r.path))
+        normals = stable_order((r for r in train if r.label == 0), self.seed)
         val_normals = [r for r in val if r.label == 0]
         cross_fit = self.calibration_folds is not None and len(normals) >= self.calibration_folds
         if cross_fit:

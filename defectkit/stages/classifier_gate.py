@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from defectkit.data.split import stable_order_key
+from defectkit.data.split import stable_order
 from defectkit.data.transforms import build_augmentation
 from defectkit.heads.backbones import create_classifier
 from defectkit.registry import STAGES
@@ -204,7 +204,7 @@ class ClassifierGate(NetworkStage, Exportable):
 
     def _subset(self, records: list[Record]) -> list[Record]:
         """At most ``max_images`` records, every class in proportion (at least one each), order-independent."""
-        ordered = sorted(records, key=lambda r: stable_order_key(self.seed, r.path))
+        ordered = stable_order(records, self.seed)
         if self.max_images is None or len(ordered) <= self.max_images:
             return ordered
         by_label: dict[int, list[Record]] = {}
@@ -224,7 +224,7 @@ class ClassifierGate(NetworkStage, Exportable):
                 if quota[donor] > 1 and sum(quota.values()) > self.max_images:
                     quota[donor] -= 1
         chosen = [r for c in labels for r in by_label[c][: quota[c]]]
-        return sorted(chosen, key=lambda r: stable_order_key(self.seed, r.path))
+        return stable_order(chosen, self.seed)
 
     def _load(self, records: Sequence[Record], context: FitContext, description: str) -> tuple[list[np.ndarray], list[int]]:
         """Decode labelled records in chunks and keep them resized; undecodable ones are skipped."""

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import torch
 
-from defectkit.data.split import stable_order_key
+from defectkit.data.split import stable_order
 from defectkit.data.transforms import resize_image
 from defectkit.heads.zero_dce import (
     RECEPTIVE_RADIUS,
@@ -421,7 +421,7 @@ class ZeroDce(_LuminanceRule, TrainableStage, Exportable):
         """
         start = time.perf_counter()
         rng = np.random.default_rng(self.seed)
-        records = sorted(train, key=lambda r: stable_order_key(self.seed, r.path))
+        records = stable_order(train, self.seed)
         if self.max_images is not None:
             records = records[: self.max_images]
         crops, used = self._collect_crops(records, context, rng)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from defectkit.data.split import stable_order_key
+from defectkit.data.split import stable_order
 from defectkit.data.transforms import Resize
 from defectkit.errors import ConfigError
 from defectkit.heads.backbones import to_input_tensor
@@ -141,7 +141,7 @@ class NetworkStage(TrainableStage):
 
     def training_subset(self, records: Sequence[Record], annotated: Callable[[Record], bool]) -> list[Record]:
         """The ``annotated`` records in a seeded order that does not depend on the input order, at most ``max_images``."""
-        subset = sorted((r for r in records if annotated(r)), key=lambda r: stable_order_key(self.seed, r.path))
+        subset = stable_order((r for r in records if annotated(r)), self.seed)
         return subset if self.max_images is None else subset[: self.max_images]
 
     def log_problems(self, context: FitContext, problems: Sequence[str]) -> None:

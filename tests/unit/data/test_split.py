@@ -113,3 +113,14 @@ def test_split_is_the_same_wherever_the_data_set_is_stored():
     second = split_records(records("/mnt/elsewhere/copy"), seed=0)
     for part in ("train", "val", "test"):
         assert [r.path.rsplit("/", 1)[1] for r in first[part]] == [r.path.rsplit("/", 1)[1] for r in second[part]]
+
+
+def test_stable_order_is_the_same_wherever_the_data_set_is_stored() -> None:
+    from defectkit.data.split import stable_order
+
+    names = [f"MT_{c}/Imgs/{i}.jpg" for c in ("Free", "Crack") for i in range(12)]
+    here = stable_order([Record(path=f"/work/data/{n}") for n in names], seed=3)
+    there = stable_order((Record(path=f"/tmp/run 2/builtin_data/{n}") for n in names), seed=3)
+    assert [r.path.split("data/")[-1] for r in here] == [r.path.split("data/")[-1] for r in there]
+    assert [r.path for r in here] != sorted(r.path for r in here)  # shuffled, not alphabetical
+    assert [r.path for r in stable_order(here, seed=4)] != [r.path for r in here]

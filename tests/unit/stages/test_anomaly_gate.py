@@ -301,3 +301,22 @@ def test_cross_fitted_normal_scores_come_from_models_that_never_saw_them(data) -
 def test_calibration_folds_below_two_is_refused() -> None:
     with pytest.raises(ValueError, match="calibration_folds"):
         AnomalyGate(calibration_folds=1)
+
+
+def test_gate_fits_the_same_wherever_the_data_set_is_stored(data, tmp_path) -> None:
+    import dataclasses
+    import shutil
+
+    root = Path(data["root"][0].path)
+    copy = tmp_path / "a copy elsewhere"
+    shutil.copytree(root, copy)
+
+    def moved(records: list[Record]) -> list[Record]:
+        return [dataclasses.replace(r, path=str(copy / Path(r.path).name), mask_path=str(copy / Path(r.mask_path).name)) for r in records]
+
+    summaries = []
+    for train, val in ((data["train"], data["val"]), (moved(data["train"]), moved(data["val"]))):
+        gate = build(STAGES, dict(GATE, calibration_folds=2, supervised=dict(C=0.1, folds=3, min_defects=4)))
+        summary = gate.fit(train, val, FitContext(work_dir=tmp_path, load_samples=load_samples))
+        summaries.append({k: v for k, v in summary.items() if "seconds" not in k})
+    assert summaries[0] == summaries[1]

@@ -18,7 +18,7 @@ from defectkit.stages.network import NetworkStage
 
 SIZE = 48
 CLASSES = ["normal", "damaged", "contaminated"]
-GATE = dict(type="ClassifierGate", image_size=(64, 64), epochs=1, batch_size=8, lr=1e-3, target_recall=0.9)
+GATE = dict(type="ClassifierGate", image_size=(64, 64), epochs=5, batch_size=8, lr=1e-3, target_recall=0.9)
 
 
 def synth(rng: np.random.Generator, label: int) -> np.ndarray:
