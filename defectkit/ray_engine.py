@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from defectkit.errors import ConfigError, DataError, DefectkitError, OutputError
-from defectkit.io.atomic import atomic_write_bytes
+from defectkit.io.atomic import atomic_write_bytes, atomic_write_json
 from defectkit.io.lock import folder_lock
-from defectkit.runner import RESULT_NAMES, Runner, collect_inputs, console
+from defectkit.runner import RESULT_NAMES, Runner, collect_inputs
 from defectkit.sample import Record
 
 RAY_EXTRA = "pip install 'defectkit[ray]'"
@@ -246,17 +246,29 @@ def predict_on_ray(
         predictions, eval_log, todo = runner.open_results(records, folder, {"mode": "predict"}, overwrite)
         sync.push_all()
         start = time.perf_counter()
+        engine: dict[str, Any] = {"engine": "ray", "workers": 0}
         if todo:
             with _ray_session(ray, address, workers):
-                _run_batches(ray, runner, todo, folder, predictions, workers, sync)
+                engine = _run_batches(ray, runner, todo, folder, predictions, workers, sync, start)
         elapsed = time.perf_counter() - start
         metrics = runner.finish(records, folder, predictions, eval_log, False, len(todo), elapsed)
+        # Starting Ray and loading the pipeline in every worker is a fixed cost: the rate after the
+        # first batch is what more workers (or more images) buy.
+        timings = json.loads((folder / "timings.json").read_text(encoding="utf-8"))
+        atomic_write_json(folder / "timings.json", {**timings, **engine})
         sync.push_all()
     return metrics
 
 
-def _run_batches(ray: Any, runner: Runner, todo: list[Record], folder: Path, predictions: Any, workers: int | None, sync: Any) -> None:
-    """Stream ``todo`` through the actor pool, writing each batch's results as it comes back."""
+def _run_batches(
+    ray: Any, runner: Runner, todo: list[Record], folder: Path, predictions: Any, workers: int | None, sync: Any, start: float
+) -> dict[str, Any]:
+    """Stream ``todo`` through the actor pool, writing each batch's results as it comes back.
+
+    Returns:
+        What ``timings.json`` says about the engine: workers, seconds from ``start`` to the first
+        batch's results, and images per second after it.
+    """
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines would bury our progress bar
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # lines in input order, as the local engine writes them
@@ -275,6 +287,8 @@ def _run_batches(ray: Any, runner: Runner, todo: list[Record], folder: Path, pre
         compute=ray.data.ActorPoolStrategy(size=size),
         num_cpus=1,
     )
+    first: tuple[float, int] | None = None  # (time, images) when the first batch was written
+    written = 0
     with runner._progress() as progress:
         task = progress.add_task(f"predict (ray, {size} worker{'s' if size > 1 else ''})", total=len(todo))
         try:
@@ -295,8 +309,17 @@ def _run_batches(ray: Any, runner: Runner, todo: list[Record], folder: Path, pre
                 predictions.append(lines)
                 sync.push("predictions.jsonl")
                 progress.advance(task, len(lines))
+                written += len(lines)
+                first = first or (time.perf_counter(), written)
         except ray.exceptions.RayError as exc:
             raise DefectkitError(f"ray: a worker failed: {_last_line(exc)}") from exc
+    after = time.perf_counter() - first[0] if first else 0.0
+    return {
+        "engine": "ray",
+        "workers": size,
+        "seconds_to_first_result": round(first[0] - start, 2) if first else None,
+        "img_per_s_after_first_batch": round((written - first[1]) / after, 2) if first and after > 0 and written > first[1] else None,
+    }
 
 
 def _objects(values: list[Any]) -> Any:
@@ -344,6 +367,9 @@ def _ray_session(ray: Any, address: str | None, workers: int | None) -> Iterator
         if address:
             ray.init(address=address, **options)
         else:
+            # Ray lowers its workers' priority by 15 by default; here they do all of the command's
+            # work, so they run at the command's own priority, as the local engine's threads do.
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(num_cpus=workers or os.cpu_count() or 1, **options)
     except ConnectionError as exc:
         raise ConfigError(f"--ray-address {address}: cannot connect to a Ray cluster there ({_last_line(exc)})") from exc
