@@ -403,6 +403,15 @@ class Runner:
     def finish(
         self, records: Sequence[Record], out_dir: Path, predictions: ResultLog, eval_log: ResultLog, evaluate: bool, n_new: int, elapsed: float
     ) -> dict[str, float]:
+        """Write ``metrics.json``, ``timings.json`` and the report from the logs, whichever engine filled them.
+
+        Args:
+            records: Every input of the run (those done before a restart included).
+            n_new: Images predicted by this command; ``elapsed`` its seconds (for the rate).
+
+        Returns:
+            The metrics (``n_images``, ``n_errors``, and the config's metrics when ``evaluate``).
+        """
         keys = {r.key for r in records}
         lines = [line for line in predictions.read() if line["path"] in keys]
         evals = {e["key"]: e for e in eval_log.read() if e["key"] in keys}
