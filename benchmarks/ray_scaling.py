@@ -10,7 +10,8 @@ textures of ``--size`` pixels to a temporary folder, then runs the real command 
 setting, each into a fresh results folder, and reads what it wrote to ``timings.json``: the whole
 command's wall time (process start, Ray start, loading the pipeline in every worker, predicting,
 writing, report), the run's own images per second, and for Ray the seconds to the first result and
-the rate after it (the steady state, which is what more workers buy). Ray is started on this
+the pool's rate from its first worker being ready (pipeline loaded) to its last batch (the steady
+state, which is what more workers buy). Ray is started on this
 machine with as many CPUs as workers; the local engine uses the config's threads.
 """
 
@@ -53,7 +54,7 @@ def run(config: str, work_dir: str, inputs: Path, out: Path, options: list[str],
         sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     timings = json.loads((out / "timings.json").read_text())
     return {"command_wall_s": round(wall, 1), **{k: timings.get(k) for k in (
-        "images_this_session", "wall_seconds", "img_per_s", "workers", "seconds_to_first_result", "img_per_s_after_first_batch")}}
+        "images_this_session", "wall_seconds", "img_per_s", "workers", "seconds_to_first_result", "img_per_s_workers_ready")}}
 
 
 def main() -> None:
@@ -78,7 +79,7 @@ def main() -> None:
             rows[name] = run(args.config, args.work_dir, inputs, Path(tmp) / f"out{index}", args.cfg_options, engine)
             print(name, json.dumps(rows[name]), flush=True)
     ray_rows = [rows[f"ray, {n} worker(s)"] for n in args.workers]
-    rates = [r["img_per_s_after_first_batch"] for r in ray_rows]
+    rates = [r["img_per_s_workers_ready"] for r in ray_rows]
     if len(rates) >= 2 and all(rates):
         print(f"steady-state speed-up {args.workers[-1]} vs {args.workers[0]} workers: {rates[-1] / rates[0]:.2f}x")
     if args.out:
