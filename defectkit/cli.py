@@ -53,9 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="results folder (default: the work dir for the training data, else work_dir/eval-<split>-<data root name>)")
     evaluate.add_argument("--overwrite", action="store_true", help=overwrite_help)
     predict = with_config("predict", "Predict on image files or folders with fitted stages.", work_dir_required=True)
-    predict.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files or folders")
+    predict.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files or folders (fsspec URLs with --engine ray)")
     predict.add_argument("--out", required=True, help="results folder (one command at a time; not the work dir)")
     predict.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    predict.add_argument(
+        "--engine", choices=["local", "ray"], default="local",
+        help="local: this process (default); ray: a pool of Ray actors, inputs and --out may be fsspec URLs (docs/scaling.md)",
+    )
+    predict.add_argument("--workers", type=int, metavar="N", help="--engine ray: actors in the pool (default: every CPU Ray has)")
+    predict.add_argument("--ray-address", metavar="ADDR", help="--engine ray: an existing Ray cluster (default: start Ray on this machine)")
     cv = with_config(
         "cv",
         "Cross-validate the config on the train+val images of the run's split (the test split is never read): "
@@ -104,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
     except ConfigError as exc:
         # A bad config file, key, option or value is bad usage: one line, exit status 2.
-        _console().print(f"[bold red]config error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        # Escaped: a message may quote brackets (``pip install 'defectkit[ray]'``) that are not markup.
+        _console().print(f"[bold red]config error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
     except DefectkitError as exc:
         _print_error(str(exc))
@@ -152,6 +161,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     from defectkit.config import load_config
 
+    if args.command == "predict":
+        _check_engine(args)  # before the config and models load: a wrong flag costs nothing
     cfg = load_config(args.config, args.cfg_options)
     if args.command == "check-data":
         return _check_data(cfg, args)
@@ -181,11 +192,35 @@ def _dispatch(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else _default_eval_dir(runner, args)
         metrics = runner.evaluate(split=args.split, out_dir=out, data_root=args.data_root, overwrite=args.overwrite)
         _console().print(f"results in {out}")
+    elif args.engine == "ray":
+        from defectkit.ray_engine import predict_on_ray
+
+        metrics = predict_on_ray(runner, args.input, args.out, args.overwrite, workers=args.workers, address=args.ray_address)
+        _console().print(f"results in {args.out}")
     else:
         metrics = runner.predict(args.input, Path(args.out), overwrite=args.overwrite)
         _console().print(f"results in {args.out}")
     _print_json("metrics", metrics)
     return EXIT_SOME_INPUTS_FAILED if metrics.get("n_errors") else EXIT_OK
+
+
+def _check_engine(args: argparse.Namespace) -> None:
+    """Refuse predict options the chosen engine cannot use (one line, exit 2)."""
+    from defectkit.errors import ConfigError
+
+    if args.engine == "ray":
+        from defectkit.ray_engine import import_ray
+
+        import_ray()
+        if args.workers is not None and args.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+        return
+    ray_only = [flag for flag, value in (("--workers", args.workers), ("--ray-address", args.ray_address)) if value is not None]
+    if ray_only:
+        raise ConfigError(f"{' and '.join(ray_only)} need(s) --engine ray")
+    urls = [item for item in [*args.input, args.out] if "://" in item]
+    if urls:
+        raise ConfigError(f"{urls[0]}: URLs need --engine ray (the local engine reads and writes local paths)")
 
 
 def _check_data(cfg: Any, args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ from defectkit.io.atomic import TEMP_GLOB, atomic_write_bytes, atomic_write_json
 from defectkit.io.detection_report import detection_html
 from defectkit.io.images import DEFAULT_MAX_SIDE, decode_record
 from defectkit.io.lock import folder_lock
-from defectkit.io.overlays import draw_overlay, overlay_name, write_overlay
+from defectkit.io.overlays import draw_overlay, encode_overlay, overlay_name
 from defectkit.io.report import write_report
 from defectkit.io.results import ResultLog
 from defectkit.io.segmentation_report import segmentation_section_html
@@ -345,6 +345,38 @@ class Runner:
             return self._stream(records, out_dir, stamp, evaluate, overwrite)
 
     def _stream(self, records: Sequence[Record], out_dir: Path, stamp: dict[str, Any], evaluate: bool, overwrite: bool) -> dict[str, float]:
+        predictions, eval_log, todo = self.open_results(records, out_dir, stamp, overwrite)
+        start = time.perf_counter()
+        with self._progress() as progress, ThreadPoolExecutor(self.decode_workers) as decoder, ThreadPoolExecutor(1) as writer:
+            advance = _progress_factory(progress)("predict", len(todo))
+            pending: Future | None = None
+            decode = partial(decode_record, max_side=self.max_side)
+            for samples in _prefetched_batches(todo, self.batch_size, decoder, decode):
+                self.pipeline.predict(samples)
+                if pending is not None:
+                    pending.result()  # one batch in flight bounds memory and surfaces writer errors
+                pending = writer.submit(self._write_batch, samples, out_dir, predictions, eval_log, evaluate)
+                advance(len(samples))
+            if pending is not None:
+                pending.result()
+        elapsed = time.perf_counter() - start
+        return self.finish(records, out_dir, predictions, eval_log, evaluate, len(todo), elapsed)
+
+    def open_results(
+        self, records: Sequence[Record], out_dir: Path, stamp: dict[str, Any], overwrite: bool
+    ) -> tuple[ResultLog, ResultLog, list[Record]]:
+        """Open ``out_dir``'s result logs for this run (its lock must be held) and say what is left to do.
+
+        Stale temporary files are removed, another run's results refused or moved aside (``overwrite``),
+        damaged log lines repaired, and the run stamp written. Every engine starts here, so a killed
+        run resumes the same way whichever engine wrote the lines.
+
+        Returns:
+            The predictions log, the evaluation-record log, and the records without a line yet.
+
+        Raises:
+            OutputError: ``out_dir`` holds another run's results and ``overwrite`` is False.
+        """
         _remove_stale_temp_files(out_dir)  # safe: the lock says no other run is writing here
         stamp = {**stamp, "pipeline": self._pipeline_hash(), "version": __version__, "weights": self._weight_checksums()}
         if self.predict_runtime != "torch":  # (absent for torch: results written before the key existed stay this run's)
@@ -369,45 +401,50 @@ class Runner:
         todo = [r for r in records if r.key not in predictions.done]
         if len(todo) < len(records):
             console.print(f"resuming: {len(records) - len(todo)} of {len(records)} images already done in {out_dir}")
-        start = time.perf_counter()
-        with self._progress() as progress, ThreadPoolExecutor(self.decode_workers) as decoder, ThreadPoolExecutor(1) as writer:
-            advance = _progress_factory(progress)("predict", len(todo))
-            pending: Future | None = None
-            decode = partial(decode_record, max_side=self.max_side)
-            for samples in _prefetched_batches(todo, self.batch_size, decoder, decode):
-                self.pipeline.predict(samples)
-                if pending is not None:
-                    pending.result()  # one batch in flight bounds memory and surfaces writer errors
-                pending = writer.submit(self._write_batch, samples, out_dir, predictions, eval_log, evaluate)
-                advance(len(samples))
-            if pending is not None:
-                pending.result()
-        elapsed = time.perf_counter() - start
-        return self._finish(records, out_dir, predictions, eval_log, evaluate, len(todo), elapsed)
+        return predictions, eval_log, todo
 
     def _write_batch(self, samples: list[Sample], out_dir: Path, predictions: ResultLog, eval_log: ResultLog, evaluate: bool) -> None:
         lines, evals = [], []
         for sample in samples:
-            try:
-                line = sample.to_prediction()
-                if sample.ok and self._wants_overlay(sample):
-                    name = overlay_name(sample.record.path)
-                    write_overlay(out_dir / "overlays" / name, draw_overlay(sample.image, sample))
-                    line["overlay"] = f"overlays/{name}"
-                if evaluate:
-                    evals.append(make_eval_record(sample, self.classes))
-            except OSError:
-                raise  # the results folder cannot be written (full, read-only): no later image could be either
-            except Exception as exc:  # one image's result must not cost the rest of the batch theirs
-                reason = f"{sample.record.key}: result could not be made ({type(exc).__name__}: {exc})"
-                line = {"path": sample.record.key, "status": "error", "error": reason}
-                if evaluate:  # nothing was appended for it yet: its eval record is made last
-                    evals.append({"key": sample.record.key, "error": reason})
+            line, overlay, eval_record = self.render_result(sample, evaluate)
+            if overlay is not None:
+                # An OSError here (folder full, read-only) ends the run: no later image could be written either.
+                atomic_write_bytes(out_dir / "overlays" / overlay[0], overlay[1])
             lines.append(line)
-            sample.image = sample.prob_maps = sample.masks = None  # free memory early
+            if eval_record is not None:
+                evals.append(eval_record)
         # Evaluation records go first: a prediction line is the commit marker of its image.
         eval_log.append(evals)
         predictions.append(lines)
+
+    def render_result(self, sample: Sample, evaluate: bool = False) -> tuple[dict[str, Any], tuple[str, bytes] | None, dict[str, Any] | None]:
+        """One predicted sample's results, made but not written (any engine writes them the same way).
+
+        The sample's pixels are released afterwards. A result that cannot be made becomes an error
+        line naming the image, so one image never costs the rest of its batch their results.
+
+        Returns:
+            Its ``predictions.jsonl`` line, its overlay as ``(file name in overlays/, JPEG bytes)``
+            or None, and its evaluation record when ``evaluate`` (else None).
+        """
+        overlay = None
+        eval_record = None
+        try:
+            line = sample.to_prediction()
+            if sample.ok and self._wants_overlay(sample):
+                name = overlay_name(sample.record.path)
+                overlay = (name, encode_overlay(draw_overlay(sample.image, sample), name))
+                line["overlay"] = f"overlays/{name}"
+            if evaluate:
+                eval_record = make_eval_record(sample, self.classes)
+        except Exception as exc:  # one image's result must not cost the rest of the batch theirs
+            reason = f"{sample.record.key}: result could not be made ({type(exc).__name__}: {exc})"
+            line = {"path": sample.record.key, "status": "error", "error": reason}
+            overlay = None
+            if evaluate:  # nothing was appended for it yet: its eval record is made last
+                eval_record = {"key": sample.record.key, "error": reason}
+        sample.image = sample.prob_maps = sample.masks = None  # free memory early
+        return line, overlay, eval_record
 
     def _wants_overlay(self, sample: Sample) -> bool:
         if self.overlays == "none":
@@ -416,9 +453,18 @@ class Runner:
             return bool(sample.instances) or (sample.gate_label not in (None, "normal"))
         return True
 
-    def _finish(
+    def finish(
         self, records: Sequence[Record], out_dir: Path, predictions: ResultLog, eval_log: ResultLog, evaluate: bool, n_new: int, elapsed: float
     ) -> dict[str, float]:
+        """Write ``metrics.json``, ``timings.json`` and the report from the logs, whichever engine filled them.
+
+        Args:
+            records: Every input of the run (those done before a restart included).
+            n_new: Images predicted by this command; ``elapsed`` its seconds (for the rate).
+
+        Returns:
+            The metrics (``n_images``, ``n_errors``, and the config's metrics when ``evaluate``).
+        """
         keys = {r.key for r in records}
         lines = [line for line in predictions.read() if line["path"] in keys]
         evals = {e["key"]: e for e in eval_log.read() if e["key"] in keys}

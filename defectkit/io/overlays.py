@@ -141,16 +141,29 @@ def write_overlay(path: str | Path, image_rgb: np.ndarray) -> Path:
         >>> write_overlay("run/overlays/été photo.jpg", overlay)  # doctest: +SKIP
     """
     path = Path(path)
+    atomic_write_bytes(path, encode_overlay(image_rgb, path))
+    return path
+
+
+def encode_overlay(image_rgb: np.ndarray, name: str | Path = "overlay") -> bytes:
+    """An RGB image as the bytes of a quality-90 JPEG (what :func:`write_overlay` writes).
+
+    Args:
+        image_rgb: HxWx3 uint8 RGB (HxW grayscale and HxWx4 are accepted too).
+        name: The overlay's file name, for error messages.
+
+    Raises:
+        ValueError: The image is empty or too large for JPEG (over 65535 px a side).
+    """
     rgb = _as_rgb_uint8(image_rgb)
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ValueError(f"{path}: cannot write an empty {rgb.shape[1]}x{rgb.shape[0]} image")
+        raise ValueError(f"{name}: cannot write an empty {rgb.shape[1]}x{rgb.shape[0]} image")
     ok, buf = cv2.imencode(
         ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [int(cv2.IMWRITE_JPEG_QUALITY), JPEG_QUALITY]
     )
     if not ok:
-        raise ValueError(f"{path}: JPEG encoding failed for a {rgb.shape[1]}x{rgb.shape[0]} image")
-    atomic_write_bytes(path, buf.tobytes())
-    return path
+        raise ValueError(f"{name}: JPEG encoding failed for a {rgb.shape[1]}x{rgb.shape[0]} image")
+    return buf.tobytes()
 
 
 def overlay_name(path: str) -> str:
