@@ -228,13 +228,11 @@ def _check_data(cfg: Any, args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from defectkit.data.check import check_dataset
-    from defectkit.errors import DataError
     from defectkit.io.atomic import atomic_write_json
-    from defectkit.registry import DATASETS, build
+    from defectkit.runner import build_dataset
 
-    if "dataset" not in cfg:
-        raise DataError(f"{args.config} has no 'dataset' to read --data-root with")
-    reader = build(DATASETS, dict(cfg.dataset), data_root=str(args.data_root))
+    # With a data root the work dir is not used (it only holds a generated built-in data set).
+    reader = build_dataset(cfg, args.config, work_dir=".", data_root=str(args.data_root))
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=_console(), transient=True,

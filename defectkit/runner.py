@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from defectkit import __version__
 from defectkit.config import Config
+from defectkit.data.base import ImageDataset
 from defectkit.data.grouping import area_ratio_cuts, make_damage_stratum
 from defectkit.data.masks import ground_truth_masks
 from defectkit.data.split import default_stratum, load_split, save_split, split_records
@@ -124,7 +125,7 @@ class Runner:
         torch.manual_seed(self.seed)
 
     # ----------------------------------------------------------------------------------- data
-    def dataset(self, data_root: str | None = None) -> Any:
+    def dataset(self, data_root: str | None = None) -> ImageDataset:
         """Build the reader for ``data_root`` (or the built-in data set when there is none)."""
         return build_dataset(self.cfg, self.config_path, self.work_dir, data_root or self.data_root)
 
@@ -139,9 +140,8 @@ class Runner:
         dataset = self.dataset(data_root)
         records = dataset.records()
         if not records:
-            layout = getattr(dataset, "LAYOUT", "")
-            raise DataError(f"no images found in {getattr(dataset, 'data_root', data_root)}; expected layout:\n{layout}")
-        for problem in getattr(dataset, "problems", [])[:20]:
+            raise DataError(f"no images found in {dataset.data_root}; expected layout:\n{dataset.LAYOUT}")
+        for problem in dataset.problems[:20]:
             console.print(f"[yellow]data:[/yellow] {problem}")
         return records
 
@@ -578,18 +578,27 @@ class Runner:
             yield progress
 
 
-def build_dataset(cfg: Config, config_path: str | Path, work_dir: str | Path, data_root: str | None) -> Any:
+def build_dataset(cfg: Config, config_path: str | Path, work_dir: str | Path, data_root: str | None) -> ImageDataset:
     """The reader of ``data_root`` in the config's layout, or of the built-in data set in
-    ``work_dir/builtin_data`` when ``data_root`` is None."""
+    ``work_dir/builtin_data`` when ``data_root`` is None.
+
+    Raises:
+        ConfigError: The registered reader is not an :class:`~defectkit.data.base.ImageDataset`
+            (the contract the runner and ``check-data`` rely on: ``records()``, ``LAYOUT``, ``problems``).
+    """
     if data_root:
         if "dataset" not in cfg:
             raise DataError(f"{config_path} has no 'dataset' to read --data-root with")
-        return build(DATASETS, dict(cfg.dataset), data_root=str(data_root))
-    if "builtin_dataset" not in cfg:
-        raise DataError(f"{config_path} has no built-in data set; pass --data-root DIR")
-    builtin_root = Path(work_dir) / "builtin_data"
-    console.print(f"No --data-root given: using the built-in data set in {builtin_root}")
-    return build(DATASETS, dict(cfg.builtin_dataset), data_root=str(builtin_root))
+        section, reader = "dataset", build(DATASETS, dict(cfg.dataset), data_root=str(data_root))
+    else:
+        if "builtin_dataset" not in cfg:
+            raise DataError(f"{config_path} has no built-in data set; pass --data-root DIR")
+        builtin_root = Path(work_dir) / "builtin_data"
+        console.print(f"No --data-root given: using the built-in data set in {builtin_root}")
+        section, reader = "builtin_dataset", build(DATASETS, dict(cfg.builtin_dataset), data_root=str(builtin_root))
+    if not isinstance(reader, ImageDataset):
+        raise ConfigError(f"{section}.type={type(reader).__name__}: a data set reader must subclass defectkit.data.base.ImageDataset")
+    return reader
 
 
 def skipped_stage_seconds(stage_timings: dict[str, dict[str, Any]]) -> float:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from defectkit.data.base import ImageDataset
 from defectkit.data.masks import ground_truth_masks
 from defectkit.errors import DataError
 from defectkit.io.images import DEFAULT_MAX_SIDE, load_mask, read_image
@@ -136,7 +137,7 @@ class DataCheck:
 
 
 def check_dataset(
-    reader: Any,
+    reader: ImageDataset,
     classes: Sequence[str],
     image_classes: Sequence[str] = ("normal", "defect"),
     progress: Callable[[int], Callable[[int], None]] | None = None,
@@ -147,13 +148,12 @@ def check_dataset(
         DataError: The reader cannot list the root at all (missing root, wrong layout).
     """
     records = reader.records()
-    root = getattr(reader, "root", None) or getattr(reader, "data_root", None)
     return check_records(
         records,
         classes,
         image_classes,
-        data_root=root,
-        reader_problems=getattr(reader, "problems", []),
+        data_root=reader.root,
+        reader_problems=reader.problems,
         progress=progress,
     )
 

@@ -43,3 +43,25 @@ def test_gate_savings_charge_each_skipping_stage_its_time_per_image():
 
 def test_no_savings_when_every_stage_saw_every_image():
     assert skipped_stage_seconds({"a": {"images": 5, "seconds": 1.0}, "b": {"images": 5, "seconds": 2.0}}) == 0.0
+
+
+def test_a_reader_that_is_not_an_image_dataset_is_refused_in_one_line(tmp_path):
+    from mmengine.config import Config
+
+    from defectkit.registry import DATASETS
+    from defectkit.runner import build_dataset
+
+    @DATASETS.register_module(force=True)
+    class ListOfPaths:  # records() only: no LAYOUT, problems or root for the runner and check-data
+        def __init__(self, data_root: str) -> None:
+            self.data_root = data_root
+
+        def records(self) -> list[Record]:
+            return []
+
+    try:
+        cfg = Config(dict(dataset=dict(type="ListOfPaths")))
+        with pytest.raises(ConfigError, match=r"dataset.type=ListOfPaths: a data set reader must subclass .*ImageDataset"):
+            build_dataset(cfg, "my_config.py", tmp_path, str(tmp_path))
+    finally:
+        DATASETS.module_dict.pop("ListOfPaths", None)
