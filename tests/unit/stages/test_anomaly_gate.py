@@ -320,3 +320,12 @@ def test_gate_fits_the_same_wherever_the_data_set_is_stored(data, tmp_path) -> N
         summary = gate.fit(train, val, FitContext(work_dir=tmp_path, load_samples=load_samples))
         summaries.append({k: v for k, v in summary.items() if "seconds" not in k})
     assert summaries[0] == summaries[1]
+
+
+def test_cross_fitting_stops_once_more_defects_are_labelled_than_its_limit(data) -> None:
+    context = FitContext(work_dir=Path(data["root"][0].path), load_samples=load_samples)
+    few = build(STAGES, dict(GATE, calibration_folds=2, cross_fit_max_defects=12)).fit(data["train"], data["val"], context)
+    many = build(STAGES, dict(GATE, calibration_folds=2, cross_fit_max_defects=11)).fit(data["train"], data["val"], context)
+    # 12 defects are labelled: at the limit every normal calibrates; one over it, a held-out share does.
+    assert few["calibration_folds"] == 2 and few["calibration_normals"] == 20
+    assert many["calibration_folds"] is None and many["calibration_normals"] == 8
