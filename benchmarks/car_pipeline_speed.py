@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/car_pipeline_speed.py [--work-root /tmp/car_speed] [--stream 300] [--out speed.json]
+        [--runtime torch|onnxruntime|openvino]
 
 Three measurements, all with ``torch.set_num_threads`` = every core:
 
@@ -16,6 +17,8 @@ Three measurements, all with ``torch.set_num_threads`` = every core:
    mask policy for the photos the gate passes on, overlays of the damaged ones and the JSONL
    writer. Reported: images/s of the whole run, per-stage rates, how many photos the gate
    finished early, and the ratio to the production system's 0.7 images/s on a CPU server.
+   With ``--runtime onnxruntime|openvino`` the trained networks are exported (``defectkit
+   export``) and the run uses ``predict.runtime``.
 
 Speed does not depend on what the weights learned, but the end-to-end figure depends on how many
 photos the gate lets through, so it is measured with a trained gate, not assumed.
@@ -84,6 +87,10 @@ def main() -> None:
     parser.add_argument("--work-root", default="/tmp/defectkit_car_speed")
     parser.add_argument("--stream", type=int, default=300, help="photos in the measured stream (10%% damaged)")
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument(
+        "--runtime", default="torch", choices=["torch", "onnxruntime", "openvino"],
+        help="predict.runtime of the end-to-end run; not torch: `defectkit export` first (the [export] extra)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     root = Path(args.work_root)
@@ -117,14 +124,20 @@ def main() -> None:
     if out.exists():
         for path in sorted(out.rglob("*"), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
+    options = ["pipeline.1.enabled=True"]
+    if args.runtime != "torch":
+        fmt = "onnx" if args.runtime == "onnxruntime" else "openvino"
+        defectkit("export", str(CONFIG), "--work-dir", str(work_dir), "--format", fmt, "--cfg-options", *options)
+        options.append(f"predict.runtime={args.runtime}")
     start = time.perf_counter()
     defectkit(
         "predict", str(CONFIG), "--work-dir", str(work_dir), "--input", str(root / "stream" / "images"), "--out", str(out),
-        "--cfg-options", "pipeline.1.enabled=True",
+        "--cfg-options", *options,
     )
     wall = time.perf_counter() - start
     timings = json.loads((out / "timings.json").read_text())
     results.update(
+        runtime=args.runtime,
         stream_images=args.stream,
         stream_damaged=n_damaged,
         end_to_end_img_per_s=timings["img_per_s"],
