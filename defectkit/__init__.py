@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         # trusted-ok: _EXPORTS is this module's fixed table of defectkit submodules; no input chooses the module.
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)  # trusted-ok: fixed table above
         globals()[name] = value
         return value
     raise AttributeError(f"module 'defectkit' has no attribute {name!r}")

@@ -32,7 +32,6 @@ from defectkit.data.split import common_folder, save_split, split_records, stabl
 from defectkit.errors import ConfigError
 from defectkit.io.atomic import atomic_write_json
 from defectkit.io.results import ResultLog
-from defectkit.registry import METRICS, build
 from defectkit.sample import Record
 
 __all__ = ["cross_validate", "stratified_folds"]
@@ -100,7 +99,7 @@ def cross_validate(
         ``{"folds", "pooled": metrics over every development image, "per_fold": [...]}`` (also
         written to ``out_dir/cv.json``).
     """
-    from defectkit.runner import Runner, split_stratum
+    from defectkit.runner import Runner, compute_metrics, split_stratum
 
     out = Path(out_dir)
     probe = Runner(cfg, config_path, data_root=data_root, work_dir=str(out / "records"))
@@ -134,12 +133,7 @@ def cross_validate(
         log(f"fold {k + 1}/{folds}: " + ", ".join(f"{key} {_short(v)}" for key, v in metrics.items()) + f" ({seconds:.0f} s)")
 
     pooled_metrics: dict[str, Any] = {"n_images": len(pooled)}
-    classes = list(cfg.get("classes", []))
-    for metric_cfg in cfg.get("metrics", []):
-        metric = build(METRICS, dict(metric_cfg), classes=classes)
-        for record in pooled:
-            metric.update(record)
-        pooled_metrics.update(metric.compute())
+    pooled_metrics.update(compute_metrics(cfg.get("metrics", []), list(cfg.get("classes", [])), pooled))
     summary = {"config": str(config_path), "folds": folds, "seed": seed, "pooled": pooled_metrics, "per_fold": per_fold}
     atomic_write_json(out / CV_SUMMARY, json.loads(json.dumps(summary, default=str)))
     return summary

@@ -123,10 +123,10 @@ def _import_locations(registry: Registry) -> None:
     # trusted-ok: locations are set in code by defectkit's registries (and installed plugins, which are
     # trusted code); config and manifest names never reach this import (see lookup()).
     for location in registry._locations:
-        package = importlib.import_module(location)
+        package = importlib.import_module(location)  # trusted-ok: a location set in code (see above)
         for module in pkgutil.iter_modules(getattr(package, "__path__", [])):
             if not module.name.startswith("_"):
-                importlib.import_module(f"{location}.{module.name}")
+                importlib.import_module(f"{location}.{module.name}")  # trusted-ok: a module of that package
     _SUBMODULES_IMPORTED.add(id(registry))
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -471,11 +471,7 @@ class Runner:
         n_errors = sum(1 for line in lines if line["status"] == "error")
         metrics: dict[str, float] = {"n_images": len(lines), "n_errors": n_errors}
         if evaluate:
-            for metric_cfg in self.cfg.get("metrics", []):
-                metric = build(METRICS, dict(metric_cfg), classes=self.classes)
-                for record in evals.values():
-                    metric.update(record)
-                metrics.update(metric.compute())
+            metrics.update(compute_metrics(self.cfg.get("metrics", []), self.classes, evals.values()))
         timings = {
             "stages": self.pipeline.timing_summary(),
             "images_this_session": n_new,
@@ -599,6 +595,18 @@ def build_dataset(cfg: Config, config_path: str | Path, work_dir: str | Path, da
     if not isinstance(reader, ImageDataset):
         raise ConfigError(f"{section}.type={type(reader).__name__}: a data set reader must subclass defectkit.data.base.ImageDataset")
     return reader
+
+
+def compute_metrics(metric_cfgs: Iterable[dict[str, Any]], classes: list[str], eval_records: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """The config's ``metrics`` over evaluation records (:mod:`defectkit.evaluation.records`), flat keys."""
+    records = list(eval_records)
+    values: dict[str, float] = {}
+    for metric_cfg in metric_cfgs:
+        metric = build(METRICS, dict(metric_cfg), classes=classes)
+        for record in records:
+            metric.update(record)
+        values.update(metric.compute())
+    return values
 
 
 def skipped_stage_seconds(stage_timings: dict[str, dict[str, Any]]) -> float:
