@@ -34,7 +34,7 @@ Window = tuple[int, int, int, int]
 Box = tuple[str, float, float, float, float]
 """``(class_name, x1, y1, x2, y2)``: a ground-truth box in pixel-edge coordinates."""
 
-MERGE_METHODS = ("GREEDYNMM", "NMM", "NMS")
+MERGE_METHODS = ("GREEDYNMM", "NMM", "NMS", "WBF")
 MATCH_METRICS = ("IOS", "IOU")
 BLEND_PROFILES = ("linear", "cosine")
 
@@ -257,6 +257,7 @@ def merge_detections(
     match_metric: str = "IOS",
     match_threshold: float = 0.5,
     class_agnostic: bool = False,
+    passes: int = 1,
 ) -> Detections:
     """Merge the duplicate boxes that overlapping windows (and the whole-image pass) produce.
 
@@ -269,8 +270,13 @@ def merge_detections(
     * ``"GREEDYNMM"``: each surviving box absorbs the lower-scoring boxes it matches itself.
     * ``"NMM"``: like GREEDYNMM, but absorbed boxes pull in their own matches too, so a chain of
       overlapping pieces becomes one box.
+    * ``"WBF"``: weighted box fusion (Solovyev et al., 2021), grouped as GREEDYNMM: the merged box
+      is the score-weighted mean of its members, its score their summed score over
+      ``max(passes, members)``, so a box that only some of ``passes`` predictions found is
+      down-weighted. Suits fusing several passes over the same pixels (test-time flips), where
+      members are estimates of one box rather than pieces of it.
 
-    A merged box is the union (enclosing box) of its members, with the highest member score and its
+    Otherwise a merged box is the union (enclosing box) of its members, with the highest member score and its
     label. These are SAHI's postprocess semantics, except that SAHI re-checks each match against
     the growing merged box and silently drops members that no longer match; here every matched box
     is merged.
@@ -281,6 +287,7 @@ def merge_detections(
         match_metric: ``"IOS"`` or ``"IOU"``.
         match_threshold: Matches need a metric strictly above this, in [0, 1].
         class_agnostic: Let boxes of different labels match.
+        passes: ``"WBF"`` only: how many predictions of the image were pooled into ``detections``.
 
     Returns:
         The merged detections, by decreasing score.
@@ -316,13 +323,15 @@ def merge_detections(
         member_scores = scores[members].numpy()
         order = np.argsort(-member_scores, kind="stable")
         matches = _match_matrix(boxes[members], match_metric, match_threshold)
-        local_owner = _groups(matches, order, method)
+        local_owner = _groups(matches, order, "GREEDYNMM" if method == "WBF" else method)
         member_ids = members.numpy()
         owner[member_ids] = np.where(local_owner >= 0, member_ids[np.maximum(local_owner, 0)], -1)
 
     kept_mask = owner >= 0
     kept_owner = torch.as_tensor(owner[kept_mask])
     kept_ids = np.unique(owner[kept_mask])
+    if method == "WBF":
+        return _fuse_weighted(boxes.numpy(), scores.numpy(), labels.numpy(), owner, kept_ids, max(1, int(passes)))
     # Group boxes by owner: enclosing box = min of the top-left and max of the bottom-right corners.
     slot = torch.as_tensor(np.searchsorted(kept_ids, kept_owner.numpy()))
     member_boxes = boxes[torch.as_tensor(kept_mask)]
@@ -338,6 +347,22 @@ def merge_detections(
         kept_scores[by_score].astype(np.float32),
         labels.numpy()[kept_ids][by_score].astype(np.int64),
     )
+
+
+def _fuse_weighted(
+    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, owner: np.ndarray, kept_ids: np.ndarray, passes: int,
+) -> Detections:
+    """Weighted box fusion of the groups ``owner`` assigns (see :func:`merge_detections`)."""
+    slot = np.searchsorted(kept_ids, owner[owner >= 0])
+    member_boxes, member_scores = boxes[owner >= 0].astype(np.float64), scores[owner >= 0].astype(np.float64)
+    score_sum = np.bincount(slot, weights=member_scores, minlength=len(kept_ids))
+    counts = np.bincount(slot, minlength=len(kept_ids))
+    fused = np.stack([np.bincount(slot, weights=member_boxes[:, k] * member_scores, minlength=len(kept_ids))
+                      for k in range(4)], axis=1) / np.maximum(score_sum, 1e-12)[:, None]
+    fused_scores = score_sum / np.maximum(counts, passes)
+    by_score = np.argsort(-fused_scores, kind="stable")
+    return Detections(fused[by_score].astype(np.float32), fused_scores[by_score].astype(np.float32),
+                      labels[kept_ids][by_score].astype(np.int64))
 
 
 def check_merge_options(method: str, match_metric: str, match_threshold: float) -> tuple[str, str]:

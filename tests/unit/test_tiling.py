@@ -222,10 +222,24 @@ def test_merging_groups_boxes_like_sahi_when_sahi_is_installed():
                 assert sorted(merged.boxes.tolist()) == unions
 
 
+def test_weighted_box_fusion_averages_matching_boxes_by_score_and_discounts_boxes_one_pass_missed():
+    # Two passes over one image: both found the lesion at 10..50 (a little apart); only one found the other.
+    pooled = dets([[10, 10, 50, 50], [14, 10, 54, 50], [100, 100, 120, 120]], [0.75, 0.25, 0.5])
+    fused = merge_detections(pooled, "WBF", "IOU", 0.55, passes=2)
+    np.testing.assert_allclose(fused.boxes, [[11, 10, 51, 50], [100, 100, 120, 120]], rtol=1e-6)
+    assert fused.scores.tolist() == pytest.approx([0.5, 0.25])
+
+
+def test_weighted_box_fusion_of_one_pass_keeps_a_lone_box_as_it_was():
+    fused = merge_detections(dets([[0, 0, 10, 10], [50, 50, 60, 60]], [0.9, 0.4]), "WBF", "IOU", 0.5)
+    assert fused.boxes.tolist() == [[0, 0, 10, 10], [50, 50, 60, 60]]
+    assert fused.scores.tolist() == pytest.approx([0.9, 0.4])
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(method="WBF"), "GREEDYNMM, NMM, NMS"),
+        (dict(method="SOFTNMS"), "GREEDYNMM, NMM, NMS, WBF"),
         (dict(match_metric="GIOU"), "IOS, IOU"),
         (dict(match_threshold=1.5), r"\[0, 1\]"),
     ],

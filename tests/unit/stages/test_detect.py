@@ -126,6 +126,24 @@ def test_detect_maps_boxes_back_to_each_images_own_size(fitted, data) -> None:
     np.testing.assert_array_equal(large.scores, small.scores)
 
 
+def test_flip_test_time_augmentation_fuses_boxes_found_in_both_passes(fitted, data) -> None:
+    stage, _ = fitted
+    image = data["store"].images[data["test"][0].path]
+    plain = stage.detect([image])[0]
+    stage.tta_flip = True
+    try:
+        fused, fused_mirror = stage.detect([image, np.ascontiguousarray(image[:, ::-1])])
+    finally:
+        stage.tta_flip = False
+    assert len(fused) > 0 and fused.scores.max() <= plain.scores.max() + 1e-6
+    # The flip of an image has the same two passes, swapped: the fused boxes are each other's mirror.
+    mirrored = np.stack([SIZE - fused_mirror.boxes[:, 2], fused_mirror.boxes[:, 1], SIZE - fused_mirror.boxes[:, 0],
+                         fused_mirror.boxes[:, 3]], axis=1)
+    order, order_mirror = np.lexsort(fused.boxes.T), np.lexsort(mirrored.T)
+    np.testing.assert_allclose(mirrored[order_mirror], fused.boxes[order], atol=1e-3)
+    np.testing.assert_allclose(fused_mirror.scores[order_mirror], fused.scores[order], atol=1e-5)
+
+
 def test_boxes_of_a_downscaled_decode_map_onto_it_and_back() -> None:
     store = Store(decode_scale=0.5)
     record = store.records("big", 1, size=2 * SIZE, lesion=28)[0]

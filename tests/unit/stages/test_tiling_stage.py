@@ -342,7 +342,7 @@ class GateLike:
         (dict(inner=BrightBoxDetector(), overlap=1.0), r"\[0, 1\)"),
         (dict(inner=BrightBoxDetector(), slice_size=(64, 0)), "slice_size"),
         (dict(inner=BrightBoxDetector(), batch_size=0), "batch_size"),
-        (dict(inner=BrightBoxDetector(), merge=dict(method="WBF")), "GREEDYNMM, NMM, NMS"),
+        (dict(inner=BrightBoxDetector(), merge=dict(method="SOFTNMS")), "GREEDYNMM, NMM, NMS, WBF"),
         (dict(inner=BrightBoxDetector(), merge=dict(metric="IOU")), "valid keys: method, match_metric"),
         (dict(inner=BrightBoxDetector(), blend="gaussian"), "linear, cosine"),
         (dict(inner=BrightBoxDetector(), min_score=2), r"\[0, 1\]"),
