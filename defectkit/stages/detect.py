@@ -193,6 +193,8 @@ class Detector(NetworkStage, Detects, TrainsOnSlices):
     """
 
     model_types = tuple(DETECTOR_TYPES)
+    # Post-processing, not weights: a trained detector can be re-thresholded from the config.
+    model_fields_not_checked = ("score_thresh", "nms_thresh", "detections_per_img")
     reserved_model_keys = {
         "num_classes": "the classes", "pretrained": "the stage", "image_size": "the stage",
         "focal_alpha": "the stage's focal option", "focal_gamma": "the stage's focal option",

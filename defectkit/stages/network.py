@@ -286,8 +286,15 @@ class NetworkStage(TrainableStage):
         return tensors, extra
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
-        """Rebuild the network (no ImageNet weights needed) and restore its weights."""
-        self.model_cfg = dict(extra.get("model") or dict(type=extra["arch"]))
+        """Rebuild the network (no ImageNet weights needed) and restore its weights.
+
+        The head config is the saved one, except :attr:`model_fields_not_checked`, which the
+        config decides (e.g. a detector's post-processing thresholds).
+        """
+        unchecked = set(self.model_fields_not_checked)
+        saved = dict(extra.get("model") or dict(type=extra["arch"]))
+        self.model_cfg = {**{k: v for k, v in saved.items() if k not in unchecked},
+                          **{k: v for k, v in self.model_cfg.items() if k in unchecked}}
         self.restore_settings(extra)
         self.classes = [str(c) for c in extra.get("classes", [])]
         if not self.classes:

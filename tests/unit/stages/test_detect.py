@@ -237,6 +237,25 @@ def test_state_round_trip_gives_identical_detections(fitted, data, tmp_path) -> 
     assert restored.describe()["train_images"] == 7
 
 
+def test_a_saved_detector_takes_its_post_processing_thresholds_from_the_config(fitted, data, tmp_path) -> None:
+    stage, _ = fitted
+    stage.fit_classes = CLASSES
+    stage.save(tmp_path)
+    images = [data["store"].images[r.path] for r in data["test"]]
+    everything = stage.detect(images)
+    strict_score = float(np.median(np.concatenate([d.scores for d in everything])))
+    stricter = build(STAGES, dict(STAGE, model=dict(STAGE["model"], score_thresh=strict_score)))
+    stricter.load(tmp_path)
+    for before, after in zip(everything, stricter.detect(images)):
+        # The same weights: exactly the boxes of the looser threshold that pass the stricter one.
+        np.testing.assert_allclose(np.sort(after.scores), np.sort(before.scores[before.scores > strict_score]), rtol=1e-5)
+    assert sum(map(len, stricter.detect(images))) < sum(map(len, everything))
+    # A change to the network itself is still refused.
+    other = build(STAGES, dict(STAGE, model=dict(STAGE["model"], fpn_channels=16)))
+    with pytest.raises(Exception, match="differs from the config's"):
+        other.load(tmp_path)
+
+
 def test_bad_config_fails_early() -> None:
     with pytest.raises(ConfigError, match="multiples of 32"):
         Detector(image_size=(100, 100))
