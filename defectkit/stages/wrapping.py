@@ -106,6 +106,11 @@ class WrappingStage(TrainableStage):
         """The inner stage's model as the config builds it (its copy at the top of the saved state must match too)."""
         return self.inner.expected_model() if self._inner_trainable else None
 
+    @property
+    def model_fields_not_checked(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The inner stage's: the fields the config may change after training are its model's."""
+        return tuple(self.inner.model_fields_not_checked) if self._inner_trainable else ()
+
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         """Restore the inner stage; this stage's settings come from the config, not the saved state.
 

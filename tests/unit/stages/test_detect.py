@@ -256,6 +256,18 @@ def test_a_saved_detector_takes_its_post_processing_thresholds_from_the_config(f
         other.load(tmp_path)
 
 
+def test_a_tiling_stage_lets_the_config_re_threshold_its_saved_detector(fitted, tmp_path) -> None:
+    stage, _ = fitted
+    stage.fit_classes = CLASSES
+    tiling = build(STAGES, dict(type="Tiling", name="tiled", slice_size=(64, 64), inner=dict(STAGE)))
+    tiling.inner, tiling.fitted, tiling.fit_classes = stage, True, CLASSES
+    tiling.save(tmp_path)
+    restored = build(STAGES, dict(type="Tiling", name="tiled", slice_size=(64, 64),
+                                  inner=dict(STAGE, model=dict(STAGE["model"], score_thresh=0.3, nms_thresh=0.4))))
+    restored.load(tmp_path)
+    assert (restored.inner.model_cfg["score_thresh"], restored.inner.model_cfg["nms_thresh"]) == (0.3, 0.4)
+
+
 def test_bad_config_fails_early() -> None:
     with pytest.raises(ConfigError, match="multiples of 32"):
         Detector(image_size=(100, 100))
