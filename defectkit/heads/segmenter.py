@@ -101,6 +101,32 @@ def bce_dice_loss(logits: torch.Tensor, targets: torch.Tensor, dice_weight: floa
     return loss
 
 
+def batch_dice_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss per class over the whole batch, averaged over the classes present in the batch.
+
+    Unlike the per-image Dice of :func:`bce_dice_loss`, a class absent from an image adds no Dice
+    term of its own: with several classes that each appear in a minority of images, per-image Dice
+    mostly rewards predicting nothing (any probability mass on an empty channel costs up to 1),
+    which stalls rare classes for many epochs. Classes absent from the whole batch are left to the
+    BCE term (segmentation_models_pytorch's ``DiceLoss`` convention).
+
+    Example:
+        >>> perfect = torch.full((2, 2, 4, 4), -10.0)
+        >>> perfect[0, 0] = 10.0                         # class 0 in image 0 only; class 1 nowhere
+        >>> targets = (perfect > 0).float()
+        >>> float(batch_dice_loss(perfect, targets)) < 1e-3
+        True
+    """
+    channels = logits.shape[1]
+    probs = torch.sigmoid(logits.float()).transpose(0, 1).reshape(channels, -1)
+    flat = targets.to(probs.dtype).transpose(0, 1).reshape(channels, -1)
+    present = flat.sum(-1) > 0
+    if not bool(present.any()):
+        return probs.sum() * 0.0  # keeps the graph: a batch without defects has no Dice term
+    dice = (2 * (probs * flat).sum(-1) + eps) / (probs.sum(-1) + flat.sum(-1) + eps)
+    return (1 - dice)[present].mean()
+
+
 def focal_tversky_loss(
     logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.3, beta: float = 0.7, gamma: float = 0.75, eps: float = 1.0,
 ) -> torch.Tensor:
@@ -152,14 +178,15 @@ def _lovasz_hinge_flat(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return torch.dot(F.relu(errors_sorted), jaccard)
 
 
-SEGMENTATION_LOSSES = ("bce_dice", "bce_focal_tversky", "bce_lovasz")
+SEGMENTATION_LOSSES = ("bce_dice", "bce_batch_dice", "bce_focal_tversky", "bce_lovasz")
 """Loss names :func:`segmentation_loss` builds."""
 
 
 def segmentation_loss(name: str = "bce_dice", dice_weight: float = 0.5) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The multi-label segmentation loss ``name``: BCE plus ``dice_weight`` x a region term.
 
-    ``bce_dice``: soft Dice (:func:`bce_dice_loss`); ``bce_focal_tversky``: :func:`focal_tversky_loss`;
+    ``bce_dice``: soft Dice per image (:func:`bce_dice_loss`); ``bce_batch_dice``: soft Dice per class
+    over the batch (:func:`batch_dice_loss`); ``bce_focal_tversky``: :func:`focal_tversky_loss`;
     ``bce_lovasz``: :func:`lovasz_loss`. BCE keeps every pixel's gradient; the region term
     counts a small defect as much as a large one.
 
@@ -176,7 +203,7 @@ def segmentation_loss(name: str = "bce_dice", dice_weight: float = 0.5) -> Calla
     weight = float(dice_weight)
     if name == "bce_dice":
         return lambda logits, targets: bce_dice_loss(logits, targets, dice_weight=weight)
-    region = focal_tversky_loss if name == "bce_focal_tversky" else lovasz_loss
+    region = {"bce_batch_dice": batch_dice_loss, "bce_focal_tversky": focal_tversky_loss, "bce_lovasz": lovasz_loss}[name]
 
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         bce = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
@@ -185,5 +212,5 @@ def segmentation_loss(name: str = "bce_dice", dice_weight: float = 0.5) -> Calla
     return loss
 
 
-__all__ = ["ARCHITECTURES", "ENCODER_NAME", "SEGMENTATION_LOSSES", "bce_dice_loss", "focal_tversky_loss", "lovasz_loss",
+__all__ = ["ARCHITECTURES", "ENCODER_NAME", "SEGMENTATION_LOSSES", "batch_dice_loss", "bce_dice_loss", "focal_tversky_loss", "lovasz_loss",
            "segmentation_loss", "build_segmenter", "deeplabv3plus", "unet"]

@@ -66,7 +66,8 @@ class Segmenter(NetworkStage, Segments, Exportable):
         lr: Peak AdamW learning rate.
         weight_decay: AdamW weight decay.
         dice_weight: Weight of the region term next to BCE (0: BCE only).
-        loss: Region term: ``"bce_dice"`` (soft Dice), ``"bce_focal_tversky"`` or ``"bce_lovasz"``
+        loss: Region term: ``"bce_dice"`` (soft Dice per image), ``"bce_batch_dice"`` (per class over the
+            batch), ``"bce_focal_tversky"`` or ``"bce_lovasz"``
             (see :func:`~defectkit.heads.segmenter.segmentation_loss`).
         train_crop: ``(height, width)`` crops to train on (multiples of 32, at most ``image_size``),
             or None to train on whole images.
