@@ -7,7 +7,7 @@ import torch
 
 from defectkit.errors import ConfigError
 from defectkit.heads.backbones import lite0_timm_state_dict
-from defectkit.heads.segmenter import SEGMENTATION_LOSSES, bce_dice_loss, segmentation_loss
+from defectkit.heads.segmenter import SEGMENTATION_LOSSES, batch_dice_loss, bce_dice_loss, segmentation_loss
 from defectkit.registry import HEADS, build
 
 
@@ -73,3 +73,20 @@ def test_every_loss_is_lower_for_the_right_answer_than_for_the_wrong_one(name):
     logits = torch.zeros(2, 3, 16, 16, requires_grad=True)
     loss(logits, target).backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_batch_dice_leaves_a_class_absent_from_an_image_to_bce_where_per_image_dice_punishes_it():
+    # Class 0 is in image 0 and predicted there perfectly; image 1 shows a faint (p ~ 0.1) haze of class 0.
+    target = torch.zeros(2, 1, 16, 16)
+    target[0, 0, 4:12, 4:12] = 1
+    logits = torch.where(target > 0, torch.tensor(10.0), torch.tensor(-10.0))
+    logits[1, 0] = -2.2
+    per_image = float(bce_dice_loss(logits, target, dice_weight=1.0) - bce_dice_loss(logits, target, dice_weight=0.0))
+    per_batch = float(batch_dice_loss(logits, target))
+    assert per_image > 0.4  # image 1's empty channel alone costs nearly a whole Dice term
+    assert per_batch < 0.25  # the haze only dilutes class 0's batch-wide overlap
+    # A batch with no defect of any class has no Dice term, and still a gradient path.
+    empty = torch.zeros(2, 1, 8, 8, requires_grad=True)
+    value = batch_dice_loss(empty, torch.zeros(2, 1, 8, 8))
+    value.backward()
+    assert float(value) == 0.0 and empty.grad is not None
