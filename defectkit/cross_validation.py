@@ -21,14 +21,13 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from defectkit.config import Config
-from defectkit.data.split import common_folder, save_split, split_records, stable_order_key
+from defectkit.data.split import save_split, split_records, stratified_groups
 from defectkit.errors import ConfigError
 from defectkit.io.atomic import atomic_write_json
 from defectkit.io.results import ResultLog
@@ -58,20 +57,11 @@ def stratified_folds(records: Sequence[Record], folds: int, seed: int, stratum: 
     """
     if folds < 2:
         raise ConfigError(f"folds={folds}: cross-validation needs at least 2 folds")
-    # Ungrouped records are keyed by their path relative to the records' common folder, so the
-    # folds are the same wherever the data set is stored.
-    base = common_folder([r.path for r in records])
-    groups: dict[str, list[Record]] = {}
-    for record in records:
-        key = record.group if record.group is not None else "path:" + (os.path.relpath(record.path, base) if base else record.path)
-        groups.setdefault(key, []).append(record)
-    by_stratum: dict[str, list[str]] = {}
-    for key, members in groups.items():
-        by_stratum.setdefault(stratum(min(members, key=lambda r: r.path)), []).append(key)
+    groups, by_stratum = stratified_groups(records, seed, stratum)
     parts: list[list[Record]] = [[] for _ in range(folds)]
     dealt = 0
-    for name in sorted(by_stratum):
-        for key in sorted(by_stratum[name], key=lambda g: stable_order_key(seed, g)):
+    for keys in by_stratum.values():
+        for key in keys:
             parts[dealt % folds].extend(groups[key])
             dealt += 1
     return parts

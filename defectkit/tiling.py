@@ -328,10 +328,10 @@ def merge_detections(
         owner[member_ids] = np.where(local_owner >= 0, member_ids[np.maximum(local_owner, 0)], -1)
 
     kept_mask = owner >= 0
-    kept_owner = torch.as_tensor(owner[kept_mask])
     kept_ids = np.unique(owner[kept_mask])
     if method == "WBF":
         return _fuse_weighted(boxes.numpy(), scores.numpy(), labels.numpy(), owner, kept_ids, max(1, int(passes)))
+    kept_owner = torch.as_tensor(owner[kept_mask])
     # Group boxes by owner: enclosing box = min of the top-left and max of the bottom-right corners.
     slot = torch.as_tensor(np.searchsorted(kept_ids, kept_owner.numpy()))
     member_boxes = boxes[torch.as_tensor(kept_mask)]

@@ -50,21 +50,9 @@ def split_records(
     if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
         raise ValueError(f"ratios must be three non-negative fractions for train/val/test, got {ratios}")
     weights = np.asarray(ratios, dtype=float) / float(sum(ratios))
-    groups: dict[str, list[Record]] = defaultdict(list)
-    # Paths relative to the records' common folder, so the same data set split the same way
-    # wherever it is stored.
-    base = common_folder([r.path for r in records])
-    for record in records:
-        key = record.group if record.group is not None else f"path:{os.path.relpath(record.path, base)}"
-        groups[key].append(record)
-
-    by_stratum: dict[str, list[str]] = defaultdict(list)
-    for key, members in groups.items():
-        by_stratum[stratum(min(members, key=lambda r: r.path))].append(key)
-
+    groups, by_stratum = stratified_groups(records, seed, stratum)
     parts: dict[str, list[Record]] = {name: [] for name in SPLIT_NAMES}
-    for stratum_name in sorted(by_stratum):
-        keys = sorted(by_stratum[stratum_name], key=lambda k: stable_order_key(seed, k))
+    for keys in by_stratum.values():
         sizes = [len(groups[k]) for k in keys]
         targets = weights * sum(sizes)
         filled = np.zeros(3)
@@ -75,6 +63,31 @@ def split_records(
             parts[SPLIT_NAMES[part]].extend(groups[key])
             filled[part] += size
     return {name: sorted(members, key=lambda r: r.path) for name, members in parts.items()}
+
+
+def stratified_groups(
+    records: Sequence[Record], seed: int, stratum: Callable[[Record], str] = default_stratum,
+) -> tuple[dict[str, list[Record]], dict[str, list[str]]]:
+    """Records by group, and each stratum's group keys in a seeded order: the units splits and folds deal out.
+
+    Records sharing a ``group`` form one unit; any other record is a unit of its own, keyed by its
+    path relative to the records' common folder, so the same data set is dealt out the same way
+    wherever it is stored. A group's stratum is its first record's (by path). The order of the
+    keys depends only on ``seed`` and the keys, never on the order the records are listed in.
+
+    Returns:
+        ``(groups, by_stratum)``: key -> records, and stratum name (sorted) -> keys in seeded order.
+    """
+    base = common_folder([r.path for r in records])
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        key = record.group if record.group is not None else "path:" + (os.path.relpath(record.path, base) if base else record.path)
+        groups[key].append(record)
+    by_stratum: dict[str, list[str]] = defaultdict(list)
+    for key, members in groups.items():
+        by_stratum[stratum(min(members, key=lambda r: r.path))].append(key)
+    ordered = {name: sorted(by_stratum[name], key=lambda k: stable_order_key(seed, k)) for name in sorted(by_stratum)}
+    return dict(groups), ordered
 
 
 def common_folder(paths: list[str]) -> str:
