@@ -46,6 +46,7 @@ from torch import nn
 from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import (
     RetinaNetClassificationHead,
     RetinaNetHead,
@@ -95,7 +96,8 @@ class LiteFPN(nn.Module):
         extra = LastLevelP6P7(int(out_channels), int(out_channels)) if extra_levels else None
         self.fpn = FeaturePyramidNetwork(list(self.body.feature_info.channels()), int(out_channels), extra_blocks=extra)
         self.out_channels = int(out_channels)  # torchvision's detectors read this attribute
-        self.num_levels = len(STRIDES) + (2 if extra_levels else 0)
+        self.strides = STRIDES + ((64, 128) if extra_levels else ())
+        self.num_levels = len(self.strides)
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         features = self.body(x)
@@ -204,8 +206,7 @@ def fcos(
     # positive only inside a box, so a lesion narrower than 8 px at the network's input may fall
     # between P3's points and never be learned: upscale (slice) such images, or use RetinaNet,
     # whose matcher gives every box at least its best anchor.
-    strides = STRIDES + ((64, 128) if extra_levels else ())
-    anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
+    anchors = AnchorGenerator(tuple((s,) for s in backbone.strides), ((1.0,),) * backbone.num_levels)
     head = FocalFCOSHead(backbone.out_channels, num_classes, int(head_convs), focal_alpha, focal_gamma)
     return FCOS(
         backbone, num_classes, anchor_generator=anchors, head=head, center_sampling_radius=float(center_sampling_radius),
@@ -257,6 +258,71 @@ def retinanet(
     )
 
 
+class DenseOutputs(nn.Module):
+    """A detector's network without its post-processing: backbone, pyramid and head, one tensor out.
+
+    This is the part of :func:`fcos` / :func:`retinanet` models worth exporting (all the
+    convolutions); what follows it (decoding boxes at the anchors, score threshold, top-k, NMS) is
+    data-dependent and stays in PyTorch, in :func:`detections_from_dense`. The output is
+    ``(N, locations, classes + 4 [+ 1])``: the head's class logits, box regression and (FCOS) centerness,
+    concatenated in :func:`head_output_widths` order. Inputs are the model's own: NCHW [-1, 1] at its
+    ``image_size`` (the internal transform is the identity there, see :func:`_transform_args`).
+
+    Example:
+        >>> model = fcos(1, (64, 64), pretrained=False).eval()
+        >>> DenseOutputs(model)(torch.zeros(2, 3, 64, 64)).shape  # 8x8 + 4x4 + 2x2 locations
+        torch.Size([2, 84, 6])
+    """
+
+    def __init__(self, detector: FCOS | RetinaNet) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = list(self.detector.backbone(x).values())
+        outputs = self.detector.head(features)
+        return torch.cat([outputs[key] for key in head_output_widths(self.detector)], dim=2)
+
+
+def head_output_widths(detector: FCOS | RetinaNet) -> dict[str, int]:
+    """The head's outputs in :class:`DenseOutputs` order, each with its channels per location."""
+    widths = {"cls_logits": int(detector.head.classification_head.num_classes), "bbox_regression": 4}
+    if isinstance(detector, FCOS):
+        widths["bbox_ctrness"] = 1
+    return widths
+
+
+def detections_from_dense(
+    detector: FCOS | RetinaNet, dense: torch.Tensor, image_size: Sequence[int]
+) -> list[dict[str, torch.Tensor]]:
+    """What ``detector(images)`` returns in eval mode, from :class:`DenseOutputs`' output for those images.
+
+    Repeats torchvision's FCOS/RetinaNet ``forward`` after the head (anchors, per-level split,
+    ``postprocess_detections``) for inputs of the model's ``image_size`` ``(height, width)``, at
+    which the transform's resize back is the identity.
+
+    Example:
+        >>> model = fcos(1, (64, 96), pretrained=False).eval()
+        >>> x = torch.zeros(1, 3, 64, 96)
+        >>> found = detections_from_dense(model, DenseOutputs(model)(x), (64, 96))
+        >>> torch.allclose(found[0]["scores"], model(list(x))[0]["scores"])
+        True
+    """
+    size = (int(image_size[0]), int(image_size[1]))
+    n = int(dense.shape[0])
+    # Pyramid level k has ceil(size / stride) cells per side (stride-2 convolutions round up).
+    shapes = [(-(-size[0] // s), -(-size[1] // s)) for s in detector.backbone.strides]
+    features = [dense.new_zeros((n, 0, h, w)) for h, w in shapes]  # the anchor generator reads shapes only
+    images = ImageList(dense.new_zeros((n, 0, *size)), [size] * n)
+    anchors = detector.anchor_generator(images, features)
+    per_location = int(dense.shape[1]) // sum(h * w for h, w in shapes)  # anchors per location (RetinaNet: 3 x ratios)
+    counts = [h * w * per_location for h, w in shapes]
+    outputs = dict(zip(head_output_widths(detector), dense.split(list(head_output_widths(detector).values()), dim=2)))
+    split_outputs = {key: list(value.split(counts, dim=1)) for key, value in outputs.items()}
+    split_anchors = [list(a.split(counts)) for a in anchors]
+    return detector.postprocess_detections(split_outputs, split_anchors, images.image_sizes)
+
+
 def build_detector(cfg: dict[str, Any], num_classes: int, pretrained: bool = True) -> nn.Module:
     """Build a registered detector from ``cfg`` (``type`` plus its keyword arguments) for ``num_classes``."""
     from defectkit.registry import build
@@ -268,6 +334,6 @@ def build_detector(cfg: dict[str, Any], num_classes: int, pretrained: bool = Tru
 
 
 __all__ = [
-    "DETECTOR_TYPES", "STRIDES", "FocalFCOSHead", "FocalRetinaNetClassificationHead", "LiteFPN", "build_detector",
-    "fcos", "retinanet",
+    "DETECTOR_TYPES", "STRIDES", "DenseOutputs", "FocalFCOSHead", "FocalRetinaNetClassificationHead", "LiteFPN",
+    "build_detector", "detections_from_dense", "fcos", "head_output_widths", "retinanet",
 ]

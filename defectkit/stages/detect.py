@@ -21,11 +21,11 @@ from defectkit.data.copy_paste import CopyPaste
 from defectkit.data.sampling import oversampling_weights
 from defectkit.data.transforms import build_albumentation
 from defectkit.errors import ConfigError
-from defectkit.heads.detector import DETECTOR_TYPES, build_detector
+from defectkit.heads.detector import DETECTOR_TYPES, DenseOutputs, build_detector, detections_from_dense, head_output_widths
 from defectkit.registry import STAGES
 from defectkit.runtime import inference_mode
 from defectkit.sample import Detections, Record, Sample, detections_to_instances
-from defectkit.stages.base import Detects, FitContext, TrainsOnSlices
+from defectkit.stages.base import Detects, Exportable, ExportSpec, FitContext, TrainsOnSlices
 from defectkit.stages.network import NetworkStage
 from defectkit.tiling import merge_detections
 from defectkit.training import BoxTensorDataset, collate_boxes, resize_with_boxes
@@ -126,7 +126,7 @@ def _chain(steps: Sequence[Callable[[np.ndarray, np.ndarray, np.ndarray], Item]]
 
 
 @STAGES.register_module()
-class Detector(NetworkStage, Detects, TrainsOnSlices):
+class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
     """Defect boxes from a one-stage detector (FCOS or RetinaNet) on EfficientNet-Lite0.
 
     Fitting: training records with box annotations (a ``boxes`` list, possibly empty, or a normal
@@ -153,7 +153,9 @@ class Detector(NetworkStage, Detects, TrainsOnSlices):
             ``pretrained`` and ``image_size`` come from the stage.
         image_size: ``(height, width)`` the network sees; multiples of 32.
         epochs: Training epochs.
-        batch_size: Images per step and per prediction batch.
+        batch_size: Images per training step.
+        predict_batch_size: Images per prediction batch; None: 2 on the CPU (fastest there,
+            measured), ``batch_size`` on a GPU.
         lr: Peak AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: Linear learning-rate warm-up steps (new detection heads diverge easily at
@@ -206,6 +208,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices):
         image_size: Sequence[int] = (640, 640),
         epochs: int = 12,
         batch_size: int = 8,
+        predict_batch_size: int | None = None,
         lr: float = 5e-4,
         weight_decay: float = 1e-4,
         warmup_steps: int = 20,
@@ -224,7 +227,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices):
     ) -> None:
         super().__init__(
             name or "detector", dict(model or dict(type="fcos")), image_size, epochs, max(1, int(batch_size)), lr,
-            weight_decay, max_images, seed, pretrained, chunk_size,
+            weight_decay, max_images, seed, pretrained, chunk_size, predict_batch_size=predict_batch_size,
         )
         self.warmup_steps = max(0, int(warmup_steps))
         self.augment_cfg = None if augment is None else dict(augment)
@@ -434,7 +437,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices):
 
     # ------------------------------------------------------------------ predict
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Boxes in HxWx3 uint8 images, each in its own pixel coordinates (batches of ``batch_size``).
+        """Boxes in HxWx3 uint8 images, each in its own pixel coordinates (batches of :meth:`prediction_batch_size`).
 
         Every image is resized to ``image_size`` for the network and its boxes scaled back, so
         images of any size (whole photos, slices) can be mixed in one call. With ``tta_flip`` the
@@ -457,8 +460,12 @@ class Detector(NetworkStage, Detects, TrainsOnSlices):
         height_in, width_in = self.image_size
         out: list[Detections] = []
         for batch, x in self.input_batches(images):
-            with inference_mode(self.device):
-                found = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in r.items()} for r in model(list(x))]
+            if self.exported is not None:
+                # The exported file runs the convolutions; decoding and NMS stay torchvision's.
+                found = detections_from_dense(model, self.exported(x.cpu()).float(), self.image_size)
+            else:
+                with inference_mode(self.device):
+                    found = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in r.items()} for r in model(list(x))]
             for image, result in zip(batch, found):
                 height, width = image.shape[:2]
                 boxes = result["boxes"].numpy().astype(np.float32)
@@ -469,6 +476,22 @@ class Detector(NetworkStage, Detects, TrainsOnSlices):
                 )
                 out.append(detections.scaled(width / width_in, height / height_in))
         return out
+
+    def export_module(self, images: Sequence[np.ndarray]) -> ExportSpec:
+        """The detector's convolutions (:class:`~defectkit.heads.detector.DenseOutputs`: backbone, pyramid and
+        head) with its inputs for ``images``; box decoding, thresholds and NMS stay in PyTorch.
+
+        Compared on the raw head outputs relative to their scale, and on which locations' class
+        logits clear the head's ``score_thresh``.
+        """
+        model = self.network("export").eval()
+        classes = head_output_widths(model)["cls_logits"]
+        cut = float(torch.logit(torch.tensor(float(model.score_thresh)).clamp(1e-6, 1 - 1e-6)))
+        inputs = torch.cat([x for _, x in self.input_batches(images)]).cpu()
+        return ExportSpec(
+            module=DenseOutputs(model), inputs=inputs, tolerance=1e-4, relative=True,
+            decision=lambda out: out[..., :classes] > cut, min_agreement=0.999,
+        )
 
     def predict(self, samples: list[Sample]) -> list[Sample]:
         """Set ``instances`` (boxes scoring at least ``min_score``, image coordinates) of active samples."""

@@ -27,6 +27,15 @@ from defectkit.sample import Record
 from defectkit.stages.base import Exportable, FitContext, TrainableStage
 from defectkit.training import fit_head
 
+CPU_PREDICT_BATCH_SIZE = 2
+"""Images per prediction batch on the CPU when a stage's ``predict_batch_size`` is not set.
+
+Measured with ``benchmarks/predict_batch_size.py`` (docs/performance.md): on two CPU cores the
+stages' networks predict fastest in small batches (the activations of a large batch fall out of
+the cache), e.g. the car DeepLabV3+ at 288x384 ran 43 img/s in batches of 2 against 18 in batches
+of 8. A GPU wants large batches instead, so there the training ``batch_size`` is used.
+"""
+
 
 class NetworkStage(TrainableStage):
     """A trainable stage owning one torch network, ``model``, for the config's defect classes.
@@ -43,13 +52,15 @@ class NetworkStage(TrainableStage):
         model: Head config: ``type`` (one of :attr:`model_types`) plus the head's options.
         image_size: ``(height, width)`` the network sees; multiples of 32.
         epochs: Training epochs.
-        batch_size: Images per step and per prediction batch.
+        batch_size: Images per training step.
         lr: Peak AdamW learning rate.
         weight_decay: AdamW weight decay.
         max_images: Train on at most this many annotated images (a deterministic subset).
         seed: Seeds the subset, shuffling, augmentation and initialisation.
         pretrained: Start the backbone from the offline ImageNet weights.
         chunk_size: Records decoded at once while loading.
+        predict_batch_size: Images per prediction batch; None: :data:`CPU_PREDICT_BATCH_SIZE` on
+            the CPU (whatever runtime runs the network there), ``batch_size`` on a GPU.
     """
 
     model_types: Sequence[str] = ()
@@ -75,6 +86,7 @@ class NetworkStage(TrainableStage):
         seed: int,
         pretrained: bool,
         chunk_size: int,
+        predict_batch_size: int | None = None,
     ) -> None:
         super().__init__(name)
         kind = type(self).__name__
@@ -98,6 +110,11 @@ class NetworkStage(TrainableStage):
         self.seed = int(seed)
         self.pretrained = bool(pretrained)
         self.chunk_size = max(1, int(chunk_size))
+        if predict_batch_size is not None and (
+            isinstance(predict_batch_size, bool) or not isinstance(predict_batch_size, (int, np.integer)) or predict_batch_size < 1
+        ):
+            raise ConfigError(f"{kind} predict_batch_size must be a whole number >= 1 or None, got {predict_batch_size!r}")
+        self.predict_batch_size = None if predict_batch_size is None else int(predict_batch_size)
         self.classes: list[str] = []
         self.model: torch.nn.Module | None = None
         self.summary: dict[str, Any] = {}
@@ -243,11 +260,18 @@ class NetworkStage(TrainableStage):
         """Whether there is a network to predict with (fitted or loaded), or the fitted stage needs none."""
         return self.model is not None if self.network_expected() else self.fitted
 
+    def prediction_batch_size(self) -> int:
+        """Images per prediction batch: ``predict_batch_size``, else :data:`CPU_PREDICT_BATCH_SIZE` on the CPU, ``batch_size`` on a GPU."""
+        if self.predict_batch_size is not None:
+            return self.predict_batch_size
+        return CPU_PREDICT_BATCH_SIZE if self.device.type == "cpu" else self.batch_size
+
     def input_batches(self, images: Sequence[np.ndarray]) -> Iterator[tuple[Sequence[np.ndarray], torch.Tensor]]:
-        """HxWx3 uint8 images ``batch_size`` at a time, each batch with its network input (NCHW at ``image_size``, on the stage's device)."""
+        """HxWx3 uint8 images :meth:`prediction_batch_size` at a time, each with its network input (NCHW at ``image_size``, on the stage's device)."""
         layout = memory_format(self.device)
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start : start + self.batch_size]
+        step = self.prediction_batch_size()
+        for start in range(0, len(images), step):
+            batch = images[start : start + step]
             x = to_input_tensor([self._resize(np.ascontiguousarray(im))[0] for im in batch])
             yield batch, x.to(self.device).contiguous(memory_format=layout)
 

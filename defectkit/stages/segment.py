@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from defectkit.data.masks import ground_truth_masks, has_annotations
-from defectkit.data.transforms import Compose, ForegroundCrop, build_augmentation
+from defectkit.data.transforms import Compose, ForegroundCrop, Resize, build_augmentation
 from defectkit.errors import ConfigError
+from defectkit.heads.backbones import to_input_tensor
 from defectkit.heads.segmenter import ARCHITECTURES, build_segmenter, segmentation_loss
 from defectkit.registry import STAGES
+from defectkit.runtime import memory_format
 from defectkit.sample import Record, Sample
 from defectkit.stages.base import Exportable, ExportSpec, FitContext, Segments
 from defectkit.stages.network import NetworkStage
@@ -62,7 +64,9 @@ class Segmenter(NetworkStage, Segments, Exportable):
             arguments (e.g. ``decoder_channels``).
         image_size: ``(height, width)`` images are resized to; multiples of 32.
         epochs: Training epochs.
-        batch_size: Images per step and per prediction batch.
+        batch_size: Images per training step.
+        predict_batch_size: Images per prediction batch; None: 2 on the CPU (fastest there,
+            measured), ``batch_size`` on a GPU.
         lr: Peak AdamW learning rate.
         weight_decay: AdamW weight decay.
         dice_weight: Weight of the region term next to BCE (0: BCE only).
@@ -74,6 +78,10 @@ class Segmenter(NetworkStage, Segments, Exportable):
         foreground_share: With ``train_crop``, the share of crops centred on a defect.
         tta_flip: Average each prediction with that of the horizontally flipped image (twice the
             prediction cost).
+        tta_scales: Input scales whose maps are averaged at prediction, relative to ``image_size``
+            (each side rounded to a multiple of 32), e.g. ``(1.0, 1.25)``; ``(1.0,)``: one pass.
+            Each scale costs a pass (two with ``tta_flip``) of ``scale**2`` times the pixels; the
+            photo is resized to that size for the network (exported networks take any size).
         augment: Albumentations config dict (``build(TRANSFORMS, ...)``) or None; default: horizontal
             flips and mild brightness/contrast.
         max_images: Train on at most this many annotated images (a deterministic subset).
@@ -99,6 +107,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
         image_size: Sequence[int] = (320, 320),
         epochs: int = 10,
         batch_size: int = 8,
+        predict_batch_size: int | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         dice_weight: float = 0.5,
@@ -106,6 +115,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
         train_crop: Sequence[int] | None = None,
         foreground_share: float = 0.67,
         tta_flip: bool = False,
+        tta_scales: Sequence[float] = (1.0,),
         augment: dict[str, Any] | None = DEFAULT_SEGMENT_AUGMENT,
         max_images: int | None = None,
         seed: int = 0,
@@ -115,7 +125,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
     ) -> None:
         super().__init__(
             name or "segmenter", dict(model or dict(type="Unet")), image_size, epochs, batch_size, lr, weight_decay,
-            max_images, seed, pretrained, chunk_size,
+            max_images, seed, pretrained, chunk_size, predict_batch_size=predict_batch_size,
         )
         self.dice_weight = float(dice_weight)
         self.loss_name = str(loss)
@@ -131,6 +141,9 @@ class Segmenter(NetworkStage, Segments, Exportable):
         self.foreground_share = float(foreground_share)
         ForegroundCrop((32, 32), self.foreground_share)  # a share outside [0, 1] fails now
         self.tta_flip = bool(tta_flip)
+        self.tta_scales = tuple(float(v) for v in tta_scales)
+        if not self.tta_scales or any(not 0.25 <= v <= 4.0 for v in self.tta_scales):
+            raise ConfigError(f"Segmenter tta_scales must be scales in [0.25, 4], got {list(tta_scales)}")
         self.augment_cfg = None if augment is None else dict(augment)
         if self.augment_cfg is not None:
             build_augmentation(self.augment_cfg, self.seed)  # fail on a bad config now, not after loading data
@@ -208,10 +221,14 @@ class Segmenter(NetworkStage, Segments, Exportable):
         out: list[np.ndarray] = []
         for batch, x in self.input_batches(images):
             with torch.no_grad():
-                probs = torch.sigmoid(self.forward(model, x).float())
-                if self.tta_flip:
-                    flipped = torch.sigmoid(self.forward(model, x.flip(-1)).float()).flip(-1)
-                    probs = (probs + flipped) / 2
+                passes = []
+                for scale in self.tta_scales:
+                    scaled = x if scale == 1.0 else self._scaled_input(batch, scale)
+                    maps = self._flip_averaged(model, scaled)
+                    if maps.shape[-2:] != x.shape[-2:]:
+                        maps = F.interpolate(maps, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+                    passes.append(maps)
+                probs = torch.stack(passes).mean(0) if len(passes) > 1 else passes[0]
             for image, p in zip(batch, probs):
                 height, width = image.shape[:2]
                 if (height, width) != tuple(p.shape[-2:]):
@@ -219,12 +236,28 @@ class Segmenter(NetworkStage, Segments, Exportable):
                 out.append(p.clamp_(0.0, 1.0).numpy().astype(np.float32, copy=False))
         return out
 
+    def _flip_averaged(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Sigmoid maps of input ``x``, averaged with those of the mirrored input when ``tta_flip``."""
+        probs = torch.sigmoid(self.forward(model, x).float())
+        if self.tta_flip:
+            probs = (probs + torch.sigmoid(self.forward(model, x.flip(-1)).float()).flip(-1)) / 2
+        return probs
+
+    def _scaled_input(self, images: Sequence[np.ndarray], scale: float) -> torch.Tensor:
+        """The network input of ``images`` resized to ``scale`` times ``image_size`` (sides rounded to multiples of 32)."""
+        size = tuple(max(32, int(round(side * scale / 32)) * 32) for side in self.image_size)
+        resize = Resize(size)
+        x = to_input_tensor([resize(np.ascontiguousarray(im))[0] for im in images])
+        return x.to(self.device).contiguous(memory_format=memory_format(self.device))
+
     def export_module(self, images: Sequence[np.ndarray]) -> ExportSpec:
         """The U-Net / DeepLabV3+ (logits) with its inputs for ``images``; compared as sigmoid maps and 0.5 masks."""
         model = self.network("export").eval()
         inputs = torch.cat([x for _, x in self.input_batches(images)]).cpu()
+        # Height and width stay free: ``tta_scales`` runs the network at other sizes than ``image_size``
+        # (no measurable cost in ONNX Runtime or OpenVINO at the base size, docs/performance.md).
         return ExportSpec(
-            module=model, inputs=inputs, activation=torch.sigmoid, tolerance=1e-3,
+            module=model, inputs=inputs, dynamic_axes={0: "batch", 2: "height", 3: "width"}, activation=torch.sigmoid, tolerance=1e-3,
             decision=lambda p: p >= 0.5, min_agreement=0.999,
         )
 

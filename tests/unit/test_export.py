@@ -23,6 +23,7 @@ from defectkit.errors import ExportError
 from defectkit.export import export_pipeline, exportable_stages, sha256_of, use_runtime
 from defectkit.io.images import decode_record
 from defectkit.stages.base import Exportable, ExportSpec, Stage
+from defectkit.stages.detect import Detector
 from defectkit.stages.segment import Segmenter
 from defectkit.stages.tiling import Tiling
 
@@ -280,3 +281,37 @@ def test_a_wrapped_network_stage_is_exported_under_the_wrappers_name():
     assert [(name, stage) for name, stage in exportable_stages([tiling])] == [("tiled_segmenter", segmenter)]
     segmenter.enabled = False  # a switched-off stage neither loads nor runs: nothing to export
     assert list(exportable_stages([segmenter])) == []
+
+
+def _untrained_detector(kind: str) -> Detector:
+    torch.manual_seed(0)
+    detector = Detector(model=dict(type=kind, score_thresh=0.05), image_size=(64, 96), pretrained=False, name="detector")
+    detector.classes = ["lesion", "scar"]
+    model = detector.fresh_network()
+    # Spread the class scores (a new head starts every location near its 0.01 prior), so that boxes
+    # clear the threshold in a clear order instead of as near-ties.
+    logits = model.head.classification_head.cls_logits
+    torch.nn.init.normal_(logits.weight, std=0.05)
+    torch.nn.init.constant_(logits.bias, -2.0)
+    detector.mark_fitted()
+    return detector
+
+
+@pytest.mark.parametrize("kind", ["fcos", "retinanet"])
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_detector_finds_the_same_boxes_through_its_exported_network(kind: str, runtime: str, tmp_path: Path):
+    detector = _untrained_detector(kind)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (120, 150 + 10 * i, 3), dtype=np.uint8) for i in range(4)]
+    fmt = "onnx" if runtime == "onnxruntime" else "openvino"
+    section = export_pipeline([detector], tmp_path / "weights", tmp_path / "exported", fmt, images, log=lambda line: None)
+    assert section["stages"]["detector"]["parity"]["passed"]
+    expected = detector.detect(images)
+    assert use_runtime([detector], tmp_path / "weights", tmp_path / "exported", runtime, 1, "defectkit export c.py") == ["detector"]
+    found = detector.detect(images)
+    assert sum(len(d.boxes) for d in expected) > 10  # a low head threshold: random weights still give boxes
+    for a, b in zip(expected, found):
+        assert len(a.boxes) == len(b.boxes)
+        np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-3)
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
+        np.testing.assert_array_equal(b.labels, a.labels)

@@ -153,3 +153,69 @@ def test_bad_crop_or_loss_settings_are_refused_when_the_stage_is_built(options):
 
     with pytest.raises(ConfigError):
         build(STAGES, {**STAGE, **options})
+
+
+def test_the_prediction_batch_size_changes_the_batches_not_the_maps(fitted, data):
+    stage, _ = fitted
+    images = [data["store"].images[r.path] for r in data["test"]]
+    sizes = []
+    original = stage.forward
+
+    def counting_forward(model, x):
+        sizes.append(x.shape[0])
+        return original(model, x)
+
+    stage.forward = counting_forward
+    try:
+        by_size = {}
+        for size in (1, 3):
+            stage.predict_batch_size = size
+            sizes.clear()
+            by_size[size] = stage.probability_maps(images)
+            assert sizes == ([1, 1, 1] if size == 1 else [3])
+    finally:
+        del stage.forward
+        stage.predict_batch_size = None
+    for one, three in zip(by_size[1], by_size[3]):
+        np.testing.assert_allclose(one, three, atol=1e-5)
+
+
+def test_prediction_batches_default_to_two_images_on_the_cpu_and_the_training_batch_on_a_gpu():
+    stage = Segmenter(batch_size=8, pretrained=False)
+    assert stage.prediction_batch_size() == 2
+    stage.device = torch.device("cuda")  # the rule only; nothing runs there
+    assert stage.prediction_batch_size() == 8
+    assert Segmenter(batch_size=8, predict_batch_size=5).prediction_batch_size() == 5
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "4"])
+def test_a_prediction_batch_size_that_is_not_a_positive_whole_number_is_refused(value):
+    from defectkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="predict_batch_size"):
+        build(STAGES, {**STAGE, "predict_batch_size": value})
+
+
+def test_scale_test_time_augmentation_averages_the_maps_of_each_scale(fitted, data):
+    stage, _ = fitted
+    images = [data["store"].images[r.path] for r in data["test"][:2]]
+    try:
+        per_scale = {}
+        for scales in [(1.0,), (1.5,), (1.0, 1.5)]:
+            stage.tta_scales = scales
+            per_scale[scales] = stage.probability_maps(images)
+    finally:
+        stage.tta_scales = (1.0,)
+    for image, one, larger, both in zip(images, per_scale[(1.0,)], per_scale[(1.5,)], per_scale[(1.0, 1.5)]):
+        assert both.shape == one.shape == (len(CLASSES), *image.shape[:2])
+        assert not np.allclose(one, larger, atol=1e-4)  # the network saw another size
+        # The average is taken at the network's output size, then resized: close to the average of the maps.
+        np.testing.assert_allclose(both, (one + larger) / 2, atol=1e-3)
+
+
+@pytest.mark.parametrize("scales", [(), (0.1,), (1.0, 5.0)])
+def test_scales_outside_a_quarter_to_four_are_refused(scales):
+    from defectkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tta_scales"):
+        build(STAGES, {**STAGE, "tta_scales": scales})

@@ -259,8 +259,11 @@ def test_saved_state_round_trips_through_the_inner_segmenter(segmenter_tiling, t
     restored.load(tmp_path)
     assert restored.fitted and restored.inner.fitted and restored.classes == CLASSES
     image = np.random.default_rng(2).integers(0, 255, (70, 90, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(
-        restored.predict(samples_of(image))[0].prob_maps, segmenter_tiling.predict(samples_of(image))[0].prob_maps
+    # Equal weights, equal to float rounding: in batches of 2 (the CPU default) oneDNN's kernels
+    # differed in the last bit between two copies of the same weights at different addresses.
+    np.testing.assert_allclose(
+        restored.predict(samples_of(image))[0].prob_maps, segmenter_tiling.predict(samples_of(image))[0].prob_maps,
+        rtol=0, atol=1e-6,
     )
 
 
