@@ -71,9 +71,12 @@ pipeline = [
         # epochs; validation mIoU 0.202 -> 0.213 (docs/results.md).
         loss="bce_batch_dice",
         dice_weight=0.5,
-        # Average with the mirrored photo's maps: validation mIoU +0.008 for twice the segmenter's
-        # time (docs/results.md); throughput-bound deployments: --cfg-options pipeline.2.tta_flip=False
+        # Average with the mirrored photo's maps, and with the photo at 1.5x (448x576): validation
+        # mIoU 0.213 -> 0.226 (flip) -> 0.235 (flip + scales), thin scratches and panel gaps gaining
+        # most, for 6.7 times the segmenter's single-pass time (docs/results.md). Throughput-bound
+        # deployments: --cfg-options pipeline.2.tta_flip=False "pipeline.2.tta_scales=(1.0,)"
         tta_flip=True,
+        tta_scales=(1.0, 1.5),
         augment=dict(type="CarDamageAugmentation"),
     ),
     dict(
