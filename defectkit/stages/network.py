@@ -266,14 +266,18 @@ class NetworkStage(TrainableStage):
             return self.predict_batch_size
         return CPU_PREDICT_BATCH_SIZE if self.device.type == "cpu" else self.batch_size
 
+    def network_input(self, images: Sequence[np.ndarray], size: Sequence[int] | None = None) -> torch.Tensor:
+        """The network input of HxWx3 uint8 ``images``: NCHW resized to ``size`` (default ``image_size``), on the stage's device."""
+        resize = self._resize if size is None else Resize((int(size[0]), int(size[1])))
+        x = to_input_tensor([resize(np.ascontiguousarray(im))[0] for im in images])
+        return x.to(self.device).contiguous(memory_format=memory_format(self.device))
+
     def input_batches(self, images: Sequence[np.ndarray]) -> Iterator[tuple[Sequence[np.ndarray], torch.Tensor]]:
-        """HxWx3 uint8 images :meth:`prediction_batch_size` at a time, each with its network input (NCHW at ``image_size``, on the stage's device)."""
-        layout = memory_format(self.device)
+        """HxWx3 uint8 images :meth:`prediction_batch_size` at a time, each with its :meth:`network_input`."""
         step = self.prediction_batch_size()
         for start in range(0, len(images), step):
             batch = images[start : start + step]
-            x = to_input_tensor([self._resize(np.ascontiguousarray(im))[0] for im in batch])
-            yield batch, x.to(self.device).contiguous(memory_format=layout)
+            yield batch, self.network_input(batch)
 
     def forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``model(x)`` for prediction: no gradients, mixed precision on CUDA; outputs back on the CPU as fp32.

@@ -16,12 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from defectkit.data.masks import ground_truth_masks, has_annotations
-from defectkit.data.transforms import Compose, ForegroundCrop, Resize, build_augmentation
+from defectkit.data.transforms import Compose, ForegroundCrop, build_augmentation
 from defectkit.errors import ConfigError
-from defectkit.heads.backbones import to_input_tensor
 from defectkit.heads.segmenter import ARCHITECTURES, build_segmenter, segmentation_loss
 from defectkit.registry import STAGES
-from defectkit.runtime import memory_format
 from defectkit.sample import Record, Sample
 from defectkit.stages.base import Exportable, ExportSpec, FitContext, Segments
 from defectkit.stages.network import NetworkStage
@@ -223,7 +221,9 @@ class Segmenter(NetworkStage, Segments, Exportable):
             with torch.no_grad():
                 passes = []
                 for scale in self.tta_scales:
-                    scaled = x if scale == 1.0 else self._scaled_input(batch, scale)
+                    # Sides rounded to the encoder's multiple of 32 (1.5 x 288x384 -> 448x576).
+                    size = [max(32, round(side * scale / 32) * 32) for side in self.image_size]
+                    scaled = x if scale == 1.0 else self.network_input(batch, size)
                     maps = self._flip_averaged(model, scaled)
                     if maps.shape[-2:] != x.shape[-2:]:
                         maps = F.interpolate(maps, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
@@ -242,13 +242,6 @@ class Segmenter(NetworkStage, Segments, Exportable):
         if self.tta_flip:
             probs = (probs + torch.sigmoid(self.forward(model, x.flip(-1)).float()).flip(-1)) / 2
         return probs
-
-    def _scaled_input(self, images: Sequence[np.ndarray], scale: float) -> torch.Tensor:
-        """The network input of ``images`` resized to ``scale`` times ``image_size`` (sides rounded to multiples of 32)."""
-        size = tuple(max(32, int(round(side * scale / 32)) * 32) for side in self.image_size)
-        resize = Resize(size)
-        x = to_input_tensor([resize(np.ascontiguousarray(im))[0] for im in images])
-        return x.to(self.device).contiguous(memory_format=memory_format(self.device))
 
     def export_module(self, images: Sequence[np.ndarray]) -> ExportSpec:
         """The U-Net / DeepLabV3+ (logits) with its inputs for ``images``; compared as sigmoid maps and 0.5 masks."""
