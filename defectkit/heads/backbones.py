@@ -91,6 +91,8 @@ def create_classifier(num_classes: int, pretrained: bool = True, drop_rate: floa
 
 def to_input_tensor(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
     """Stack HxWx3 uint8 RGB images into an NCHW float tensor scaled to [-1, 1], as the weights expect."""
-    batch = np.stack(images) if isinstance(images, list) else images
-    tensor = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
+    batch = np.ascontiguousarray(np.stack(images) if isinstance(images, list) else images)
+    if not batch.flags.writeable:  # torch warns on read-only memory (e.g. a decoded-image cache)
+        batch = batch.copy()
+    tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
     return tensor.div_(127.5).sub_(1.0)
