@@ -317,7 +317,8 @@ def detections_from_dense(
     anchors = detector.anchor_generator(images, features)
     per_location = int(dense.shape[1]) // sum(h * w for h, w in shapes)  # anchors per location (RetinaNet: 3 x ratios)
     counts = [h * w * per_location for h, w in shapes]
-    outputs = dict(zip(head_output_widths(detector), dense.split(list(head_output_widths(detector).values()), dim=2)))
+    widths = head_output_widths(detector)
+    outputs = dict(zip(widths, dense.split(list(widths.values()), dim=2)))
     split_outputs = {key: list(value.split(counts, dim=1)) for key, value in outputs.items()}
     split_anchors = [list(a.split(counts)) for a in anchors]
     return detector.postprocess_detections(split_outputs, split_anchors, images.image_sizes)

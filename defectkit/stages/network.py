@@ -110,10 +110,9 @@ class NetworkStage(TrainableStage):
         self.seed = int(seed)
         self.pretrained = bool(pretrained)
         self.chunk_size = max(1, int(chunk_size))
-        if predict_batch_size is not None and (
-            isinstance(predict_batch_size, bool) or not isinstance(predict_batch_size, (int, np.integer)) or predict_batch_size < 1
-        ):
-            raise ConfigError(f"{kind} predict_batch_size must be a whole number >= 1 or None, got {predict_batch_size!r}")
+        # Its type is checked with every other option's (defectkit.validation); the range here.
+        if predict_batch_size is not None and predict_batch_size < 1:
+            raise ConfigError(f"{kind} predict_batch_size must be >= 1 or None, got {predict_batch_size!r}")
         self.predict_batch_size = None if predict_batch_size is None else int(predict_batch_size)
         self.classes: list[str] = []
         self.model: torch.nn.Module | None = None

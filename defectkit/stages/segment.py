@@ -217,13 +217,14 @@ class Segmenter(NetworkStage, Segments, Exportable):
         """CxHxW float32 sigmoid maps in [0, 1] of HxWx3 uint8 images, each at its own resolution."""
         model = self.network().eval()
         out: list[np.ndarray] = []
+        # Each scale's input size, sides rounded to the encoder's multiple of 32 (1.5 x 288x384 -> 448x576).
+        sizes = [None if scale == 1.0 else [max(32, round(side * scale / 32) * 32) for side in self.image_size]
+                 for scale in self.tta_scales]
         for batch, x in self.input_batches(images):
             with torch.no_grad():
                 passes = []
-                for scale in self.tta_scales:
-                    # Sides rounded to the encoder's multiple of 32 (1.5 x 288x384 -> 448x576).
-                    size = [max(32, round(side * scale / 32) * 32) for side in self.image_size]
-                    scaled = x if scale == 1.0 else self.network_input(batch, size)
+                for size in sizes:
+                    scaled = x if size is None else self.network_input(batch, size)
                     maps = self._flip_averaged(model, scaled)
                     if maps.shape[-2:] != x.shape[-2:]:
                         maps = F.interpolate(maps, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
