@@ -493,9 +493,9 @@ class ZeroDce(_LuminanceRule, TrainableStage, Exportable):
     def _enhance_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Enhance an ``[N, 3, H, W]`` batch in [0, 1], tile by tile (equal to ``self.model(x)[0]``)."""
         height, width = x.shape[-2:]
-        out = torch.empty_like(x)
         low = self.model.downscale(x)
         if low.shape[-2:] == x.shape[-2:]:
+            out = torch.empty_like(x)
             # Zero-DCE: curves and enhancement tile by tile; the 24 full-size curve maps never exist at once.
             for box in self._tiles(height, width):
                 x0, y0, x1, y1 = box
@@ -507,11 +507,16 @@ class ZeroDce(_LuminanceRule, TrainableStage, Exportable):
         for box in self._tiles(lh, lw):
             x0, y0, x1, y1 = box
             curves[..., y0:y1, x0:x1] = self._curves_in_box(low, box)
-        band = max(1, self.tile_size**2 // max(width, 1))
+        # The per-pixel work in the plain (NCHW) layout: the upsampled curves come out in it, and
+        # mixing layouts made the elementwise curve steps 2.5x slower. Bands of rows whose curve maps
+        # fit in the cache (about 2 MiB), instead of tile-sized ones (25 MB for an 800 px wide photo).
+        plain = x.contiguous()
+        out = torch.empty_like(plain)
+        band = max(1, _BAND_BYTES // (curves.element_size() * curves.shape[0] * curves.shape[1] * max(width, 1)))
         # Full-width bands of ``band`` rows: the shared slicing with the width as the slice width.
         for _, y0, _, y1 in slice_windows(height, width, band, width, 0.0, 0.0, keep_size=False):
             full = _upsample_band(curves, _bilinear_indices(height, lh, y0, y1), width)
-            out[..., y0:y1, :] = apply_curves(x[..., y0:y1, :], full)
+            _apply_curves_in_place(out[..., y0:y1, :].copy_(plain[..., y0:y1, :]), full)
         return out
 
     def enhance_images(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -631,6 +636,20 @@ class _ZeroDceObjective:
 
 
 # ---------------------------------------------------------------------- banded bilinear upsampling
+_BAND_BYTES = 1 << 21
+"""Bytes of upsampled curve maps per band of Zero-DCE++ prediction (cache-sized: measured 1.5-2x faster than 25 MB bands)."""
+
+
+def _apply_curves_in_place(x: torch.Tensor, curves: torch.Tensor) -> torch.Tensor:
+    """:func:`~defectkit.heads.zero_dce.apply_curves` overwriting ``x`` (and one scratch buffer) instead of
+    allocating three temporaries per curve step; equal up to float rounding."""
+    step = torch.empty_like(x)
+    for a in torch.split(curves, 3, dim=1):
+        torch.mul(x, 1 - x, out=step)
+        x.addcmul_(step, a)
+    return x
+
+
 def _bilinear_indices(out_size: int, in_size: int, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source indices and weights of output positions ``start..stop`` of a bilinear resize.
 
