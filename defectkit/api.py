@@ -93,14 +93,15 @@ def load(work_dir: str | Path, config: str | Path | None = None, cfg_options: Ma
     cfg = load_config(config_path, dict(cfg_options or {}))
     pipeline = pipeline_from_config(cfg)
     pipeline.load(work_dir / "weights")
-    runtime = str(dict(cfg.get("predict", {})).get("runtime", "torch"))
-    if runtime != "torch":
+    predict_cfg = dict(cfg.get("predict", {}))
+    runtime, precision = str(predict_cfg.get("runtime", "torch")), str(predict_cfg.get("precision", "fp32"))
+    if runtime != "torch" or precision != "fp32":
         import torch
 
         from defectkit.export import EXPORT_DIR, use_runtime
 
         use_runtime(pipeline.stages, work_dir / "weights", work_dir / EXPORT_DIR, runtime, torch.get_num_threads(),
-                    f"defectkit export {config_path} --work-dir {work_dir}")
+                    f"defectkit export {config_path} --work-dir {work_dir}", precision)
     return pipeline
 
 

@@ -26,6 +26,7 @@ EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SOME_INPUTS_FAILED = 0, 1, 2, 3
 def build_parser() -> argparse.ArgumentParser:
     from defectkit import __version__
     from defectkit.config import DictAction
+    from defectkit.export import CALIBRATION_IMAGES, INT8_MAX_DROP
 
     parser = argparse.ArgumentParser(prog="defectkit", description="Visual-defect inspection pipelines.")
     parser.add_argument("--version", action="version", version=f"defectkit {__version__}")
@@ -78,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", default="onnx", choices=["onnx", "openvino"], help="what to write (default onnx)")
     export.add_argument("--data-root", help="data set whose validation photos the parity check uses (default: the one trained on)")
     export.add_argument("--images", type=int, default=4, metavar="N", help="validation photos in the parity check (default 4, at least 2)")
+    export.add_argument(
+        "--int8", action="store_true",
+        help="also write INT8 networks calibrated on training photos, each kept only where the config's primary validation "
+        "metrics drop by at most --max-drop; predict.precision=int8 then runs the kept ones",
+    )
+    export.add_argument("--max-drop", type=float, default=INT8_MAX_DROP, metavar="D",
+                        help=f"--int8: largest accepted drop of a primary validation metric, absolute (default {INT8_MAX_DROP})")
+    export.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES, metavar="N",
+                        help=f"--int8: training photos that calibrate the activation ranges (default {CALIBRATION_IMAGES})")
     check = commands.add_parser(
         "check-data",
         help="Validate a data set in the config's layout and print a summary (exit 3 if problems are found).",
@@ -178,7 +188,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         _print_json("cross-validated metrics (pooled over every train+val image)", summary["pooled"])
         return EXIT_OK
     if args.command == "export":
-        section = runner.export(args.format, n_images=args.images, data_root=args.data_root)
+        if args.calibration_images < 1 or not 0 <= args.max_drop < 1:
+            from defectkit.errors import ConfigError
+
+            raise ConfigError(f"--calibration-images must be at least 1 (got {args.calibration_images}) and --max-drop "
+                              f"in [0, 1) (got {args.max_drop})")
+        section = runner.export(args.format, n_images=args.images, data_root=args.data_root, int8=args.int8,
+                                max_drop=args.max_drop, calibration_images=args.calibration_images)
         _console().print(f"exported to {runner.export_dir}")
         _print_json("exported", section)
         return EXIT_OK

@@ -23,7 +23,7 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "split": "dict(ratios=(train, val, test), seed=...) for the stratified split",
     "pipeline": "list of stage dicts, run in order",
     "metrics": "list of metric dicts",
-    "predict": "dict(batch_size=..., overlays='all'|'defects'|'none', decode_workers=..., runtime='torch'|'onnxruntime'|'openvino')",
+    "predict": "dict(batch_size=..., overlays='all'|'defects'|'none', decode_workers=..., runtime='torch'|'onnxruntime'|'openvino', precision='fp32'|'int8')",
     "runtime": "dict(seed=..., num_threads=..., device='auto'|'cpu'|'cuda')",
     "work_dir": "where weights and results go (default work_dirs/<config name>)",
     "data_root": "default data root (overridden by --data-root)",
@@ -39,6 +39,7 @@ SECTION_OPTIONS: dict[str, dict[str, Any]] = {
         "decode_workers": int,
         "max_side": int | None,
         "runtime": Literal["torch", "onnxruntime", "openvino"],
+        "precision": Literal["fp32", "int8"],
     },
     "runtime": {"seed": int, "num_threads": int | None, "device": str},
     "split": {

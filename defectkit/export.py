@@ -52,6 +52,9 @@ RUNTIME_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
 """The file each format writes per stage (OpenVINO's weights go beside it in ``.bin``)."""
 
+INT8_STEM = ".int8"
+"""Added to a stage's name for its INT8 file (``segmenter.int8.onnx``)."""
+
 OPSET = 17
 """ONNX opset the networks are exported with (TorchScript exporter; every operator used exists there)."""
 
@@ -59,6 +62,15 @@ EXPORT_DIR = "exported"
 """Folder of the work dir that holds the exported networks and their manifest."""
 
 MANIFEST = "manifest.json"
+
+PRECISIONS = ("fp32", "int8")
+"""What ``predict.precision`` accepts: ``int8`` runs the INT8 files ``defectkit export --int8`` kept."""
+
+INT8_MAX_DROP = 0.01
+"""Default largest drop of any primary validation metric (absolute) for which a stage's INT8 network is kept."""
+
+CALIBRATION_IMAGES = 32
+"""Default number of training photos the INT8 activation ranges are calibrated on."""
 
 
 def exportable_stages(stages: Sequence[Stage]) -> Iterator[tuple[str, Exportable]]:
@@ -330,15 +342,151 @@ def _read_manifest(export_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+# ------------------------------------------------------------------------------------------- int8
+def quantize_onnx(onnx_path: Path, out_path: Path, calibration: torch.Tensor, batch_size: int = 4) -> None:
+    """Write a static INT8 copy of an fp32 ONNX file, calibrated on ``calibration`` (NCHW float inputs).
+
+    ONNX Runtime's quantizer in QDQ form, on the convolutions and matrix products: their input
+    activations uint8 with min/max ranges observed on the calibration inputs, weights int8 per output
+    channel. OpenVINO reads the same QDQ graph and runs
+    it in INT8 too, so one quantization serves both runtimes.
+
+    Raises:
+        ExportError: ``onnxruntime`` is not installed.
+    """
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as exc:
+        raise ExportError("--int8 needs the package 'onnxruntime' (pip install 'defectkit[export]')") from exc
+    batches = [calibration[i : i + batch_size].detach().to("cpu", torch.float32).contiguous().numpy()
+               for i in range(0, len(calibration), batch_size)]
+
+    class Batches(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.left = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.left, None)
+            return None if batch is None else {"input": batch}
+
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".tmp-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # Folding and shape inference first, as ONNX Runtime recommends; its symbolic shape inference
+        # does not follow the dynamic height and width of these networks, so ONNX's own is used.
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(out_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            # The convolutions (and matrix products) hold nearly all the compute. Quantizing the ops
+            # between them as well broke the dynamic input size: the DeepLabV3+ decoder's resize and
+            # concatenation failed at any size but the calibration one.
+            op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+        )
+
+
+def quantize_pipeline(
+    stages: Sequence[Stage],
+    export_dir: Path,
+    fmt: str,
+    calibration_images: Sequence[np.ndarray],
+    parity_images: Sequence[np.ndarray],
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Write an INT8 network (``<stage>.int8.onnx`` or ``.int8.xml``) for every stage of the ``fmt`` export.
+
+    Run after :func:`export_pipeline` for the same format. Each stage's inputs for
+    ``calibration_images`` (training photos) set the activation ranges; its difference from PyTorch on
+    ``parity_images`` is recorded, not judged: INT8 moves outputs far beyond the fp32 tolerances, so
+    whether it is kept is decided on the validation metric (:func:`record_int8_check`).
+
+    Returns:
+        ``{stage name: int8 entry}`` as added to the manifest (``check`` still None).
+
+    Raises:
+        ExportError: There is no ``fmt`` export to quantize, or a package is missing.
+    """
+    manifest = _read_manifest(export_dir)
+    section = manifest.get("formats", {}).get(fmt)
+    if not isinstance(section, dict):
+        raise ExportError(f"--int8: no {fmt} export in {export_dir} to quantize")
+    added: dict[str, Any] = {}
+    for name, stage in exportable_stages(stages):
+        entry = section["stages"].get(name)
+        if not isinstance(entry, dict) or entry.get("file") is None:
+            continue
+        calibration = stage.export_module(calibration_images)
+        spec = stage.export_module(parity_images)
+        if calibration is None or spec is None:
+            continue
+        module = copy.deepcopy(spec.module).to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
+        inputs = spec.inputs.detach().to("cpu", torch.float32).contiguous()
+        with tempfile.TemporaryDirectory(dir=export_dir, prefix=".tmp-") as tmp:
+            fp32_onnx, int8_onnx = Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}{INT8_STEM}.onnx"
+            write_onnx(module, inputs[:2], spec.dynamic_axes, fp32_onnx)
+            quantize_onnx(fp32_onnx, int8_onnx, calibration.inputs)
+            written = [int8_onnx]
+            if fmt == "openvino":
+                xml_path = Path(tmp) / f"{name}{INT8_STEM}.xml"
+                onnx_to_openvino(int8_onnx, xml_path)
+                written = [xml_path, xml_path.with_suffix(".bin")]
+            files = []
+            for path in written:
+                os.replace(path, export_dir / path.name)
+                files.append(export_dir / path.name)
+        with torch.inference_mode():
+            expected = module(inputs)
+        difference = {k: v for k, v in parity(spec, expected, load_network(files[0], fmt, torch.get_num_threads())(inputs)).items() if k != "passed"}
+        added[name] = {
+            "file": files[0].name,
+            "sha256": sha256_of(files[0]),
+            **({"weights_file": files[1].name, "weights_file_sha256": sha256_of(files[1])} if len(files) > 1 else {}),
+            "calibration_images": int(calibration.inputs.shape[0]),
+            "quantization": "static QDQ (onnxruntime.quantization) of Conv/MatMul/Gemm: uint8 activations "
+                            "(min/max on the calibration inputs), int8 weights per output channel",
+            "difference": {"images": int(inputs.shape[0]), **difference},
+            "check": None,
+        }
+        log(f"{name}: {files[0].name} ({', '.join(f'{k} {v}' for k, v in difference.items())} against PyTorch)")
+        entry["int8"] = added[name]
+    atomic_write_json(export_dir / MANIFEST, manifest)
+    return added
+
+
+def record_int8_check(export_dir: Path, fmt: str, checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Store each stage's validation verdict (``{"kept": bool, ...}``) with its INT8 entry in the manifest.
+
+    Returns:
+        The format's manifest section, as written.
+    """
+    manifest = _read_manifest(export_dir)
+    section = manifest.get("formats", {}).get(fmt, {})
+    stages = section.get("stages", {})
+    for name, check in checks.items():
+        if isinstance(stages.get(name), dict) and isinstance(stages[name].get("int8"), dict):
+            stages[name]["int8"]["check"] = check
+    atomic_write_json(export_dir / MANIFEST, manifest)
+    return section
+
+
+def int8_files(export_dir: Path, fmt: str) -> dict[str, Path]:
+    """``{stage name: INT8 file}`` of the ``fmt`` export, whether or not its check kept it."""
+    section = _read_manifest(export_dir).get("formats", {}).get(fmt, {})
+    return {name: export_dir / entry["int8"]["file"] for name, entry in section.get("stages", {}).items()
+            if isinstance(entry, dict) and isinstance(entry.get("int8"), dict)}
+
+
 # ------------------------------------------------------------------------------------------- runtime
 def use_runtime(
-    stages: Sequence[Stage], weights_dir: Path, export_dir: Path, runtime: str, threads: int, export_command: str
+    stages: Sequence[Stage], weights_dir: Path, export_dir: Path, runtime: str, threads: int, export_command: str,
+    precision: str = "fp32",
 ) -> list[str]:
     """Make every exportable stage run its network with ``runtime`` (``"torch"``: their own PyTorch networks).
 
     Each file is the one named after its stage in ``export_dir`` (never a path from the manifest), and is
     used only when its sha256, its parity result and the weights it was exported from match the manifest
-    and the current weights.
+    and the current weights. With ``precision="int8"`` a stage runs its INT8 file where the export's
+    validation check kept it (``defectkit export --int8``), and its fp32 file elsewhere.
 
     Args:
         stages: The pipeline's stages, loaded.
@@ -347,9 +495,10 @@ def use_runtime(
         runtime: One of :data:`RUNTIMES`.
         threads: Threads per network.
         export_command: The ``defectkit export ...`` command line to suggest when an export is missing or stale.
+        precision: One of :data:`PRECISIONS`.
 
     Returns:
-        The names of the stages now running an exported file.
+        The names of the stages now running an exported file (``"segmenter (int8)"`` for INT8 ones).
 
     Raises:
         ExportError: An unknown runtime; a missing, stale, failed or altered export (one line saying what
@@ -357,6 +506,10 @@ def use_runtime(
     """
     if runtime not in RUNTIMES:
         raise ExportError(f"predict.runtime must be one of {list(RUNTIMES)}, got {runtime!r}")
+    if precision not in PRECISIONS:
+        raise ExportError(f"predict.precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "int8" and runtime == "torch":
+        raise ExportError("predict.precision=int8 runs exported INT8 networks: set predict.runtime=onnxruntime or openvino")
     chosen = list(exportable_stages(stages))
     if runtime == "torch":
         for _, stage in chosen:
@@ -379,7 +532,15 @@ def use_runtime(
             continue
         if not (isinstance(entry.get("parity"), dict) and entry["parity"].get("passed") is True):
             raise ExportError(f"predict.runtime={runtime}: the {fmt} export of stage {name!r} failed its parity check; see {export_dir / MANIFEST}")
-        path = export_dir / f"{name}{SUFFIX[fmt]}"
+        stem, label = name, name
+        if precision == "int8":
+            int8 = entry.get("int8")
+            if not (isinstance(int8, dict) and isinstance(int8.get("check"), dict)):
+                raise ExportError(f"predict.precision=int8: stage {name!r} has no validated INT8 {fmt} export in {export_dir}; "
+                                  f"run `{export_command} --format {fmt} --int8` first")
+            if int8["check"].get("kept") is True:
+                entry, stem, label = int8, f"{name}{INT8_STEM}", f"{name} (int8)"
+        path = export_dir / f"{stem}{SUFFIX[fmt]}"
         checks = [(path, entry.get("sha256"))]
         if fmt == "openvino":
             checks.append((path.with_suffix(".bin"), entry.get("weights_file_sha256")))
@@ -389,11 +550,12 @@ def use_runtime(
             if sha256_of(file) != expected:
                 raise ExportError(f"predict.runtime={runtime}: {file} does not match the sha256 in {export_dir / MANIFEST}; {rerun} again")
         stage.use_exported(load_network(path, fmt, threads))
-        used.append(name)
+        used.append(label)
     return used
 
 
 __all__ = [
-    "EXPORT_DIR", "FORMATS", "OPSET", "RUNTIMES", "OnnxRuntimeNetwork", "OpenVinoNetwork", "export_pipeline",
-    "exportable_stages", "load_network", "onnx_to_openvino", "parity", "sha256_of", "use_runtime", "write_onnx",
+    "CALIBRATION_IMAGES", "EXPORT_DIR", "FORMATS", "INT8_MAX_DROP", "OPSET", "PRECISIONS", "RUNTIMES", "OnnxRuntimeNetwork",
+    "OpenVinoNetwork", "export_pipeline", "exportable_stages", "int8_files", "load_network", "onnx_to_openvino", "parity",
+    "quantize_onnx", "quantize_pipeline", "record_int8_check", "sha256_of", "use_runtime", "write_onnx",
 ]

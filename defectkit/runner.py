@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,7 +36,19 @@ from defectkit.data.masks import ground_truth_masks
 from defectkit.data.split import default_stratum, load_split, save_split, split_records
 from defectkit.errors import ConfigError, DataError, OutputError
 from defectkit.evaluation.records import make_eval_record
-from defectkit.export import EXPORT_DIR, export_pipeline, use_runtime
+from defectkit.export import (
+    CALIBRATION_IMAGES,
+    EXPORT_DIR,
+    INT8_MAX_DROP,
+    SUFFIX,
+    export_pipeline,
+    exportable_stages,
+    int8_files,
+    load_network,
+    quantize_pipeline,
+    record_int8_check,
+    use_runtime,
+)
 from defectkit.io.atomic import TEMP_GLOB, atomic_write_bytes, atomic_write_json, with_path
 from defectkit.io.detection_report import detection_html
 from defectkit.io.images import DEFAULT_MAX_SIDE, decode_record
@@ -59,7 +72,7 @@ RESULT_NAMES = ("predictions.jsonl", "eval_records.jsonl", "metrics.json", "timi
 
 _STAMP_FIELDS = {
     "mode": "command (eval or predict)", "split": "split", "data_root": "data root", "pipeline": "config's pipeline or classes",
-    "version": "defectkit version", "weights": "weights", "runtime": "predict.runtime",
+    "version": "defectkit version", "weights": "weights", "runtime": "predict.runtime", "precision": "predict.precision",
 }
 
 
@@ -96,6 +109,8 @@ class Runner:
         self.decode_workers = int(predict_cfg.get("decode_workers", 2))
         # torch, or the exported networks in work_dir/exported run by onnxruntime / openvino (defectkit.export).
         self.predict_runtime = str(predict_cfg.get("runtime", "torch"))
+        # fp32, or int8: the INT8 networks `defectkit export --int8` kept after its validation check.
+        self.predict_precision = str(predict_cfg.get("precision", "fp32"))
         # Larger images are decoded at reduced size (memory stays bounded); 0/None decodes at full size.
         max_side = predict_cfg.get("max_side", DEFAULT_MAX_SIDE)
         self.max_side = int(max_side) if max_side else None
@@ -297,16 +312,21 @@ class Runner:
         """
         used = use_runtime(
             self.pipeline.stages, self.weights_dir, self.export_dir, self.predict_runtime, torch.get_num_threads(),
-            f"defectkit export {self.config_path} --work-dir {self.work_dir}",
+            f"defectkit export {self.config_path} --work-dir {self.work_dir}", self.predict_precision,
         )
         if used:
             console.print(f"predict.runtime={self.predict_runtime}: {', '.join(used)} run from {self.export_dir}", soft_wrap=True, highlight=False)
 
-    def export(self, fmt: str, n_images: int = 4, data_root: str | None = None) -> dict[str, Any]:
+    def export(
+        self, fmt: str, n_images: int = 4, data_root: str | None = None, int8: bool = False,
+        max_drop: float = INT8_MAX_DROP, calibration_images: int = CALIBRATION_IMAGES,
+    ) -> dict[str, Any]:
         """Export every network stage in ``fmt`` to ``work_dir/exported`` and check parity on validation photos.
 
         The parity images are the first ``n_images`` of the validation split that decode (the training
-        split when it has none), never the test split.
+        split when it has none), never the test split. With ``int8`` each stage also gets an INT8 network
+        calibrated on the first ``calibration_images`` training photos, kept only where the config's
+        primary metrics on the validation split drop by at most ``max_drop`` (:meth:`check_int8`).
 
         Raises:
             DataError: A stage has no saved state, or no photo decodes.
@@ -314,18 +334,87 @@ class Runner:
         """
         self.load_weights(with_runtime=False)
         parts = self.split(self.records(data_root))
+        images = self._decoded(parts["val"] or parts["train"], max(2, n_images))
+        if len(images) < 2:
+            raise DataError("the parity check needs at least 2 validation photos that decode; found fewer")
+        log = lambda line: console.print(line, highlight=False)  # noqa: E731
+        with folder_lock(self.export_dir):
+            section = export_pipeline(self.pipeline.stages, self.weights_dir, self.export_dir, fmt, images, log=log)
+            if not int8:
+                return section
+            calibration = self._decoded(parts["train"], calibration_images)
+            if not calibration:
+                raise DataError("--int8 calibrates on training photos, and none of them decodes")
+            quantize_pipeline(self.pipeline.stages, self.export_dir, fmt, calibration, images, log=log)
+            return record_int8_check(self.export_dir, fmt, self.check_int8(fmt, parts["val"], max_drop))
+
+    def _decoded(self, records: Sequence[Record], n: int) -> list[np.ndarray]:
+        """The first ``n`` of ``records`` that decode, as HxWx3 uint8 images."""
         images: list[np.ndarray] = []
-        for record in parts["val"] or parts["train"]:
+        for record in records:
+            if len(images) >= n:
+                break
             sample = decode_record(record, max_side=self.max_side)
             if sample.ok and sample.image is not None:
                 images.append(sample.image)
-            if len(images) >= max(2, n_images):
-                break
-        if len(images) < 2:
-            raise DataError("the parity check needs at least 2 validation photos that decode; found fewer")
-        with folder_lock(self.export_dir):
-            return export_pipeline(self.pipeline.stages, self.weights_dir, self.export_dir, fmt, images,
-                                   log=lambda line: console.print(line, highlight=False))
+        return images
+
+    def check_int8(self, fmt: str, val: Sequence[Record], max_drop: float) -> dict[str, dict[str, Any]]:
+        """Decide stage by stage, in pipeline order, whether its INT8 network is kept.
+
+        The validation split is predicted with every exported network in fp32, then with each stage's
+        INT8 network added to those kept before it; a stage stays INT8 when none of the config's primary
+        metrics (:attr:`defectkit.evaluation.base.Metric.primary`) falls more than ``max_drop`` below the
+        fp32 run. Nothing is kept without a validation split or a metric to judge by.
+
+        Returns:
+            ``{stage name: {"kept", "reason", "val_images", "max_drop", "metrics": {key: {"fp32", "int8"}}}}``.
+        """
+        files = int8_files(self.export_dir, fmt)
+        primaries = sorted({key for cfg in self.cfg.get("metrics", []) if (key := build(METRICS, dict(cfg), classes=self.classes).primary)})
+        reason = "no validation split to check it on" if not val else "the config has no metric to check it with" if not primaries else None
+        if reason is not None:
+            return {name: {"kept": False, "reason": reason, "max_drop": max_drop} for name in files}
+        stages = {name: stage for name, stage in exportable_stages(self.pipeline.stages) if name in files}
+        threads = torch.get_num_threads()
+        fp32 = {name: load_network(self.export_dir / f"{name}{SUFFIX[fmt]}", fmt, threads) for name in stages}
+        for name, stage in stages.items():
+            stage.use_exported(fp32[name])
+        try:
+            baseline = self._val_metrics(val)
+            checks: dict[str, dict[str, Any]] = {}
+            # Keys the validation split cannot measure (e.g. image AUROC without normal photos) do not judge.
+            measured = [key for key in primaries if baseline.get(key) is not None]
+            for name, stage in stages.items():
+                stage.use_exported(load_network(files[name], fmt, threads))
+                metrics = self._val_metrics(val)
+                compared = {key: {"fp32": baseline[key], "int8": metrics.get(key)} for key in measured}
+                if not measured:
+                    kept, reason = False, f"the validation split measures none of {', '.join(primaries)}"
+                elif any(v["int8"] is None for v in compared.values()):
+                    kept, reason = False, "a metric measured in fp32 was missing with INT8"
+                else:
+                    worst = max(v["fp32"] - v["int8"] for v in compared.values())
+                    kept = worst <= max_drop
+                    reason = f"largest drop {worst:.4f} {'<=' if kept else '>'} {max_drop}"
+                checks[name] = {"kept": kept, "reason": reason, "val_images": len(val), "max_drop": max_drop, "metrics": compared}
+                console.print(f"{name}: INT8 {'kept' if kept else 'not kept'} on validation ({checks[name]['reason']}; "
+                              + ", ".join(f"{k} {v['fp32']} -> {v['int8']}" for k, v in compared.items()) + ")", highlight=False)
+                if not kept:
+                    stage.use_exported(fp32[name])
+        finally:
+            for stage in stages.values():
+                stage.use_exported(None)
+        return checks
+
+    def _val_metrics(self, records: Sequence[Record]) -> dict[str, float]:
+        """The config's metrics on ``records`` with the networks as they are set now (nothing kept on disk)."""
+        overlays, self.overlays = self.overlays, "none"
+        try:
+            with tempfile.TemporaryDirectory(dir=self.work_dir, prefix=".int8-check-") as tmp:
+                return self.stream(records, Path(tmp), {"mode": "int8-check"}, evaluate=True)
+        finally:
+            self.overlays = overlays
 
     # ----------------------------------------------------------------------------- streaming
     def stream(
@@ -381,6 +470,8 @@ class Runner:
         stamp = {**stamp, "pipeline": self._pipeline_hash(), "version": __version__, "weights": self._weight_checksums()}
         if self.predict_runtime != "torch":  # (absent for torch: results written before the key existed stay this run's)
             stamp["runtime"] = self.predict_runtime
+        if self.predict_precision != "fp32":
+            stamp["precision"] = self.predict_precision
         info_path = out_dir / "run_info.json"
         previous = _read_json(info_path).get("stamp")
         if previous != stamp and _holds_results(out_dir):

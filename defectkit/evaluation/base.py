@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class Metric:
@@ -10,7 +10,13 @@ class Metric:
 
     Subclasses implement :meth:`update` and :meth:`compute`; keys are flat (``image_auroc``,
     ``iou.scratch``) so ``metrics.json`` stays one level deep.
+
+    Attributes:
+        primary: The key that stands for the metric where one figure must decide (e.g. whether an
+            INT8 export keeps accuracy: ``defectkit export --int8``); higher is better.
     """
+
+    primary: ClassVar[str | None] = None
 
     def __init__(self, classes: list[str] | None = None) -> None:
         self.classes = list(classes or [])

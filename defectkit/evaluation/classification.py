@@ -17,6 +17,8 @@ class ImageClassification(Metric):
     ``image_recall_defect``, ``image_precision_defect`` (those that the available data allows).
     """
 
+    primary = "image_auroc"
+
     def compute(self) -> dict[str, float]:
         rows = [r for r in self.records if r.get("label") is not None and "error" not in r]
         labels = np.array([int(r["label"] != 0) for r in rows])

@@ -50,6 +50,8 @@ class DetectionMAP(Metric):
         1.0
     """
 
+    primary = "map50"
+
     def __init__(self, classes: list[str] | None = None, max_detections: int = COCO_MAX_DETECTIONS) -> None:
         super().__init__(classes)
         if not isinstance(max_detections, int) or max_detections < 1:
@@ -104,6 +106,8 @@ class DetectionF1(Metric):
         >>> metric.compute()
         {'f1.lesion': 1.0, 'f1_threshold.lesion': 0.9, 'mean_f1': 1.0}
     """
+
+    primary = "mean_f1"
 
     def __init__(self, classes: list[str] | None = None, iou_threshold: float = 0.5) -> None:
         super().__init__(classes)

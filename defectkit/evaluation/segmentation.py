@@ -16,6 +16,8 @@ class SegmentationIoU(Metric):
     Keys: ``iou.<class>`` for every class with ground truth or predictions, and ``miou``.
     """
 
+    primary = "miou"
+
     def compute(self) -> dict[str, float]:
         inter: dict[str, int] = {}
         union: dict[str, int] = {}
@@ -35,6 +37,8 @@ class PixelAUROC(Metric):
 
     Keys: ``pixel_auroc`` (mean over classes) and ``pixel_auroc.<class>`` when there are several.
     """
+
+    primary = "pixel_auroc"
 
     def compute(self) -> dict[str, float]:
         pos: dict[str, np.ndarray] = {}

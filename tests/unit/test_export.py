@@ -20,7 +20,7 @@ import torch
 from defectkit.cli import EXIT_FATAL, EXIT_OK, EXIT_USAGE, main
 from defectkit.config import DictAction
 from defectkit.errors import ExportError
-from defectkit.export import export_pipeline, exportable_stages, sha256_of, use_runtime
+from defectkit.export import export_pipeline, exportable_stages, quantize_pipeline, record_int8_check, sha256_of, use_runtime
 from defectkit.io.images import decode_record
 from defectkit.stages.base import Exportable, ExportSpec, Stage
 from defectkit.stages.detect import Detector
@@ -117,6 +117,9 @@ def _val_images(runner, n: int = 4) -> list[np.ndarray]:
 def _copy_work_dir(work_dir: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "work"
     shutil.copytree(work_dir, copy, ignore=shutil.ignore_patterns(".defectkit.lock"))
+    # The split names the built-in photos by absolute path: point it at the copy's own.
+    split = copy / "split.json"
+    split.write_text(split.read_text().replace(json.dumps(str(work_dir))[1:-1], json.dumps(str(copy))[1:-1]))
     return copy
 
 
@@ -201,6 +204,78 @@ def test_the_python_api_loads_a_pipeline_running_the_exported_networks(car_dir: 
     exported = pipeline(images)
     reference = defectkit.load(car_dir)(images)
     assert [r.gate_label for r in exported] == [r.gate_label for r in reference]
+
+
+# ------------------------------------------------------------------------------------ int8
+@pytest.mark.parametrize("fmt, runtime", [("onnx", "onnxruntime"), pytest.param("openvino", "openvino", marks=pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed"))])
+def test_an_int8_export_is_calibrated_checked_on_validation_and_run_where_kept(car_dir: Path, tmp_path: Path, fmt: str, runtime: str):
+    work_dir = _copy_work_dir(car_dir, tmp_path)
+    # Any drop accepted: every stage whose metric could be measured is kept (the decision itself: next test).
+    assert _cli("export", CAR, "--work-dir", str(work_dir), "--format", fmt, "--int8",
+                "--calibration-images", "3", "--max-drop", "0.99", "--cfg-options", *TINY_CAR) == EXIT_OK
+    stages = json.loads((work_dir / "exported" / "manifest.json").read_text())["formats"][fmt]["stages"]
+    for name in ("enhance", "gate", "segmenter"):
+        int8 = stages[name]["int8"]
+        path = work_dir / "exported" / int8["file"]
+        assert int8["file"] == f"{name}.int8{'.onnx' if fmt == 'onnx' else '.xml'}" and int8["sha256"] == sha256_of(path)
+        assert int8["calibration_images"] >= 3 and int8["difference"]["images"] >= 2
+        check = int8["check"]
+        assert check["kept"] is True and check["max_drop"] == 0.99 and check["val_images"] > 0
+        # The car config's metrics' primary keys that the tiny validation split measures (no normal photo: no AUROC).
+        assert set(check["metrics"]) == {"miou"}
+        assert all(v["fp32"] is not None and v["int8"] is not None for v in check["metrics"].values())
+    runner = _runner(work_dir, CAR, TINY_CAR + ["predict.precision=int8"], runtime)
+    assert all(stage.exported is not None for _, stage in exportable_stages(runner.pipeline.stages))
+    out = tmp_path / "eval"
+    assert _cli("eval", CAR, "--work-dir", str(work_dir), "--out", str(out), "--cfg-options", *TINY_CAR,
+                f"predict.runtime={runtime}", "predict.precision=int8", "predict.overlays=none") == EXIT_OK
+    assert json.loads((out / "run_info.json").read_text())["stamp"]["precision"] == "int8"
+    assert "miou" in json.loads((out / "metrics.json").read_text())
+
+
+def test_a_stage_stays_int8_only_while_the_primary_metrics_hold(car_dir: Path, tmp_path: Path, monkeypatch):
+    work_dir = _copy_work_dir(car_dir, tmp_path)
+    runner = _runner(work_dir, CAR, TINY_CAR)
+    parts = runner.split(runner.records())
+    images = [decode_record(r).image for r in parts["train"][:3]]
+    quantize_pipeline(runner.pipeline.stages, work_dir / "exported", "onnx", images, images, log=lambda line: None)
+    # Validation runs in order: fp32, then + enhance (int8), + gate, + segmenter. The gate's INT8 costs
+    # 0.05 mIoU, the others nothing.
+    scores = iter([{"miou": 0.50, "image_auroc": 0.9}, {"miou": 0.50, "image_auroc": 0.9}, {"miou": 0.45, "image_auroc": 0.9},
+                   {"miou": 0.495, "image_auroc": 0.91}])
+    networks_seen = []
+
+    def fake_metrics(records):
+        assert list(records) == parts["val"]
+        networks_seen.append({name: type(stage.exported).__name__ for name, stage in exportable_stages(runner.pipeline.stages)})
+        return next(scores)
+
+    monkeypatch.setattr(runner, "_val_metrics", fake_metrics)
+    checks = runner.check_int8("onnx", parts["val"], max_drop=0.01)
+    assert {name: check["kept"] for name, check in checks.items()} == {"enhance": True, "gate": False, "segmenter": True}
+    assert checks["gate"]["metrics"]["miou"] == {"fp32": 0.50, "int8": 0.45} and "0.0500 > 0.01" in checks["gate"]["reason"]
+    # Every run used exported networks; the rejected gate went back to fp32 before the segmenter was tried.
+    assert all(kind == "OnnxRuntimeNetwork" for seen in networks_seen for kind in seen.values())
+    assert all(stage.exported is None for _, stage in exportable_stages(runner.pipeline.stages))  # PyTorch again afterwards
+    record_int8_check(work_dir / "exported", "onnx", checks)
+    used = use_runtime(runner.pipeline.stages, work_dir / "weights", work_dir / "exported", "onnxruntime", 1, "defectkit export c.py", "int8")
+    assert used == ["enhance (int8)", "gate", "segmenter (int8)"]
+
+
+def test_int8_without_a_validated_int8_export_or_with_torch_is_refused(car_dir: Path, tmp_path: Path, capsys):
+    inputs = sorted((car_dir / "builtin_data" / "images").glob("*.jpg"))[:1]
+    rc = _cli("predict", CAR, "--work-dir", str(car_dir), "--input", str(inputs[0]), "--out", str(tmp_path / "a"),
+              "--cfg-options", *TINY_CAR, "predict.runtime=onnxruntime", "predict.precision=int8")
+    err = capsys.readouterr().err
+    assert rc == EXIT_FATAL and "no validated INT8 onnx export" in err and "--int8" in err and "Traceback" not in err
+    rc = _cli("predict", CAR, "--work-dir", str(car_dir), "--input", str(inputs[0]), "--out", str(tmp_path / "b"),
+              "--cfg-options", *TINY_CAR, "predict.precision=int8")
+    assert rc == EXIT_FATAL and "predict.runtime=onnxruntime or openvino" in capsys.readouterr().err
+
+
+def test_int8_export_options_out_of_range_are_usage_errors(car_dir: Path, capsys):
+    rc = _cli("export", CAR, "--work-dir", str(car_dir), "--int8", "--max-drop", "-0.1", "--cfg-options", *TINY_CAR)
+    assert rc == EXIT_USAGE and "--max-drop" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ refusals
