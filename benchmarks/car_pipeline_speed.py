@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/car_pipeline_speed.py [--work-root /tmp/car_speed] [--stream 300] [--out speed.json]
-        [--runtime torch|onnxruntime|openvino]
+        [--runtime torch|onnxruntime|openvino] [--int8]
 
 Three measurements, all with ``torch.set_num_threads`` = every core:
 
@@ -18,7 +18,10 @@ Three measurements, all with ``torch.set_num_threads`` = every core:
    writer. Reported: images/s of the whole run, per-stage rates, how many photos the gate
    finished early, and the ratio to the production system's 0.7 images/s on a CPU server.
    With ``--runtime onnxruntime|openvino`` the trained networks are exported (``defectkit
-   export``) and the run uses ``predict.runtime``.
+   export``) and the run uses ``predict.runtime``; ``--int8`` exports INT8 networks too and runs
+   every one of them (``predict.precision=int8``; the validation check is told to accept any drop,
+   because these weights are trained for two epochs on generated photos: INT8's accuracy is measured
+   on the real car work dir, docs/performance.md).
 
 Speed does not depend on what the weights learned, but the end-to-end figure depends on how many
 photos the gate lets through, so it is measured with a trained gate, not assumed.
@@ -94,7 +97,10 @@ def main() -> None:
         "--runtime", default="torch", choices=["torch", "onnxruntime", "openvino"],
         help="predict.runtime of the end-to-end run; not torch: `defectkit export` first (the [export] extra)",
     )
+    parser.add_argument("--int8", action="store_true", help="with --runtime onnxruntime|openvino: every network in INT8")
     args = parser.parse_args()
+    if args.int8 and args.runtime == "torch":
+        parser.error("--int8 needs --runtime onnxruntime or openvino")
     torch.set_num_threads(os.cpu_count() or 1)
     root = Path(args.work_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -132,8 +138,11 @@ def main() -> None:
         options += ["pipeline.2.tta_flip=False", "pipeline.2.tta_scales=(1.0,)"]
     if args.runtime != "torch":
         fmt = "onnx" if args.runtime == "onnxruntime" else "openvino"
-        defectkit("export", str(CONFIG), "--work-dir", str(work_dir), "--format", fmt, "--cfg-options", *options)
+        int8 = ["--int8", "--max-drop", "0.99"] if args.int8 else []
+        defectkit("export", str(CONFIG), "--work-dir", str(work_dir), "--format", fmt, *int8, "--cfg-options", *options)
         options.append(f"predict.runtime={args.runtime}")
+        if args.int8:
+            options.append("predict.precision=int8")
     start = time.perf_counter()
     defectkit(
         "predict", str(CONFIG), "--work-dir", str(work_dir), "--input", str(root / "stream" / "images"), "--out", str(out),
@@ -143,6 +152,7 @@ def main() -> None:
     timings = json.loads((out / "timings.json").read_text())
     results.update(
         runtime=args.runtime,
+        int8=args.int8,
         tta=args.tta,
         stream_images=args.stream,
         stream_damaged=n_damaged,
