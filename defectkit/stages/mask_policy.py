@@ -88,9 +88,9 @@ class MaskPolicy(Stage):
             for channel, class_name in enumerate(sample.map_classes):
                 prob = sample.prob_maps[channel]
                 rule = self.rule_for(class_name)
-                mask = apply_rule(prob, rule, sample.image)
+                mask, components = _mask_and_components(prob, rule, sample.image)
                 masks[channel] = mask
-                instances.extend(_instances(mask, prob, class_name, rule))
+                instances.extend(_instances(components, prob, class_name, rule))
             sample.masks = masks
             sample.instances = [i for i in sample.instances if i.polygon == []] + instances
         return samples
@@ -245,6 +245,20 @@ class CalibratedMaskPolicy(MaskPolicy, TrainableStage):
 
 def apply_rule(prob: np.ndarray, rule: MaskRule, image: np.ndarray | None = None) -> np.ndarray:
     """Turn one HxW probability map into an HxW bool mask with ``rule``."""
+    return _mask_and_components(prob, rule, image)[0]
+
+
+_Components = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Connected components of a mask: the label image, the stats rows and which labels the mask keeps."""
+
+
+def _mask_and_components(prob: np.ndarray, rule: MaskRule, image: np.ndarray | None) -> tuple[np.ndarray, _Components | None]:
+    """The bool mask of ``rule`` and its 8-connected components (None when the mask is empty).
+
+    One labelling serves both the small-region filter and the instances: dropping whole components
+    leaves the others' labels as a fresh labelling would give them. (Labelling each class twice took
+    two thirds of the policy's time on 800x600 car photos.)
+    """
     if rule.crf and image is not None:
         prob = refine_with_crf(image, prob, rule)
     mask = (prob > rule.threshold).astype(np.uint8)
@@ -252,25 +266,28 @@ def apply_rule(prob: np.ndarray, rule: MaskRule, image: np.ndarray | None = None
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _kernel(rule.open_px))
     if rule.close_px > 1:
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _kernel(rule.close_px))
-    if rule.min_area > 1:
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < rule.min_area)
-        small = small[small != 0]
-        if len(small):
-            mask[np.isin(labels, small)] = 0
-    return mask.astype(bool)
+    if not cv2.countNonZero(mask):
+        return mask.astype(bool), None
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= max(1, rule.min_area)
+    keep[0] = False  # the background
+    if not keep[1:].all():
+        mask = keep[labels]  # a lookup per pixel: the kept components' pixels
+    return mask.astype(bool), (labels, stats, keep)
 
 
-def _instances(mask: np.ndarray, prob: np.ndarray, class_name: str, rule: MaskRule) -> list[Instance]:
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+def _instances(components: _Components | None, prob: np.ndarray, class_name: str, rule: MaskRule) -> list[Instance]:
+    if components is None:
+        return []
+    labels, stats, keep = components
     instances = []
-    for label in range(1, count):
-        x, y, w, h, area = stats[label]
+    for label in np.flatnonzero(keep):
+        x, y, w, h, area = (int(v) for v in stats[label])
         component = labels[y : y + h, x : x + w] == label
         polygons = mask_to_polygons(component, epsilon=rule.polygon_epsilon)
         if not polygons:
             continue
-        outline = [[float(px + x), float(py + y)] for px, py in polygons[0]]
+        outline = (np.asarray(polygons[0], dtype=float) + (x, y)).tolist()
         score = float(prob[y : y + h, x : x + w][component].mean())
         instances.append(Instance(class_name, score, (float(x), float(y), float(x + w), float(y + h)), float(area), outline))
     return instances
