@@ -65,7 +65,7 @@ from defectkit.config import load_config  # noqa: E402
 from defectkit.data.transforms import resize_image  # noqa: E402
 from defectkit.export import OpenVinoNetwork, onnx_to_openvino, parity, write_onnx  # noqa: E402
 from defectkit.heads.anomaly import EmbeddingExtractor  # noqa: E402
-from defectkit.heads.backbones import BACKBONE_NAME, load_lite0_weights, to_input_tensor  # noqa: E402
+from defectkit.heads.backbones import BACKBONE_NAME, load_pretrained_weights, to_input_tensor  # noqa: E402
 from defectkit.io.images import decode_record  # noqa: E402
 from defectkit.registry import HEADS, STAGES, build  # noqa: E402
 from defectkit.runner import Runner  # noqa: E402
@@ -98,7 +98,7 @@ def build_anomalib(image_size: tuple[int, int], layers: Sequence[int]) -> Any:
         backbone=BACKBONE_NAME, layers=[int(i) for i in layers], pre_trained=False, num_neighbors=9,
         pre_processor=pre, evaluator=False, visualizer=False,
     )
-    loaded = load_lite0_weights(module.model.feature_extractor.feature_extractor)
+    loaded = load_pretrained_weights(module.model.feature_extractor.feature_extractor)
     print(f"anomalib: {loaded} EfficientNet-Lite0 tensors loaded into its timm feature extractor")
     return module
 

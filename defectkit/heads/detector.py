@@ -1,4 +1,4 @@
-"""One-stage box detectors (torchvision FCOS / RetinaNet) on the offline EfficientNet-Lite0 backbone.
+"""One-stage box detectors (torchvision FCOS / RetinaNet) on an offline EfficientNet-Lite backbone (Lite0 by default).
 
 Both are plain torchvision detection models: in train mode ``model(images, targets)`` returns a
 dict of loss terms, in eval mode ``model(images)`` returns one ``{"boxes", "scores", "labels"}``
@@ -54,7 +54,7 @@ from torchvision.models.detection.retinanet import (
 from torchvision.ops import FeaturePyramidNetwork, sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from defectkit.heads.backbones import create_feature_extractor
+from defectkit.heads.backbones import DEFAULT_BACKBONE, create_feature_extractor
 from defectkit.registry import HEADS
 
 DETECTOR_TYPES = ("fcos", "retinanet")
@@ -63,12 +63,12 @@ DETECTOR_TYPES = ("fcos", "retinanet")
 STRIDES = (8, 16, 32)
 """Strides of the Lite0 feature maps feeding the FPN (P3, P4, P5)."""
 
-_LITE0_STRIDE_INDICES = (2, 3, 4)
-"""timm ``out_indices`` of EfficientNet-Lite0's stride 8/16/32 stages (40, 112, 320 channels)."""
+_STRIDE_INDICES = (2, 3, 4)
+"""timm ``out_indices`` of the EfficientNet-Lite stages at strides 8/16/32 (Lite0: 40, 112, 320 channels)."""
 
 
 class LiteFPN(nn.Module):
-    """EfficientNet-Lite0 strides 8/16/32 and a feature pyramid: the backbone torchvision's detectors take.
+    """EfficientNet-Lite strides 8/16/32 and a feature pyramid: the backbone torchvision's detectors take.
 
     P3-P5 only by default: skin lesions on 640 px photos are ~5-60 px, which FCOS assigns to P3/P4
     (regression distance < 64 / < 128 px). P6/P7 (strides 64/128) only serve objects larger than
@@ -80,7 +80,8 @@ class LiteFPN(nn.Module):
     Args:
         out_channels: Channels of every pyramid level (multiple of 32: the heads use GroupNorm(32)).
         extra_levels: Add P6/P7 (strides 64/128) computed from P5.
-        pretrained: Start the Lite0 body from the offline ImageNet weights.
+        pretrained: Start the body from the offline ImageNet weights.
+        backbone: ``"lite0"``, ``"lite1"`` or ``"lite2"`` (:data:`~defectkit.heads.backbones.BACKBONES`).
 
     Example:
         >>> fpn = LiteFPN(64, pretrained=False)
@@ -88,11 +89,11 @@ class LiteFPN(nn.Module):
         [(1, 64, 8, 8), (1, 64, 4, 4), (1, 64, 2, 2)]
     """
 
-    def __init__(self, out_channels: int = 96, extra_levels: bool = False, pretrained: bool = True) -> None:
+    def __init__(self, out_channels: int = 96, extra_levels: bool = False, pretrained: bool = True, backbone: str = DEFAULT_BACKBONE) -> None:
         super().__init__()
         if int(out_channels) < 32 or int(out_channels) % 32:
             raise ValueError(f"fpn_channels must be a multiple of 32, got {out_channels}")
-        self.body = create_feature_extractor(out_indices=_LITE0_STRIDE_INDICES, pretrained=pretrained)
+        self.body = create_feature_extractor(out_indices=_STRIDE_INDICES, pretrained=pretrained, backbone=backbone)
         extra = LastLevelP6P7(int(out_channels), int(out_channels)) if extra_levels else None
         self.fpn = FeaturePyramidNetwork(list(self.body.feature_info.channels()), int(out_channels), extra_blocks=extra)
         self.out_channels = int(out_channels)  # torchvision's detectors read this attribute
@@ -194,22 +195,23 @@ def fcos(
     topk_candidates: int = 1000,
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
+    backbone: str = DEFAULT_BACKBONE,
 ) -> FCOS:
-    """Anchor-free FCOS on EfficientNet-Lite0 + FPN (P3-P5), for ``image_size`` [-1, 1] inputs."""
+    """Anchor-free FCOS on EfficientNet-Lite (``backbone``: lite0, lite1, lite2) + FPN (P3-P5), for ``image_size`` [-1, 1] inputs."""
     num_classes, size = _check_common(num_classes, image_size)
     # The defaults size the head for CPU (as NanoDet does: 96 channels, 2 convs per branch). The
     # head runs at every P3 position, so torchvision's usual 4 convs x 128-256 channels would cost
     # 4x the Lite0 backbone: 28.5 GFLOP per 640 px image at 128 channels, against 13.1 here.
-    backbone = LiteFPN(fpn_channels, extra_levels, pretrained)
+    body = LiteFPN(fpn_channels, extra_levels, pretrained, backbone)
     # FCOS needs one "anchor" per location whose size equals the level's stride: its scale ranges
     # (which level regresses which object size) are derived from these sizes. A location is a
     # positive only inside a box, so a lesion narrower than 8 px at the network's input may fall
     # between P3's points and never be learned: upscale (slice) such images, or use RetinaNet,
     # whose matcher gives every box at least its best anchor.
-    anchors = AnchorGenerator(tuple((s,) for s in backbone.strides), ((1.0,),) * backbone.num_levels)
-    head = FocalFCOSHead(backbone.out_channels, num_classes, int(head_convs), focal_alpha, focal_gamma)
+    anchors = AnchorGenerator(tuple((s,) for s in body.strides), ((1.0,),) * body.num_levels)
+    head = FocalFCOSHead(body.out_channels, num_classes, int(head_convs), focal_alpha, focal_gamma)
     return FCOS(
-        backbone, num_classes, anchor_generator=anchors, head=head, center_sampling_radius=float(center_sampling_radius),
+        body, num_classes, anchor_generator=anchors, head=head, center_sampling_radius=float(center_sampling_radius),
         score_thresh=float(score_thresh), nms_thresh=float(nms_thresh), detections_per_img=int(detections_per_img),
         topk_candidates=int(topk_candidates), **_transform_args(size),
     )
@@ -232,27 +234,28 @@ def retinanet(
     topk_candidates: int = 1000,
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
+    backbone: str = DEFAULT_BACKBONE,
 ) -> RetinaNet:
-    """Anchor-based RetinaNet on EfficientNet-Lite0 + FPN (P3-P5) with small anchors, for ``image_size`` inputs."""
+    """Anchor-based RetinaNet on EfficientNet-Lite (``backbone``) + FPN (P3-P5) with small anchors, for ``image_size`` inputs."""
     num_classes, size = _check_common(num_classes, image_size)
-    backbone = LiteFPN(fpn_channels, extra_levels, pretrained)
+    body = LiteFPN(fpn_channels, extra_levels, pretrained, backbone)
     # Base anchor size per level, half of torchvision's (32 at P3): lesions of 10-100 px then have
     # anchors close to their size; each level gets 3 octave scales (x1, x2^(1/3), x2^(2/3)).
-    default_sizes = (16, 32, 64, 128, 256)[: backbone.num_levels]
+    default_sizes = (16, 32, 64, 128, 256)[: body.num_levels]
     base_sizes = tuple(float(v) for v in (anchor_sizes or default_sizes))
-    if len(base_sizes) != backbone.num_levels:
-        raise ValueError(f"anchor_sizes needs one base size per pyramid level ({backbone.num_levels}), got {list(base_sizes)}")
+    if len(base_sizes) != body.num_levels:
+        raise ValueError(f"anchor_sizes needs one base size per pyramid level ({body.num_levels}), got {list(base_sizes)}")
     sizes = tuple(tuple(b * 2 ** (k / 3) for k in range(3)) for b in base_sizes)
     anchors = AnchorGenerator(sizes, (tuple(float(r) for r in aspect_ratios),) * len(sizes))
     num_anchors = anchors.num_anchors_per_location()[0]
     # GroupNorm in both branches (torchvision's "v2" RetinaNet): stable with CPU-sized batches.
     norm = partial(nn.GroupNorm, 32)
-    head = RetinaNetHead(backbone.out_channels, num_anchors, num_classes, norm_layer=norm)
+    head = RetinaNetHead(body.out_channels, num_anchors, num_classes, norm_layer=norm)
     head.classification_head = FocalRetinaNetClassificationHead(
-        backbone.out_channels, num_anchors, num_classes, focal_alpha, focal_gamma, norm_layer=norm
+        body.out_channels, num_anchors, num_classes, focal_alpha, focal_gamma, norm_layer=norm
     )
     return RetinaNet(
-        backbone, num_classes, anchor_generator=anchors, head=head, fg_iou_thresh=float(fg_iou_thresh),
+        body, num_classes, anchor_generator=anchors, head=head, fg_iou_thresh=float(fg_iou_thresh),
         bg_iou_thresh=float(bg_iou_thresh), score_thresh=float(score_thresh), nms_thresh=float(nms_thresh),
         detections_per_img=int(detections_per_img), topk_candidates=int(topk_candidates), **_transform_args(size),
     )

@@ -1,9 +1,9 @@
-"""Multi-label segmenters (segmentation-models-pytorch) on the offline EfficientNet-Lite0 encoder.
+"""Multi-label segmenters (segmentation-models-pytorch) on an offline EfficientNet-Lite encoder (Lite0 by default).
 
 Every builder returns a plain smp model with ``num_classes`` output channels of *logits*: apply a
 sigmoid per channel (classes may overlap, e.g. a scratch inside a dent). Nothing is downloaded: smp
 is asked for no encoder weights and ``pretrained`` (the default) copies the ImageNet weights from the
-installed package into the timm model inside the encoder (:func:`load_lite0_weights`).
+installed package into the timm model inside the encoder (:func:`load_pretrained_weights`).
 
 Example:
     >>> from defectkit.registry import HEADS, build
@@ -24,40 +24,40 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectkit.errors import ConfigError
-from defectkit.heads.backbones import BACKBONE_NAME, load_lite0_weights
+from defectkit.heads.backbones import BACKBONE_NAME, DEFAULT_BACKBONE, load_pretrained_weights, timm_name
 from defectkit.registry import HEADS
 
 ENCODER_NAME = f"tu-{BACKBONE_NAME}"
-"""smp's name for the timm EfficientNet-Lite0 encoder."""
+"""smp's name for the default timm encoder (EfficientNet-Lite0)."""
 
 ARCHITECTURES = ("Unet", "DeepLabV3Plus")
 """Architectures :func:`build_segmenter` knows (the ``type`` names registered in HEADS)."""
 
 
-def _build(arch: type[nn.Module], num_classes: int, pretrained: bool, **kwargs: Any) -> nn.Module:
-    """An smp ``arch`` on the Lite0 encoder with ``num_classes`` logit channels, optionally ImageNet-initialised."""
+def _build(arch: type[nn.Module], num_classes: int, pretrained: bool, backbone: str = DEFAULT_BACKBONE, **kwargs: Any) -> nn.Module:
+    """An smp ``arch`` on the EfficientNet-Lite ``backbone`` with ``num_classes`` logit channels, optionally ImageNet-initialised."""
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     valid = [n for n in inspect.signature(arch.__init__).parameters if n not in ("self", "encoder_name", "encoder_weights", "classes", "activation")]
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        raise ConfigError(f"{arch.__name__} got unknown option(s) {', '.join(map(repr, unknown))}; valid options: {', '.join(valid)}")
-    model = arch(ENCODER_NAME, encoder_weights=None, classes=int(num_classes), activation=None, **kwargs)
+        raise ConfigError(f"{arch.__name__} got unknown option(s) {', '.join(map(repr, unknown))}; valid options: backbone, {', '.join(valid)}")
+    model = arch(f"tu-{timm_name(backbone)}", encoder_weights=None, classes=int(num_classes), activation=None, **kwargs)
     if pretrained:
-        load_lite0_weights(model.encoder.model)
+        load_pretrained_weights(model.encoder.model, backbone=backbone)
     return model
 
 
 @HEADS.register_module(name="Unet")
-def unet(num_classes: int = 1, pretrained: bool = True, **kwargs: Any) -> nn.Module:
-    """U-Net on EfficientNet-Lite0 with ``num_classes`` sigmoid (multi-label) logit channels."""
-    return _build(smp.Unet, num_classes, pretrained, **kwargs)
+def unet(num_classes: int = 1, pretrained: bool = True, backbone: str = DEFAULT_BACKBONE, **kwargs: Any) -> nn.Module:
+    """U-Net on EfficientNet-Lite (``backbone``: lite0, lite1, lite2) with ``num_classes`` sigmoid (multi-label) logit channels."""
+    return _build(smp.Unet, num_classes, pretrained, backbone, **kwargs)
 
 
 @HEADS.register_module(name="DeepLabV3Plus")
-def deeplabv3plus(num_classes: int = 1, pretrained: bool = True, **kwargs: Any) -> nn.Module:
-    """DeepLabV3+ on EfficientNet-Lite0 with ``num_classes`` sigmoid (multi-label) logit channels."""
-    return _build(smp.DeepLabV3Plus, num_classes, pretrained, **kwargs)
+def deeplabv3plus(num_classes: int = 1, pretrained: bool = True, backbone: str = DEFAULT_BACKBONE, **kwargs: Any) -> nn.Module:
+    """DeepLabV3+ on EfficientNet-Lite (``backbone``: lite0, lite1, lite2) with ``num_classes`` sigmoid (multi-label) logit channels."""
+    return _build(smp.DeepLabV3Plus, num_classes, pretrained, backbone, **kwargs)
 
 
 def build_segmenter(cfg: dict[str, Any], num_classes: int, pretrained: bool = True) -> nn.Module:

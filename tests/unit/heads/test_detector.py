@@ -7,7 +7,7 @@ import torch
 from torchvision.models.detection.fcos import FCOSHead
 
 from defectkit.errors import ConfigError
-from defectkit.heads.backbones import lite0_timm_state_dict
+from defectkit.heads.backbones import pretrained_state_dict
 from defectkit.heads.detector import build_detector
 from defectkit.registry import HEADS, build
 
@@ -37,7 +37,7 @@ def model(kind: str, seed: int = 0, **options) -> torch.nn.Module:
 def test_pretrained_backbone_comes_from_the_offline_lite0_weights() -> None:
     detector = build(HEADS, dict(type="fcos", num_classes=1, pretrained=True, **SMALL))
     body = detector.backbone.body.state_dict()
-    weights = lite0_timm_state_dict()
+    weights = pretrained_state_dict()
     assert torch.equal(body["conv_stem.weight"], weights["conv_stem.weight"])
     assert torch.equal(body["blocks.4.0.conv_pw.weight"], weights["blocks.4.0.conv_pw.weight"])
 

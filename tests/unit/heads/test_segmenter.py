@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from defectkit.errors import ConfigError
-from defectkit.heads.backbones import lite0_timm_state_dict
+from defectkit.heads.backbones import pretrained_state_dict
 from defectkit.heads.segmenter import SEGMENTATION_LOSSES, batch_dice_loss, bce_dice_loss, segmentation_loss
 from defectkit.registry import HEADS, build
 
@@ -22,7 +22,7 @@ def test_segmenter_output_shape(arch: str) -> None:
 def test_pretrained_loads_offline_encoder_weights() -> None:
     model = build(HEADS, dict(type="Unet", num_classes=1, pretrained=True))
     encoder = model.encoder.model.state_dict()
-    weights = lite0_timm_state_dict()
+    weights = pretrained_state_dict()
     assert torch.equal(encoder["conv_stem.weight"], weights["conv_stem.weight"])
     assert torch.equal(encoder["blocks.3.0.conv_pw.weight"], weights["blocks.3.0.conv_pw.weight"])
 

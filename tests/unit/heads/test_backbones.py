@@ -1,0 +1,54 @@
+"""Offline ImageNet backbones: Lite0/1/2 weights map onto timm and classify ImageNet photos correctly."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from defectkit.errors import ConfigError
+from defectkit.heads.backbones import BACKBONES, create_classifier, pretrained_state_dict, timm_name, to_input_tensor
+from defectkit.heads.detector import build_detector
+from defectkit.registry import HEADS, build
+
+
+def _installed(backbone: str) -> bool:
+    return importlib.util.find_spec(BACKBONES[backbone][0]) is not None
+
+
+WITH_WEIGHTS = [pytest.param(b, marks=pytest.mark.skipif(not _installed(b), reason=f"{BACKBONES[b][0]} is not installed (the [lite] extra)"))
+                for b in BACKBONES]
+
+
+@pytest.mark.parametrize("backbone", WITH_WEIGHTS)
+def test_mapped_weights_name_imagenet_photos_as_the_original_model_does(backbone: str) -> None:
+    from skimage import data
+
+    model = create_classifier(1000, pretrained=True, backbone=backbone).eval()
+    # The classifier head is left out of create_classifier's weights; load the whole mapped state here.
+    model.load_state_dict(pretrained_state_dict(backbone))
+    side = {"lite0": 224, "lite1": 240, "lite2": 260}[backbone]
+    photos = [np.asarray(Image.fromarray(p).resize((side, side))) for p in (data.chelsea(), data.coffee())]
+    with torch.no_grad():
+        classes = model(to_input_tensor(photos)).argmax(1).tolist()
+    assert classes == [285, 967]  # Egyptian cat, espresso
+
+
+@pytest.mark.parametrize("backbone", WITH_WEIGHTS)
+def test_detector_and_segmenter_bodies_start_from_the_chosen_backbones_weights(backbone: str) -> None:
+    weights = pretrained_state_dict(backbone)
+    detector = build_detector(dict(type="fcos", image_size=(64, 64), fpn_channels=32, backbone=backbone), 1)
+    segmenter = build(HEADS, dict(type="DeepLabV3Plus", num_classes=2, backbone=backbone))
+    for body in (detector.backbone.body.state_dict(), segmenter.encoder.model.state_dict()):
+        assert torch.equal(body["conv_stem.weight"], weights["conv_stem.weight"])
+        assert torch.equal(body["blocks.4.0.conv_pw.weight"], weights["blocks.4.0.conv_pw.weight"])
+
+
+def test_an_unknown_backbone_is_a_config_error_naming_the_choices() -> None:
+    with pytest.raises(ConfigError, match="lite0.*lite1.*lite2"):
+        timm_name("resnet50")
+    with pytest.raises(ConfigError, match="backbone"):
+        build_detector(dict(type="fcos", image_size=(64, 64), backbone="lite9"), 1, pretrained=False)
