@@ -427,19 +427,16 @@ def quantize_pipeline(
             continue
         module = copy.deepcopy(spec.module).to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
         inputs = spec.inputs.detach().to("cpu", torch.float32).contiguous()
-        with tempfile.TemporaryDirectory(dir=export_dir, prefix=".tmp-") as tmp:
-            fp32_onnx, int8_onnx = Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}{INT8_STEM}.onnx"
-            write_onnx(module, inputs[:2], spec.dynamic_axes, fp32_onnx)
-            quantize_onnx(fp32_onnx, int8_onnx, calibration.inputs)
-            written = [int8_onnx]
-            if fmt == "openvino":
-                xml_path = Path(tmp) / f"{name}{INT8_STEM}.xml"
-                onnx_to_openvino(int8_onnx, xml_path)
-                written = [xml_path, xml_path.with_suffix(".bin")]
-            files = []
-            for path in written:
-                os.replace(path, export_dir / path.name)
-                files.append(export_dir / path.name)
+        try:
+            files = _write_int8_files(spec, module, inputs, calibration.inputs, fmt, export_dir, name)
+        except ExportError:
+            raise  # a missing package: nothing else can be quantized either
+        except Exception as exc:  # one network the quantizer cannot handle must not cost the others theirs
+            reason = f"quantization failed ({type(exc).__name__}: {exc})"
+            added[name] = {"file": None, "check": {"kept": False, "reason": reason}}
+            log(f"{name}: INT8 {reason}; it stays fp32")
+            entry["int8"] = added[name]
+            continue
         with torch.inference_mode():
             expected = module(inputs)
         difference = {k: v for k, v in parity(spec, expected, load_network(files[0], fmt, torch.get_num_threads())(inputs)).items() if k != "passed"}
@@ -459,6 +456,26 @@ def quantize_pipeline(
     return added
 
 
+def _write_int8_files(
+    spec: ExportSpec, module: torch.nn.Module, inputs: torch.Tensor, calibration: torch.Tensor, fmt: str, export_dir: Path, name: str
+) -> list[Path]:
+    """Write the stage's INT8 network in ``fmt`` into ``export_dir`` (temporary files renamed into place); the files written."""
+    with tempfile.TemporaryDirectory(dir=export_dir, prefix=".tmp-") as tmp:
+        fp32_onnx, int8_onnx = Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}{INT8_STEM}.onnx"
+        write_onnx(module, inputs[:2], spec.dynamic_axes, fp32_onnx)
+        quantize_onnx(fp32_onnx, int8_onnx, calibration)
+        written = [int8_onnx]
+        if fmt == "openvino":
+            xml_path = Path(tmp) / f"{name}{INT8_STEM}.xml"
+            onnx_to_openvino(int8_onnx, xml_path)
+            written = [xml_path, xml_path.with_suffix(".bin")]
+        files = []
+        for path in written:
+            os.replace(path, export_dir / path.name)
+            files.append(export_dir / path.name)
+    return files
+
+
 def record_int8_check(export_dir: Path, fmt: str, checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Store each stage's validation verdict (``{"kept": bool, ...}``) with its INT8 entry in the manifest.
 
@@ -476,10 +493,10 @@ def record_int8_check(export_dir: Path, fmt: str, checks: dict[str, dict[str, An
 
 
 def int8_files(export_dir: Path, fmt: str) -> dict[str, Path]:
-    """``{stage name: INT8 file}`` of the ``fmt`` export, whether or not its check kept it."""
+    """``{stage name: INT8 file}`` of the ``fmt`` export whose check is still to be made."""
     section = _read_manifest(export_dir).get("formats", {}).get(fmt, {})
     return {name: export_dir / entry["int8"]["file"] for name, entry in section.get("stages", {}).items()
-            if isinstance(entry, dict) and isinstance(entry.get("int8"), dict)}
+            if isinstance(entry, dict) and isinstance(entry.get("int8"), dict) and entry["int8"].get("file")}
 
 
 # ------------------------------------------------------------------------------------------- runtime

@@ -20,7 +20,15 @@ import torch
 from defectkit.cli import EXIT_FATAL, EXIT_OK, EXIT_USAGE, main
 from defectkit.config import DictAction
 from defectkit.errors import ExportError
-from defectkit.export import export_pipeline, exportable_stages, quantize_pipeline, record_int8_check, sha256_of, use_runtime
+from defectkit.export import (
+    export_pipeline,
+    exportable_stages,
+    int8_files,
+    quantize_pipeline,
+    record_int8_check,
+    sha256_of,
+    use_runtime,
+)
 from defectkit.io.images import decode_record
 from defectkit.stages.base import Exportable, ExportSpec, Stage
 from defectkit.stages.detect import Detector
@@ -260,6 +268,25 @@ def test_a_stage_stays_int8_only_while_the_primary_metrics_hold(car_dir: Path, t
     record_int8_check(work_dir / "exported", "onnx", checks)
     used = use_runtime(runner.pipeline.stages, work_dir / "weights", work_dir / "exported", "onnxruntime", 1, "defectkit export c.py", "int8")
     assert used == ["enhance (int8)", "gate", "segmenter (int8)"]
+
+
+def test_a_network_the_quantizer_cannot_handle_stays_fp32_and_the_others_are_quantized(car_dir: Path, tmp_path: Path, monkeypatch):
+    import defectkit.export as export
+
+    work_dir = _copy_work_dir(car_dir, tmp_path)
+    runner = _runner(work_dir, CAR, TINY_CAR)
+    images = [decode_record(r).image for r in runner.split(runner.records())["train"][:2]]
+    quantize = export.quantize_onnx
+
+    def failing_for_the_gate(path: Path, out: Path, calibration: torch.Tensor, batch_size: int = 4) -> None:
+        if path.name.startswith("gate"):
+            raise RuntimeError("unsupported operator")
+        quantize(path, out, calibration, batch_size)
+
+    monkeypatch.setattr(export, "quantize_onnx", failing_for_the_gate)
+    added = quantize_pipeline(runner.pipeline.stages, work_dir / "exported", "onnx", images, images, log=lambda line: None)
+    assert added["gate"] == {"file": None, "check": {"kept": False, "reason": "quantization failed (RuntimeError: unsupported operator)"}}
+    assert set(int8_files(work_dir / "exported", "onnx")) == {"enhance", "segmenter"}  # the ones still to check
 
 
 def test_int8_without_a_validated_int8_export_or_with_torch_is_refused(car_dir: Path, tmp_path: Path, capsys):
