@@ -385,13 +385,14 @@ class Runner:
             checks: dict[str, dict[str, Any]] = {}
             # Keys the validation split cannot measure (e.g. image AUROC without normal photos) do not judge.
             measured = [key for key in primaries if baseline.get(key) is not None]
+            if not measured:
+                reason = f"the validation split measures none of {', '.join(primaries)}"
+                return {name: {"kept": False, "reason": reason, "max_drop": max_drop} for name in files}
             for name, stage in stages.items():
                 stage.use_exported(load_network(files[name], fmt, threads))
                 metrics = self._val_metrics(val)
                 compared = {key: {"fp32": baseline[key], "int8": metrics.get(key)} for key in measured}
-                if not measured:
-                    kept, reason = False, f"the validation split measures none of {', '.join(primaries)}"
-                elif any(v["int8"] is None for v in compared.values()):
+                if any(v["int8"] is None for v in compared.values()):
                     kept, reason = False, "a metric measured in fp32 was missing with INT8"
                 else:
                     worst = max(v["fp32"] - v["int8"] for v in compared.values())
@@ -399,7 +400,8 @@ class Runner:
                     reason = f"largest drop {worst:.4f} {'<=' if kept else '>'} {max_drop}"
                 checks[name] = {"kept": kept, "reason": reason, "val_images": len(val), "max_drop": max_drop, "metrics": compared}
                 console.print(f"{name}: INT8 {'kept' if kept else 'not kept'} on validation ({checks[name]['reason']}; "
-                              + ", ".join(f"{k} {v['fp32']} -> {v['int8']}" for k, v in compared.items()) + ")", highlight=False)
+                              + ", ".join(f"{k} {_figure(v['fp32'])} -> {_figure(v['int8'])}" for k, v in compared.items()) + ")",
+                              highlight=False)
                 if not kept:
                     stage.use_exported(fp32[name])
         finally:
@@ -663,6 +665,11 @@ class Runner:
         )
         with progress:
             yield progress
+
+
+def _figure(value: float | None) -> str:
+    """A metric for a log line: four decimals, or "missing"."""
+    return "missing" if value is None else f"{value:.4f}"
 
 
 def build_dataset(cfg: Config, config_path: str | Path, work_dir: str | Path, data_root: str | None) -> ImageDataset:
