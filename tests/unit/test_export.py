@@ -268,6 +268,12 @@ def test_a_stage_stays_int8_only_while_the_primary_metrics_hold(car_dir: Path, t
     record_int8_check(work_dir / "exported", "onnx", checks)
     used = use_runtime(runner.pipeline.stages, work_dir / "weights", work_dir / "exported", "onnxruntime", 1, "defectkit export c.py", "int8")
     assert used == ["enhance (int8)", "gate", "segmenter (int8)"]
+    # Nothing to judge by: nothing is kept.
+    assert {check["reason"] for check in runner.check_int8("onnx", [], max_drop=0.01).values()} == {"no validation split to check it on"}
+    scores = iter([{"n_images": 2}])  # a validation split without ground truth measures no primary metric
+    checks = runner.check_int8("onnx", parts["val"], max_drop=0.01)
+    assert not any(check["kept"] for check in checks.values())
+    assert all(check["reason"].startswith("the validation split measures none of") for check in checks.values())
 
 
 def test_a_network_the_quantizer_cannot_handle_stays_fp32_and_the_others_are_quantized(car_dir: Path, tmp_path: Path, monkeypatch):
