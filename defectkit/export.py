@@ -191,16 +191,27 @@ def onnx_to_openvino(onnx_path: Path, xml_path: Path) -> None:
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
 
 
-def _write_files(spec: ExportSpec, module: torch.nn.Module, inputs: torch.Tensor, fmt: str, export_dir: Path, name: str) -> list[Path]:
-    """Write the stage's network in ``fmt`` into ``export_dir`` (temporary files renamed into place); the files written."""
+def _write_files(
+    spec: ExportSpec, module: torch.nn.Module, inputs: torch.Tensor, fmt: str, export_dir: Path, name: str,
+    calibration: torch.Tensor | None = None,
+) -> list[Path]:
+    """Write the stage's network in ``fmt`` into ``export_dir`` (temporary files renamed into place); the files written.
+
+    With ``calibration`` inputs the network is written INT8 (:func:`quantize_onnx`) as ``<name>.int8.*``.
+    """
     with tempfile.TemporaryDirectory(dir=export_dir, prefix=".tmp-") as tmp:
         onnx_path = Path(tmp) / f"{name}.onnx"
         # Traced on two inputs (one would let the tracer fold the batch size into reshapes).
         write_onnx(module, inputs[:2], spec.dynamic_axes, onnx_path)
+        stem = name
+        if calibration is not None:
+            stem = f"{name}{INT8_STEM}"
+            quantize_onnx(onnx_path, onnx_path.with_name(f"{stem}.onnx"), calibration)
+            onnx_path = onnx_path.with_name(f"{stem}.onnx")
         if fmt == "onnx":
             written = [onnx_path]
         else:
-            xml_path = Path(tmp) / f"{name}.xml"
+            xml_path = Path(tmp) / f"{stem}.xml"
             onnx_to_openvino(onnx_path, xml_path)
             written = [xml_path, xml_path.with_suffix(".bin")]
         final = []
@@ -209,6 +220,12 @@ def _write_files(spec: ExportSpec, module: torch.nn.Module, inputs: torch.Tensor
             os.replace(path, target)
             final.append(target)
     return final
+
+
+def _cpu_copy(spec: ExportSpec) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A CPU fp32 eval copy of the spec's network and its inputs (the stage's own may be on CUDA, channels-last)."""
+    module = copy.deepcopy(spec.module).to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
+    return module, spec.inputs.detach().to("cpu", torch.float32).contiguous()
 
 
 def parity(spec: ExportSpec, expected: torch.Tensor, actual: torch.Tensor) -> dict[str, Any]:
@@ -275,8 +292,7 @@ def export_pipeline(
             log(f"{name}: no network to export")
             continue
         # The stage's own network stays where it is (maybe CUDA, channels-last); a CPU fp32 copy is exported.
-        module = copy.deepcopy(spec.module).to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
-        inputs = spec.inputs.detach().to("cpu", torch.float32).contiguous()
+        module, inputs = _cpu_copy(spec)
         files = _write_files(spec, module, inputs, fmt, export_dir, name)
         with torch.inference_mode():
             expected = module(inputs)
@@ -425,10 +441,9 @@ def quantize_pipeline(
         spec = stage.export_module(parity_images)
         if calibration is None or spec is None:
             continue
-        module = copy.deepcopy(spec.module).to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
-        inputs = spec.inputs.detach().to("cpu", torch.float32).contiguous()
+        module, inputs = _cpu_copy(spec)
         try:
-            files = _write_int8_files(spec, module, inputs, calibration.inputs, fmt, export_dir, name)
+            files = _write_files(spec, module, inputs, fmt, export_dir, name, calibration=calibration.inputs)
         except ExportError:
             raise  # a missing package: nothing else can be quantized either
         except Exception as exc:  # one network the quantizer cannot handle must not cost the others theirs
@@ -454,26 +469,6 @@ def quantize_pipeline(
         entry["int8"] = added[name]
     atomic_write_json(export_dir / MANIFEST, manifest)
     return added
-
-
-def _write_int8_files(
-    spec: ExportSpec, module: torch.nn.Module, inputs: torch.Tensor, calibration: torch.Tensor, fmt: str, export_dir: Path, name: str
-) -> list[Path]:
-    """Write the stage's INT8 network in ``fmt`` into ``export_dir`` (temporary files renamed into place); the files written."""
-    with tempfile.TemporaryDirectory(dir=export_dir, prefix=".tmp-") as tmp:
-        fp32_onnx, int8_onnx = Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}{INT8_STEM}.onnx"
-        write_onnx(module, inputs[:2], spec.dynamic_axes, fp32_onnx)
-        quantize_onnx(fp32_onnx, int8_onnx, calibration)
-        written = [int8_onnx]
-        if fmt == "openvino":
-            xml_path = Path(tmp) / f"{name}{INT8_STEM}.xml"
-            onnx_to_openvino(int8_onnx, xml_path)
-            written = [xml_path, xml_path.with_suffix(".bin")]
-        files = []
-        for path in written:
-            os.replace(path, export_dir / path.name)
-            files.append(export_dir / path.name)
-    return files
 
 
 def record_int8_check(export_dir: Path, fmt: str, checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
