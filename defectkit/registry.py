@@ -25,6 +25,7 @@ import difflib
 import importlib
 import inspect
 import pkgutil
+import weakref
 from typing import Any
 
 from mmengine.registry import Registry
@@ -110,7 +111,10 @@ def _registered_objects(registry: Registry) -> list[Any]:
     return objects
 
 
-_SUBMODULES_IMPORTED: set[int] = set()
+# The registries whose location modules are imported. Weak, and by object rather than id(): the id
+# of a registry that was garbage-collected is reused by new objects, and a new registry then passed
+# for imported (seen as a test that listed nothing, depending on which tests ran before it).
+_SUBMODULES_IMPORTED: weakref.WeakSet[Registry] = weakref.WeakSet()
 
 
 def _import_locations(registry: Registry) -> None:
@@ -118,7 +122,7 @@ def _import_locations(registry: Registry) -> None:
     registry.import_from_location()
     # A location is a package whose modules register themselves on import (one module per stage,
     # metric, format...); mmengine imports only the package itself, so import its modules too.
-    if id(registry) in _SUBMODULES_IMPORTED:
+    if registry in _SUBMODULES_IMPORTED:
         return
     # trusted-ok: locations are set in code by defectkit's registries (and installed plugins, which are
     # trusted code); config and manifest names never reach this import (see lookup()).
@@ -127,7 +131,7 @@ def _import_locations(registry: Registry) -> None:
         for module in pkgutil.iter_modules(getattr(package, "__path__", [])):
             if not module.name.startswith("_"):
                 importlib.import_module(f"{location}.{module.name}")  # trusted-ok: a module of that package
-    _SUBMODULES_IMPORTED.add(id(registry))
+    _SUBMODULES_IMPORTED.add(registry)
 
 
 def build(registry: Registry, cfg: dict[str, Any] | Any, **defaults: Any) -> Any:
