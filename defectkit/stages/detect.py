@@ -21,7 +21,15 @@ from defectkit.data.copy_paste import CopyPaste
 from defectkit.data.sampling import oversampling_weights
 from defectkit.data.transforms import build_albumentation
 from defectkit.errors import ConfigError
-from defectkit.heads.detector import DETECTOR_TYPES, DenseOutputs, build_detector, detections_from_dense, head_output_widths
+from defectkit.heads.detector import (
+    DETECTOR_TYPES,
+    DenseOutputs,
+    DetectorEnsemble,
+    EnsembleDenseOutputs,
+    build_detector,
+    detections_from_dense,
+    head_output_widths,
+)
 from defectkit.registry import STAGES
 from defectkit.runtime import inference_mode
 from defectkit.sample import Detections, Record, Sample, detections_to_instances
@@ -43,7 +51,7 @@ DEFAULT_TRAIN_SLICES: dict[str, Any] = dict(overlap=0.2, min_visible_ratio=0.3, 
 """Sliced-training settings a ``train_slices`` dict does not set (``size`` has no default)."""
 
 TTA_FUSE_IOU = 0.55
-"""IOU above which a box of the flipped pass and one of the plain pass are fused (the WBF paper's value)."""
+"""IOU above which boxes of different passes (flipped image, ensemble members) are fused (the WBF paper's value)."""
 
 Item = tuple[np.ndarray, np.ndarray, np.ndarray]
 """A training item: HxWx3 uint8 image at ``image_size``, Nx4 float32 xyxy boxes, N int64 labels."""
@@ -168,6 +176,10 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         tta_flip: Also detect on the horizontally flipped image and fuse both passes' boxes
             (weighted box fusion, IOU 0.55: a box found in one pass only keeps half its score);
             twice the prediction cost.
+        ensemble: Networks trained, one after the other, from seeds ``seed``, ``seed + 1``, ...
+            (initialisation, data order, augmentation and copy-paste); their boxes are fused like
+            ``tta_flip``'s passes (a box found by one member of two keeps half its score). Each
+            member costs one training and one prediction pass; 1: a single network.
         focal: ``dict(alpha=0.25, gamma=2.0)``: the classification focal loss's parameters.
         train_slices: Sliced training: ``dict(size=(h, w), overlap=0.2, min_visible_ratio=0.3,
             min_side=2.0, keep_empty=0.1)`` (see :func:`defectkit.tiling.slice_training_items`),
@@ -196,7 +208,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
 
     model_types = tuple(DETECTOR_TYPES)
     # Post-processing, not weights: a trained detector can be re-thresholded from the config.
-    model_fields_not_checked = ("score_thresh", "nms_thresh", "detections_per_img")
+    model_fields_not_checked = ("score_thresh", "nms_thresh", "detections_per_img", "box_vote_iou")
     reserved_model_keys = {
         "num_classes": "the classes", "pretrained": "the stage", "image_size": "the stage",
         "focal_alpha": "the stage's focal option", "focal_gamma": "the stage's focal option",
@@ -215,6 +227,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         augment: dict[str, Any] | None = DEFAULT_DETECT_AUGMENT,
         min_score: float = 0.3,
         tta_flip: bool = False,
+        ensemble: int = 1,
         focal: dict[str, float] | None = None,
         train_slices: dict[str, Any] | bool | None = None,
         copy_paste: dict[str, Any] | None = None,
@@ -237,6 +250,9 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
             raise ConfigError(f"Detector min_score must be in [0, 1], got {min_score!r}")
         self.min_score = float(min_score)
         self.tta_flip = bool(tta_flip)
+        if int(ensemble) < 1:
+            raise ConfigError(f"Detector ensemble must be >= 1 (networks to train and fuse), got {ensemble!r}")
+        self.ensemble = int(ensemble)
         self.focal = self._focal_options(focal)
         self.train_slices = self._slice_options(train_slices)
         self.copy_paste_cfg = None if copy_paste is None else dict(copy_paste)
@@ -282,17 +298,25 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         self.train_slices = {**base, "size": [int(v) for v in slice_size], "overlap": [float(v) for v in overlap]}
 
     def build_network(self, pretrained: bool) -> torch.nn.Module:
-        """An FCOS / RetinaNet for the classes, its input size and focal loss from the stage."""
+        """An FCOS / RetinaNet for the classes, its input size and focal loss from the stage (a
+        :class:`~defectkit.heads.detector.DetectorEnsemble` of them with ``ensemble`` > 1)."""
         head_cfg = {**self.model_cfg, "image_size": self.image_size,
                     "focal_alpha": self.focal["alpha"], "focal_gamma": self.focal["gamma"]}
-        return build_detector(head_cfg, len(self.classes), pretrained=pretrained)
+        if self.ensemble == 1:
+            return build_detector(head_cfg, len(self.classes), pretrained=pretrained)
+        return DetectorEnsemble([build_detector(head_cfg, len(self.classes), pretrained=pretrained) for _ in range(self.ensemble)])
+
+    def members(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """The detectors in ``model``: its ensemble's members, or ``model`` itself."""
+        return list(model.members) if isinstance(model, DetectorEnsemble) else [model]
 
     def saved_settings(self) -> dict[str, Any]:
-        """The focal loss parameters (part of the head)."""
-        return {"focal": self.focal}
+        """The focal loss parameters (part of the head) and the ensemble size (the networks saved)."""
+        return {"focal": self.focal, "ensemble": self.ensemble}
 
     def restore_settings(self, extra: dict[str, Any]) -> None:
         self.focal = self._focal_options(extra.get("focal"))
+        self.ensemble = int(extra.get("ensemble", 1))
 
     # ------------------------------------------------------------------ data
     def _image_boxes(self, sample: Sample) -> tuple[list[tuple[str, float, float, float, float]], list[str]]:
@@ -359,7 +383,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         return BoxTensorDataset([i[0] for i in items], [i[1] for i in items], [i[2] for i in items], self.image_size,
                                 transform=transform)
 
-    def _copy_paste_step(self, items: Sequence[Item]) -> Callable[[np.ndarray, np.ndarray, np.ndarray], Item] | None:
+    def _copy_paste_step(self, items: Sequence[Item], seed: int) -> Callable[[np.ndarray, np.ndarray, np.ndarray], Item] | None:
         """Copy-paste over a bank of every training item's boxes (None when not configured).
 
         The bank is cut from the items at ``image_size`` (whole images or slices), so pasted lesions
@@ -370,7 +394,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         if self.copy_paste_cfg is None:
             return None
         paste = CopyPaste.from_items([i[0] for i in items], [i[1] for i in items], [i[2] for i in items],
-                                     **{"seed": self.seed, **self.copy_paste_cfg})
+                                     **{"seed": seed, **self.copy_paste_cfg})
 
         def step(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> Item:
             pasted, new_boxes, new_labels, _ = paste(image, boxes, labels)
@@ -378,14 +402,14 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
 
         return step
 
-    def _sampler(self, items: Sequence[Item]) -> torch.utils.data.Sampler | None:
+    def _sampler(self, items: Sequence[Item], seed: int) -> torch.utils.data.Sampler | None:
         """Class-aware oversampling: a seeded WeightedRandomSampler over the items' LVIS repeat factors."""
         if self.oversample_cfg is None:
             return None
         label_sets = [[self.classes[label] for label in item[2]] for item in items]
         # Each item is drawn about its repeat factor times per epoch; the epoch grows by the repeats.
         weights, draws = oversampling_weights(label_sets, **self.oversample_cfg)
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(seed)
         return torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights), max(1, draws), replacement=True, generator=generator)
 
     # ------------------------------------------------------------------ fit
@@ -408,17 +432,21 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
             raise ValueError(f"{self.name}: none of the {len(annotated)} annotated training images gave a training item")
         self.log_problems(context, problems)
 
-        self.fresh_network()
-        # Paste first, then augment: pasted lesions are flipped and re-lit with the rest of the image.
-        steps = [step for step in (self._copy_paste_step(train_items),) if step is not None]
-        if self.augment_cfg is not None:
-            steps.append(BoxAugment(self.augment_cfg, self.seed))
-        train_ds = self._dataset(train_items, _chain(steps))
+        members = self.members(self.fresh_network())
         val_ds = self._dataset(val_items, None) if val_items else None
-        training = self.train_network(
-            context, train_ds, val_ds, None,
-            warmup_steps=self.warmup_steps, collate_fn=collate_boxes, sampler=self._sampler(train_items),
-        )
+        summaries = []
+        for index, member in enumerate(members):
+            seed = self.seed + index
+            # Paste first, then augment: pasted lesions are flipped and re-lit with the rest of the image.
+            steps = [step for step in (self._copy_paste_step(train_items, seed),) if step is not None]
+            if self.augment_cfg is not None:
+                steps.append(BoxAugment(self.augment_cfg, seed))
+            summaries.append(self.train_network(
+                context, self._dataset(train_items, _chain(steps)), val_ds, None, network=member, seed=seed,
+                description="train" if len(members) == 1 else f"train member {index + 1}/{len(members)} (seed {seed})",
+                warmup_steps=self.warmup_steps, collate_fn=collate_boxes, sampler=self._sampler(train_items, seed),
+            ))
+        training = summaries[0] if len(summaries) == 1 else _ensemble_training(summaries)
         labels = np.concatenate([i[2] for i in train_items]) if train_items else np.zeros(0, np.int64)
         return self.finish_fit(
             context, training, problems, f"{len(train_items)} items from {train_decoded} images", len(val_items),
@@ -431,6 +459,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
             copy_paste=self.copy_paste_cfg,
             oversample=self.oversample_cfg,
             focal=self.focal,
+            ensemble=self.ensemble,
             skipped_unannotated=len(train) - len([r for r in train if has_box_annotations(r)]),
             skipped_undecodable=len(annotated) - train_decoded + len(val_annotated) - val_decoded,
         )
@@ -440,41 +469,46 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         """Boxes in HxWx3 uint8 images, each in its own pixel coordinates (batches of :meth:`prediction_batch_size`).
 
         Every image is resized to ``image_size`` for the network and its boxes scaled back, so
-        images of any size (whole photos, slices) can be mixed in one call. With ``tta_flip`` the
-        boxes of the flipped images, flipped back, are fused with the plain pass's.
+        images of any size (whole photos, slices) can be mixed in one call. The passes of every
+        ensemble member and, with ``tta_flip``, of the flipped images (their boxes flipped back) are
+        fused by weighted box fusion.
         """
-        found = self._detect_once(images)
-        if not self.tta_flip:
-            return found
-        mirrored = self._detect_once([np.ascontiguousarray(image[:, ::-1]) for image in images])
-        fused = []
-        for image, plain, flipped in zip(images, found, mirrored):
-            width = float(image.shape[1])
-            unflipped = Detections(np.stack([width - flipped.boxes[:, 2], flipped.boxes[:, 1], width - flipped.boxes[:, 0],
-                                             flipped.boxes[:, 3]], axis=1).reshape(-1, 4), flipped.scores, flipped.labels)
-            fused.append(merge_detections(Detections.concatenate([plain, unflipped]), "WBF", "IOU", TTA_FUSE_IOU, passes=2))
-        return fused
+        passes = self._detect_passes(images)
+        if self.tta_flip:
+            for mirrored in self._detect_passes([np.ascontiguousarray(image[:, ::-1]) for image in images]):
+                passes.append([_unflip(found, float(image.shape[1])) for image, found in zip(images, mirrored)])
+        if len(passes) == 1:
+            return passes[0]
+        return [merge_detections(Detections.concatenate(list(found)), "WBF", "IOU", TTA_FUSE_IOU, passes=len(passes))
+                for found in zip(*passes)]
 
-    def _detect_once(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def _detect_passes(self, images: Sequence[np.ndarray]) -> list[list[Detections]]:
+        """Each member's boxes for ``images`` (one list per member, one entry per image)."""
         model = self.network("detect").eval()
+        members = self.members(model)
         height_in, width_in = self.image_size
-        out: list[Detections] = []
+        out: list[list[Detections]] = [[] for _ in members]
         for batch, x in self.input_batches(images):
             if self.exported is not None:
-                # The exported file runs the convolutions; decoding and NMS stay torchvision's.
-                found = detections_from_dense(model, self.exported(x.cpu()).float(), self.image_size)
+                # The exported file runs the convolutions (all members' at once); decoding and NMS stay torchvision's.
+                dense = self.exported(x.cpu()).float()
+                found = [detections_from_dense(member, dense[:, index] if len(members) > 1 else dense, self.image_size)
+                         for index, member in enumerate(members)]
             else:
                 with inference_mode(self.device):
-                    found = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in r.items()} for r in model(list(x))]
-            for image, result in zip(batch, found):
-                height, width = image.shape[:2]
-                boxes = result["boxes"].numpy().astype(np.float32)
-                # Clipping to the image can flatten a border box to no area: not a finding.
-                keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-                detections = Detections(
-                    boxes[keep], result["scores"].numpy().astype(np.float32)[keep], result["labels"].numpy().astype(np.int64)[keep],
-                )
-                out.append(detections.scaled(width / width_in, height / height_in))
+                    found = [[{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in r.items()}
+                              for r in member(list(x))] for member in members]
+            for index, results in enumerate(found):
+                for image, result in zip(batch, results):
+                    height, width = image.shape[:2]
+                    boxes = result["boxes"].numpy().astype(np.float32)
+                    # Clipping to the image can flatten a border box to no area: not a finding.
+                    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+                    detections = Detections(
+                        boxes[keep], result["scores"].numpy().astype(np.float32)[keep],
+                        result["labels"].numpy().astype(np.int64)[keep],
+                    )
+                    out[index].append(detections.scaled(width / width_in, height / height_in))
         return out
 
     def export_module(self, images: Sequence[np.ndarray]) -> ExportSpec:
@@ -485,11 +519,13 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         logits clear the head's ``score_thresh``.
         """
         model = self.network("export").eval()
-        classes = head_output_widths(model)["cls_logits"]
-        cut = float(torch.logit(torch.tensor(float(model.score_thresh)).clamp(1e-6, 1 - 1e-6)))
+        first = self.members(model)[0]
+        classes = head_output_widths(first)["cls_logits"]
+        cut = float(torch.logit(torch.tensor(float(first.score_thresh)).clamp(1e-6, 1 - 1e-6)))
         inputs = torch.cat([x for _, x in self.input_batches(images)]).cpu()
+        module = EnsembleDenseOutputs(model) if isinstance(model, DetectorEnsemble) else DenseOutputs(model)
         return ExportSpec(
-            module=DenseOutputs(model), inputs=inputs, tolerance=1e-4, relative=True,
+            module=module, inputs=inputs, tolerance=1e-4, relative=True,
             decision=lambda out: out[..., :classes] > cut, min_agreement=0.999,
         )
 
@@ -502,7 +538,32 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
 
     def describe(self) -> dict[str, Any]:
         """Type, name, head type, image size, classes, min score and the fit summary (without the loss history)."""
-        return self.network_description(min_score=self.min_score)
+        return self.network_description(min_score=self.min_score, ensemble=self.ensemble)
+
+
+def _unflip(found: Detections, width: float) -> Detections:
+    """Boxes found in a horizontally flipped image of ``width`` pixels, in the image's own coordinates."""
+    boxes = np.stack([width - found.boxes[:, 2], found.boxes[:, 1], width - found.boxes[:, 0], found.boxes[:, 3]], axis=1)
+    return Detections(boxes.reshape(-1, 4), found.scores, found.labels)
+
+
+def _ensemble_training(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One training summary for an ensemble: losses averaged over members, seconds and steps summed.
+
+    ``history`` and ``best_epoch`` are the first member's (the report plots one loss curve); every
+    member's own summary is under ``members``.
+    """
+    def mean(key: str) -> float | None:
+        values = [s[key] for s in summaries if s.get(key) is not None]
+        return round(float(np.mean(values)), 6) if values else None
+
+    return {
+        **summaries[0],
+        "train_loss": mean("train_loss"), "last_val_loss": mean("last_val_loss"), "best_val_loss": mean("best_val_loss"),
+        "seconds": round(sum(float(s.get("seconds") or 0) for s in summaries), 2),
+        "steps": sum(int(s.get("steps") or 0) for s in summaries),
+        "members": list(summaries),
+    }
 
 
 __all__ = ["DEFAULT_DETECT_AUGMENT", "DEFAULT_TRAIN_SLICES", "BoxAugment", "Detector", "has_box_annotations"]

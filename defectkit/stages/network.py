@@ -177,18 +177,23 @@ class NetworkStage(TrainableStage):
         train: torch.utils.data.Dataset,
         val: torch.utils.data.Dataset | None,
         loss_fn: Callable[..., torch.Tensor] | None,
+        network: torch.nn.Module | None = None,
+        seed: int | None = None,
+        description: str = "train",
         **options: Any,
     ) -> dict[str, Any]:
         """Train ``model`` with the shared loop and this stage's settings; returns the loop's summary.
 
-        With validation data the weights of the best validation epoch are kept. ``options`` are
-        further :func:`~defectkit.training.fit_head` arguments (e.g. ``collate_fn``, ``sampler``).
+        With validation data the weights of the best validation epoch are kept. ``network`` trains
+        a part of ``model`` instead (e.g. one member of an ensemble), with its own ``seed`` (default:
+        the stage's) and log ``description``. ``options`` are further
+        :func:`~defectkit.training.fit_head` arguments (e.g. ``collate_fn``, ``sampler``).
         """
         assert self.model is not None, "fresh_network() first"
         return fit_head(
-            self.model, train, val, loss_fn,
+            self.model if network is None else network, train, val, loss_fn,
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-            progress=context.progress, description=f"{self.name}: train", seed=self.seed,
+            progress=context.progress, description=f"{self.name}: {description}", seed=self.seed if seed is None else int(seed),
             restore_best=val is not None, log=context.log, device=self.device, **options,
         )
 

@@ -391,24 +391,25 @@ def test_a_wrapped_network_stage_is_exported_under_the_wrappers_name():
     assert list(exportable_stages([segmenter])) == []
 
 
-def _untrained_detector(kind: str) -> Detector:
+def _untrained_detector(kind: str, ensemble: int = 1) -> Detector:
     torch.manual_seed(0)
-    detector = Detector(model=dict(type=kind, score_thresh=0.05), image_size=(64, 96), pretrained=False, name="detector")
+    detector = Detector(model=dict(type=kind, score_thresh=0.05), image_size=(64, 96), pretrained=False, name="detector",
+                        ensemble=ensemble)
     detector.classes = ["lesion", "scar"]
-    model = detector.fresh_network()
-    # Spread the class scores (a new head starts every location near its 0.01 prior), so that boxes
-    # clear the threshold in a clear order instead of as near-ties.
-    logits = model.head.classification_head.cls_logits
-    torch.nn.init.normal_(logits.weight, std=0.05)
-    torch.nn.init.constant_(logits.bias, -2.0)
+    for member in detector.members(detector.fresh_network()):
+        # Spread the class scores (a new head starts every location near its 0.01 prior), so that boxes
+        # clear the threshold in a clear order instead of as near-ties.
+        logits = member.head.classification_head.cls_logits
+        torch.nn.init.normal_(logits.weight, std=0.05)
+        torch.nn.init.constant_(logits.bias, -2.0)
     detector.mark_fitted()
     return detector
 
 
-@pytest.mark.parametrize("kind", ["fcos", "retinanet"])
+@pytest.mark.parametrize("kind, ensemble", [("fcos", 1), ("retinanet", 1), ("fcos", 2)])
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_a_detector_finds_the_same_boxes_through_its_exported_network(kind: str, runtime: str, tmp_path: Path):
-    detector = _untrained_detector(kind)
+def test_a_detector_finds_the_same_boxes_through_its_exported_network(kind: str, ensemble: int, runtime: str, tmp_path: Path):
+    detector = _untrained_detector(kind, ensemble)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (120, 150 + 10 * i, 3), dtype=np.uint8) for i in range(4)]
     fmt = "onnx" if runtime == "onnxruntime" else "openvino"

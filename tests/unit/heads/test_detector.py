@@ -8,7 +8,7 @@ from torchvision.models.detection.fcos import FCOSHead
 
 from defectkit.errors import ConfigError
 from defectkit.heads.backbones import pretrained_state_dict
-from defectkit.heads.detector import build_detector
+from defectkit.heads.detector import build_detector, vote_boxes
 from defectkit.registry import HEADS, build
 
 SIZE = 64  # loss tests: small and quick; the eval test uses 128 px
@@ -96,6 +96,40 @@ def test_retinanet_focal_options_change_only_the_classification_loss() -> None:
     assert torch.allclose(changed["bbox_regression"], default["bbox_regression"])
 
 
+def test_box_loss_weight_scales_only_the_box_loss() -> None:
+    x, y = images(), targets()
+    default = model("fcos").train()(x, y)
+    doubled = model("fcos", box_loss_weight=2.0).train()(x, y)
+    assert torch.allclose(doubled["bbox_regression"], 2 * default["bbox_regression"])
+    assert torch.allclose(doubled["classification"], default["classification"])
+    assert torch.allclose(doubled["bbox_ctrness"], default["bbox_ctrness"])
+
+
+def test_box_voting_moves_each_kept_box_to_the_score_weighted_mean_of_its_overlapping_candidates() -> None:
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [3.0, 0.0, 13.0, 10.0], [1.0, 0.0, 11.0, 10.0], [40.0, 40.0, 50.0, 50.0]])
+    scores = torch.tensor([0.9, 0.3, 0.6, 0.8])
+    labels = torch.tensor([0, 0, 1, 0])  # the third box is another class: it neither joins nor is suppressed
+    plain = vote_boxes(boxes, scores, labels, nms_thresh=0.5, limit=10)
+    voted = vote_boxes(boxes, scores, labels, nms_thresh=0.5, limit=10, vote_iou=0.5)
+    assert plain["scores"].tolist() == voted["scores"].tolist() == pytest.approx([0.9, 0.8, 0.6])
+    assert torch.equal(plain["boxes"], boxes[[0, 3, 2]])
+    assert torch.allclose(voted["boxes"][0], torch.tensor([0.75, 0.0, 10.75, 10.0]))  # (0.9 * 0 + 0.3 * 3) / 1.2
+    assert torch.equal(voted["boxes"][1:], boxes[[3, 2]])  # alone in their group: unchanged
+    assert len(vote_boxes(boxes, scores, labels, nms_thresh=0.5, limit=2, vote_iou=0.5)["boxes"]) == 2
+
+
+@pytest.mark.parametrize("kind", ["fcos", "retinanet"])
+def test_box_voting_keeps_the_plain_post_processing_scores_and_count(kind: str) -> None:
+    plain = model(kind, score_thresh=0.0, image_size=(128, 128), detections_per_img=20).eval()
+    voting = model(kind, score_thresh=0.0, image_size=(128, 128), detections_per_img=20, box_vote_iou=0.6).eval()
+    voting.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        a, b = plain(images(1, size=128))[0], voting(images(1, size=128))[0]
+    assert torch.equal(a["scores"], b["scores"]) and torch.equal(a["labels"], b["labels"]) and len(b["boxes"]) == 20
+    assert not torch.equal(a["boxes"], b["boxes"])
+    assert voting.nms_thresh == plain.nms_thresh and voting.detections_per_img == 20  # restored after the call
+
+
 def test_extra_levels_add_p6_p7() -> None:
     detector = model("retinanet", extra_levels=True)
     assert len(detector.backbone(torch.zeros(1, 3, SIZE, SIZE))) == 5
@@ -113,3 +147,7 @@ def test_bad_options_fail_with_what_is_valid() -> None:
         model("fcos", fpn_channels=48)
     with pytest.raises(ValueError, match="one base size per pyramid level"):
         model("retinanet", anchor_sizes=(8, 16))
+    with pytest.raises(ValueError, match="box_vote_iou"):
+        model("fcos", box_vote_iou=1.5)
+    with pytest.raises(ValueError, match="box_loss_weight"):
+        model("fcos", box_loss_weight=0)

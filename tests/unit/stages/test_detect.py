@@ -11,9 +11,10 @@ import torch
 
 from defectkit.errors import ConfigError
 from defectkit.registry import STAGES, build
-from defectkit.sample import Instance, Record, Sample
+from defectkit.sample import Detections, Instance, Record, Sample
 from defectkit.stages.base import FitContext
-from defectkit.stages.detect import BoxAugment, Detector
+from defectkit.stages.detect import TTA_FUSE_IOU, BoxAugment, Detector
+from defectkit.tiling import merge_detections
 from defectkit.training import BoxTensorDataset
 
 CLASSES = ["lesion"]
@@ -205,12 +206,42 @@ def test_copy_paste_and_oversampling_plug_into_training(data) -> None:
     stage = build(STAGES, dict(STAGE, copy_paste=dict(p=1.0, max_pastes=2), oversample=dict(threshold=1.0), augment=None))
     stage.classes = CLASSES
     items, _, _ = stage._load(data["train"][:4] + [data["train"][6]], context(data["store"]), "load", 0)
-    paste = stage._copy_paste_step(items)
+    paste = stage._copy_paste_step(items, stage.seed)
     image, boxes, labels = paste(*items[-1])  # the normal image gets pasted lesions
     assert len(boxes) >= 1 and labels.tolist() == [0] * len(boxes) and image.max() == 250
-    sampler = stage._sampler(items)
+    sampler = stage._sampler(items, stage.seed)
     weights = sampler.weights.tolist()
     assert weights[-1] == 1.0 and min(weights[:-1]) > 1.0  # images with a lesion are drawn more often
+
+
+def test_an_ensemble_trains_each_member_from_its_own_seed_and_fuses_their_boxes(fitted, data, tmp_path) -> None:
+    single, _ = fitted
+    stage = build(STAGES, dict(STAGE, ensemble=2))
+    summary = stage.fit(data["train"], data["val"], context(data["store"]))
+    first, second = stage.model.members
+    # Member 0 is the single network of the same seed; member 1 starts and trains from seed + 1.
+    for key, value in single.model.state_dict().items():
+        torch.testing.assert_close(first.state_dict()[key], value, msg=key)
+    assert not torch.equal(first.head.classification_head.cls_logits.weight, second.head.classification_head.cls_logits.weight)
+    assert summary["ensemble"] == 2 and [m["epochs"] for m in summary["training"]["members"]] == [1, 1]
+    assert summary["training"]["steps"] == sum(m["steps"] for m in summary["training"]["members"])
+
+    images = [data["store"].images[r.path] for r in data["test"]]
+    fused = stage.detect(images)
+    passes = stage._detect_passes(images)
+    for index, found in enumerate(fused):
+        expected = merge_detections(Detections.concatenate([p[index] for p in passes]), "WBF", "IOU", TTA_FUSE_IOU, passes=2)
+        np.testing.assert_array_equal(found.boxes, expected.boxes)
+        np.testing.assert_array_equal(found.scores, expected.scores)
+
+    stage.fit_classes = CLASSES
+    stage.save(tmp_path)
+    restored = build(STAGES, dict(STAGE, ensemble=2))
+    restored.load(tmp_path)
+    assert restored.ensemble == 2 and restored.describe()["ensemble"] == 2
+    for a, b in zip(fused, restored.detect(images)):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.scores, b.scores)
 
 
 def test_focal_options_reach_the_head() -> None:
@@ -285,6 +316,8 @@ def test_bad_config_fails_early() -> None:
         Detector(oversample=dict(threshold=2.0))
     with pytest.raises(ConfigError, match="Albumentations"):
         Detector(augment=dict(type="Resize", size=(64, 64)))
+    with pytest.raises(ConfigError, match="ensemble"):
+        Detector(ensemble=0)
 
 
 def test_window_crops_in_training_clip_boxes_as_inference_windows_do() -> None:
