@@ -152,8 +152,9 @@ def set_score_threshold(detector: Any, images: Sequence[np.ndarray], boxes_per_p
     the threshold is set where the whole-photo pass keeps about that many (the median over
     ``images`` of each photo's ``boxes_per_photo``-th best score), and the merge has a realistic load.
     """
-    network = detector.network("detect")
-    network.score_thresh = 0.0
+    members = detector.members(detector.network("detect"))  # an ensemble's members, or the one network
+    for member in members:
+        member.score_thresh = 0.0
     detector.min_score = 0.0
     kth = []
     for found in detector.detect(list(images)):
@@ -161,7 +162,8 @@ def set_score_threshold(detector: Any, images: Sequence[np.ndarray], boxes_per_p
         if len(scores):
             kth.append(float(scores[min(len(scores), int(round(boxes_per_photo))) - 1]))
     threshold = float(np.median(kth)) if kth else 0.0
-    network.score_thresh = threshold
+    for member in members:
+        member.score_thresh = threshold
     detector.min_score = threshold
     return threshold
 
@@ -206,7 +208,8 @@ def main() -> None:
     if args.min_score is not None:
         detector.min_score = float(args.min_score)
         # torchvision's own cut inside the model must not be above it
-        detector.network("detect").score_thresh = min(float(detector.network("detect").score_thresh), float(args.min_score))
+        for member in detector.members(detector.network("detect")):
+            member.score_thresh = min(float(member.score_thresh), float(args.min_score))
     elif args.epochs == 0:
         # calibrated on train photos, so the timed val photos play no part in it
         calibration = [s.image for s in (decode_record(r) for r in parts["train"][:4]) if s.ok]
