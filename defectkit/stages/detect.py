@@ -20,7 +20,7 @@ import torch
 from defectkit.data.copy_paste import CopyPaste
 from defectkit.data.sampling import oversampling_weights
 from defectkit.data.transforms import build_albumentation
-from defectkit.errors import ConfigError
+from defectkit.errors import ConfigError, StateError
 from defectkit.heads.detector import (
     DETECTOR_TYPES,
     DenseOutputs,
@@ -316,7 +316,16 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
 
     def restore_settings(self, extra: dict[str, Any]) -> None:
         self.focal = self._focal_options(extra.get("focal"))
-        self.ensemble = int(extra.get("ensemble", 1))
+
+    def check_saved_model(self, extra: dict[str, Any]) -> None:
+        """Also refuse saved networks whose number differs from the config's ``ensemble``."""
+        super().check_saved_model(extra)
+        saved = extra.get("ensemble", 1) if isinstance(extra, dict) else None
+        if saved != self.ensemble:
+            raise StateError(
+                f"stage {self.name!r}: the saved detector has {saved!r} network(s) but the config's ensemble is "
+                f"{self.ensemble}; refusing to load (retrain, or set ensemble={saved!r} as trained)"
+            )
 
     # ------------------------------------------------------------------ data
     def _image_boxes(self, sample: Sample) -> tuple[list[tuple[str, float, float, float, float]], list[str]]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from defectkit.errors import ConfigError
+from defectkit.errors import ConfigError, StateError
 from defectkit.registry import STAGES, build
 from defectkit.sample import Detections, Instance, Record, Sample
 from defectkit.stages.base import FitContext
@@ -242,6 +242,8 @@ def test_an_ensemble_trains_each_member_from_its_own_seed_and_fuses_their_boxes(
     for a, b in zip(fused, restored.detect(images)):
         np.testing.assert_array_equal(a.boxes, b.boxes)
         np.testing.assert_array_equal(a.scores, b.scores)
+    with pytest.raises(StateError, match="2 network"):
+        build(STAGES, dict(STAGE)).load(tmp_path)  # the config asks for one network: refused, not half-used
 
 
 def test_focal_options_reach_the_head() -> None:
