@@ -18,7 +18,7 @@ Options of both (keyword arguments of :func:`fcos` / :func:`retinanet`): ``num_c
 of 32), ``extra_levels`` (add P6/P7), ``score_thresh`` / ``nms_thresh`` / ``detections_per_img`` /
 ``topk_candidates`` (torchvision's post-processing), ``box_vote_iou`` (box voting after NMS, see
 :func:`vote_boxes`), ``focal_alpha`` / ``focal_gamma``. FCOS adds ``head_convs`` (convs per head
-branch), ``center_sampling_radius`` (in strides) and ``box_loss_weight``; RetinaNet adds
+branch) and ``center_sampling_radius`` (in strides); RetinaNet adds
 ``anchor_sizes`` (base size per level, default 16/32/64), ``aspect_ratios`` and
 ``fg_iou_thresh`` / ``bg_iou_thresh``.
 
@@ -77,9 +77,10 @@ def vote_boxes(
     Box voting (Gidaris & Komodakis 2015; "soft voting" in many detectors) moves each kept box to
     the score-weighted mean of the candidates of its class that overlap it by at least
     ``vote_iou`` IOU, itself included; scores and labels stay the kept box's. Neighbouring locations
-    regress the same object with independent errors, so their mean localises it better than the
-    single best-scoring one: on acne04's small lesions most misses at IOU 0.5 are found at IOU 0.3
-    (docs/results.md).
+    regress the same object with partly independent errors, so their mean can localise it better
+    than the single best-scoring box. On acne04, where most lesions missed at IOU 0.5 are found at
+    IOU 0.3, it helped two of three trained detectors and hurt the third (docs/results.md), so it is
+    off unless configured.
 
     Example:
         >>> boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [2.0, 0.0, 12.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
@@ -173,21 +174,16 @@ class LiteFPN(nn.Module):
 
 
 class FocalFCOSHead(FCOSHead):
-    """torchvision's FCOS head with the classification focal loss's ``alpha``/``gamma`` and the box loss's weight as options.
+    """torchvision's FCOS head with the classification focal loss's ``alpha``/``gamma`` as options.
 
     torchvision calls ``sigmoid_focal_loss`` with its defaults (0.25, 2.0) inside
     ``compute_loss``; this head recomputes that one term with its own values (same targets, same
-    normalisation by the number of foreground points), and multiplies the GIoU box loss by
-    ``box_loss_weight``, leaving the centerness loss as it is.
+    normalisation by the number of foreground points), leaving box and centerness losses as they are.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, num_convs: int = 4, alpha: float = 0.25, gamma: float = 2.0,
-                 box_loss_weight: float = 1.0) -> None:
+    def __init__(self, in_channels: int, num_classes: int, num_convs: int = 4, alpha: float = 0.25, gamma: float = 2.0) -> None:
         super().__init__(in_channels, 1, num_classes, num_convs)
         self.alpha, self.gamma = float(alpha), float(gamma)
-        if not float(box_loss_weight) > 0:
-            raise ValueError(f"box_loss_weight must be > 0, got {box_loss_weight}")
-        self.box_loss_weight = float(box_loss_weight)
 
     def compute_loss(
         self,
@@ -205,7 +201,6 @@ class FocalFCOSHead(FCOSHead):
         num_foreground = sum(int((m >= 0).sum()) for m in matched_idxs)
         loss = sigmoid_focal_loss(cls_logits, gt_classes, alpha=self.alpha, gamma=self.gamma, reduction="sum")
         losses["classification"] = loss / max(1, num_foreground)
-        losses["bbox_regression"] = losses["bbox_regression"] * self.box_loss_weight
         return losses
 
 
@@ -276,7 +271,6 @@ def fcos(
     focal_gamma: float = 2.0,
     backbone: str = DEFAULT_BACKBONE,
     box_vote_iou: float | None = None,
-    box_loss_weight: float = 1.0,
 ) -> FCOS:
     """Anchor-free FCOS on EfficientNet-Lite (``backbone``: lite0, lite1, lite2) + FPN (P3-P5), for ``image_size`` [-1, 1] inputs."""
     num_classes, size = _check_common(num_classes, image_size)
@@ -290,7 +284,7 @@ def fcos(
     # between P3's points and never be learned: upscale (slice) such images, or use RetinaNet,
     # whose matcher gives every box at least its best anchor.
     anchors = AnchorGenerator(tuple((s,) for s in body.strides), ((1.0,),) * body.num_levels)
-    head = FocalFCOSHead(body.out_channels, num_classes, int(head_convs), focal_alpha, focal_gamma, box_loss_weight)
+    head = FocalFCOSHead(body.out_channels, num_classes, int(head_convs), focal_alpha, focal_gamma)
     model = LiteFCOS(
         body, num_classes, anchor_generator=anchors, head=head, center_sampling_radius=float(center_sampling_radius),
         score_thresh=float(score_thresh), nms_thresh=float(nms_thresh), detections_per_img=int(detections_per_img),
