@@ -178,8 +178,9 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
             twice the prediction cost.
         ensemble: Networks trained, one after the other, from seeds ``seed``, ``seed + 1``, ...
             (initialisation, data order, augmentation and copy-paste); their boxes are fused like
-            ``tta_flip``'s passes (a box found by one member of two keeps half its score). Each
-            member costs one training and one prediction pass; 1: a single network.
+            ``tta_flip``'s passes (a box found by one member of two keeps half its score, and
+            ``min_score`` applies to the fused scores). Each member costs one training and one
+            prediction pass; 1: a single network.
         focal: ``dict(alpha=0.25, gamma=2.0)``: the classification focal loss's parameters.
         train_slices: Sliced training: ``dict(size=(h, w), overlap=0.2, min_visible_ratio=0.3,
             min_side=2.0, keep_empty=0.1)`` (see :func:`defectkit.tiling.slice_training_items`),
