@@ -28,9 +28,6 @@ BACKBONES = {
 
 DEFAULT_BACKBONE = "lite0"
 
-BACKBONE_NAME = "tf_efficientnet_lite0"
-"""timm's name of the default backbone."""
-
 
 def timm_name(backbone: str = DEFAULT_BACKBONE) -> str:
     """timm's model name of ``backbone`` (``"lite2"`` -> ``"tf_efficientnet_lite2"``).
@@ -41,6 +38,10 @@ def timm_name(backbone: str = DEFAULT_BACKBONE) -> str:
     if backbone not in BACKBONES:
         raise ConfigError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}")
     return f"tf_efficientnet_{backbone}"
+
+
+BACKBONE_NAME = timm_name(DEFAULT_BACKBONE)
+"""timm's name of the default backbone (``tf_efficientnet_lite0``)."""
 
 
 @functools.lru_cache(maxsize=len(BACKBONES))
