@@ -6,6 +6,7 @@ Example:
 
 from defectkit.training.loop import (
     BoxTensorDataset,
+    EpochAware,
     HeadModule,
     ImageTensorDataset,
     collate_boxes,
@@ -14,4 +15,4 @@ from defectkit.training.loop import (
     resize_with_boxes,
 )
 
-__all__ = ["BoxTensorDataset", "HeadModule", "ImageTensorDataset", "collate_boxes", "fit_head", "head_loss", "resize_with_boxes"]
+__all__ = ["BoxTensorDataset", "EpochAware", "HeadModule", "ImageTensorDataset", "collate_boxes", "fit_head", "head_loss", "resize_with_boxes"]

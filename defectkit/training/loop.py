@@ -147,6 +147,26 @@ def _target_tensor(target: Any) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.int64))
 
 
+class EpochAware:
+    """Ability of a head whose training depends on the epoch; the loop calls :meth:`set_epoch` as each epoch starts.
+
+    E.g. mmdet's TOOD assigns labels with ATSS for its first epochs, then task-aligned, reading the
+    epoch where mmengine's Runner would have put it (:class:`~defectkit.heads.openmmlab.MMDetDetector`).
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training epoch ``epoch`` (0-based) starts."""
+        raise NotImplementedError
+
+    def loss_comparable_from(self) -> int:
+        """First epoch from which validation losses compare with later ones (the loss itself may change before it).
+
+        The loop keeps the weights of the best validation epoch only among these: TOOD's focal
+        loss of its ATSS epochs and its quality focal loss afterwards are on different scales.
+        """
+        return 0
+
+
 def head_loss(head: nn.Module, x: Any, targets: Any) -> torch.Tensor:
     """The loss of a head that computes its own: ``head(x, targets)``, a scalar or a dict of terms (summed).
 
@@ -363,6 +383,8 @@ class HeadModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._sums["train"] = [0.0, 0]
+        if isinstance(self.head, EpochAware):
+            self.head.set_epoch(int(self.current_epoch))
         self._epoch_start = time.perf_counter()
 
     def on_validation_epoch_start(self) -> None:
@@ -381,7 +403,8 @@ class HeadModule(pl.LightningModule):
             }
         )
         self._sums["val"] = [0.0, 0]
-        if val_n and val_sum / val_n < self.best_val_loss:
+        comparable = not isinstance(self.head, EpochAware) or self.current_epoch >= self.head.loss_comparable_from()
+        if val_n and comparable and val_sum / val_n < self.best_val_loss:
             self.best_val_loss, self.best_epoch = val_sum / val_n, int(self.current_epoch)
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
         if self.log_line is not None:
@@ -610,7 +633,7 @@ def fit_head(
         "val_samples": len(val_dataset) if has_val else 0,  # type: ignore[arg-type]
         "train_loss": _round(history[-1]["train_loss"]) if history else None,
         "last_val_loss": _round(val_losses[-1]) if val_losses else None,
-        "best_val_loss": _round(min(val_losses)) if val_losses else None,
+        "best_val_loss": _round(module.best_val_loss) if module.best_epoch is not None else None,
         "best_epoch": module.best_epoch,
         "restored_best": restored,
         "history": [{k: _round(v) if isinstance(v, float) else v for k, v in h.items()} for h in history],

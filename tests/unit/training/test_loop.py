@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from defectkit.data.transforms import Albumentations
-from defectkit.training import ImageTensorDataset, fit_head
+from defectkit.training import EpochAware, ImageTensorDataset, fit_head
 
 
 def bright_dark(n: int, seed: int, size: int = 24) -> tuple[list[np.ndarray], list[int]]:
@@ -109,6 +109,37 @@ def test_restore_best_loads_the_lowest_validation_loss_weights() -> None:
     summary = fit_head(head, train, val, nn.CrossEntropyLoss(), epochs=4, batch_size=4, lr=5.0, restore_best=True)
     assert mean_loss(head, val) == pytest.approx(summary["best_val_loss"], rel=1e-4)
     assert summary["restored_best"] == (summary["best_epoch"] != 3)
+
+
+class SwitchingLossHead(nn.Module, EpochAware):
+    """A head whose loss changes after its first epoch (as TOOD's does), on another scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.epochs_started: list[int] = []
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs_started.append(epoch)
+        self.epoch = epoch
+
+    def loss_comparable_from(self) -> int:
+        return 1
+
+    def forward(self, x, targets=None):
+        scale = (0.1, 5.0, 4.0, 4.5)[self.epoch]  # epoch 0's loss is lowest but another loss
+        return {"loss": scale + 0.0 * self.weight.sum() + 0.0 * x.sum()}
+
+
+def test_an_epoch_aware_head_hears_each_epoch_and_its_best_epoch_is_among_comparable_losses() -> None:
+    train = ImageTensorDataset(*bright_dark(8, 0), size=(16, 16))
+    val = ImageTensorDataset(*bright_dark(4, 1), size=(16, 16))
+    head = SwitchingLossHead()
+    summary = fit_head(head, train, val, None, epochs=4, batch_size=4, lr=1e-2, restore_best=True)
+    assert head.epochs_started == [0, 1, 2, 3]
+    assert [round(h["val_loss"], 3) for h in summary["history"]] == [0.1, 5.0, 4.0, 4.5]
+    assert summary["best_epoch"] == 2 and summary["best_val_loss"] == 4.0 and summary["restored_best"]
 
 
 def test_dataset_converts_like_to_input_tensor_and_resizes() -> None:
