@@ -157,7 +157,9 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
     Args:
         model: Head config: ``dict(type="fcos")`` (default) or ``dict(type="retinanet")`` plus the
             head's options (``fpn_channels``, ``score_thresh``, ``nms_thresh``,
-            ``detections_per_img``, ...; see :mod:`defectkit.heads.detector`). ``num_classes``,
+            ``detections_per_img``, ...; see :mod:`defectkit.heads.detector`), or
+            ``dict(type="mmdet", config=...)`` for an OpenMMLab detector (TOOD, ATSS, ...; the
+            ``[openmmlab]`` extra, :mod:`defectkit.heads.openmmlab`). ``num_classes``,
             ``pretrained`` and ``image_size`` come from the stage.
         image_size: ``(height, width)`` the network sees; multiples of 32.
         epochs: Training epochs.
@@ -207,7 +209,8 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         (312.4, 201.9, 330.8, 219.0)
     """
 
-    model_types = tuple(DETECTOR_TYPES)
+    # "mmdet": an OpenMMLab detector (defectkit.heads.openmmlab; needs the [openmmlab] extra).
+    model_types = (*DETECTOR_TYPES, "mmdet")
     # Post-processing, not weights: a trained detector can be re-thresholded from the config.
     model_fields_not_checked = ("score_thresh", "nms_thresh", "detections_per_img", "box_vote_iou")
     reserved_model_keys = {
@@ -255,6 +258,9 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
             raise ConfigError(f"Detector ensemble must be >= 1 (networks to train and fuse), got {ensemble!r}")
         self.ensemble = int(ensemble)
         self.focal = self._focal_options(focal)
+        self.openmmlab = self.model_cfg["type"] == "mmdet"
+        if self.openmmlab and focal is not None and self.focal != self._focal_options(None):
+            raise ConfigError("Detector focal applies to the fcos and retinanet heads; an mmdet model sets its losses in its OpenMMLab config")
         self.train_slices = self._slice_options(train_slices)
         self.copy_paste_cfg = None if copy_paste is None else dict(copy_paste)
         if self.copy_paste_cfg is not None:
@@ -301,8 +307,9 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
     def build_network(self, pretrained: bool) -> torch.nn.Module:
         """An FCOS / RetinaNet for the classes, its input size and focal loss from the stage (a
         :class:`~defectkit.heads.detector.DetectorEnsemble` of them with ``ensemble`` > 1)."""
-        head_cfg = {**self.model_cfg, "image_size": self.image_size,
-                    "focal_alpha": self.focal["alpha"], "focal_gamma": self.focal["gamma"]}
+        head_cfg = {**self.model_cfg, "image_size": self.image_size}
+        if not self.openmmlab:  # an OpenMMLab config sets its own losses
+            head_cfg.update(focal_alpha=self.focal["alpha"], focal_gamma=self.focal["gamma"])
         if self.ensemble == 1:
             return build_detector(head_cfg, len(self.classes), pretrained=pretrained)
         return DetectorEnsemble([build_detector(head_cfg, len(self.classes), pretrained=pretrained) for _ in range(self.ensemble)])
@@ -528,6 +535,9 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         Compared on the raw head outputs relative to their scale, and on which locations' class
         logits clear the head's ``score_thresh``.
         """
+        if self.openmmlab:
+            raise ConfigError(f"stage {self.name!r}: export covers the fcos and retinanet heads; an mmdet model runs in PyTorch "
+                              f"(predict.runtime=torch)")
         model = self.network("export").eval()
         first = self.members(model)[0]
         classes = head_output_widths(first)["cls_logits"]

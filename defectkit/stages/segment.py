@@ -59,7 +59,8 @@ class Segmenter(NetworkStage, Segments, Exportable):
 
     Args:
         model: Head config: ``dict(type="Unet")`` or ``dict(type="DeepLabV3Plus")`` plus smp keyword
-            arguments (e.g. ``decoder_channels``).
+            arguments (e.g. ``decoder_channels``), or ``dict(type="mmseg", config=...)`` for an
+            OpenMMLab segmentor (the ``[openmmlab]`` extra, :mod:`defectkit.heads.openmmlab`).
         image_size: ``(height, width)`` images are resized to; multiples of 32.
         epochs: Training epochs.
         batch_size: Images per training step.
@@ -96,7 +97,8 @@ class Segmenter(NetworkStage, Segments, Exportable):
         (2, 480, 640)
     """
 
-    model_types = tuple(ARCHITECTURES)
+    # "mmseg": an OpenMMLab segmentor (defectkit.heads.openmmlab; needs the [openmmlab] extra).
+    model_types = (*ARCHITECTURES, "mmseg")
     reserved_model_keys = {"num_classes": "the classes", "pretrained": "the stage"}
 
     def __init__(
@@ -246,6 +248,11 @@ class Segmenter(NetworkStage, Segments, Exportable):
 
     def export_module(self, images: Sequence[np.ndarray]) -> ExportSpec:
         """The U-Net / DeepLabV3+ (logits) with its inputs for ``images``; compared as sigmoid maps and 0.5 masks."""
+        if self.model_cfg["type"] == "mmseg":
+            # mmseg resizes its logits to sizes read as Python numbers, which tracing freezes: an exported
+            # file would only take the size it was traced at, not the other sizes tta_scales runs.
+            raise ConfigError(f"stage {self.name!r}: export covers the Unet and DeepLabV3Plus heads; an mmseg model runs in PyTorch "
+                              f"(predict.runtime=torch)")
         model = self.network("export").eval()
         inputs = torch.cat([x for _, x in self.input_batches(images)]).cpu()
         # Height and width stay free: ``tta_scales`` runs the network at other sizes than ``image_size``

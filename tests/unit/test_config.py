@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,22 @@ def test_reference_configs_load(tmp_path):
     for name in ("texture_defect.py", "car_damage.py", "car_damage_coco.py"):
         cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
         assert cfg.pipeline
+
+
+def test_the_openmmlab_configs_swap_only_the_head_and_build_without_the_extra(monkeypatch):
+    from defectkit.api import pipeline_from_config
+
+    for package in ("mmdet", "mmseg"):
+        monkeypatch.setitem(sys.modules, package, None)  # as if the extra were not installed
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    for name, base, path in (("skin_trouble_tood.py", "skin_trouble.py", (0, "inner")), ("car_damage_mmseg.py", "car_damage.py", (2,))):
+        derived, original = load_config(configs / name), load_config(configs / base)
+        stage, original_stage = derived.pipeline[path[0]], original.pipeline[path[0]]
+        for key in path[1:]:
+            stage, original_stage = stage[key], original_stage[key]
+        assert stage["model"]["type"] in ("mmdet", "mmseg")
+        assert {k: v for k, v in stage.items() if k not in ("model", "focal")} == \
+            {k: v for k, v in original_stage.items() if k not in ("model", "focal")}
+        # Building the stages imports nothing of OpenMMLab: the head is built when training starts.
+        assert len(pipeline_from_config(derived).stages) == len(original.pipeline)
