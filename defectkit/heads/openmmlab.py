@@ -44,6 +44,7 @@ import contextlib
 import copy
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -302,9 +303,9 @@ def load_openmmlab_checkpoint(model: nn.Module, path: str | os.PathLike[str], tr
     """Load OpenMMLab weights from ``path`` into ``model``; returns counts of loaded, missing and skipped tensors.
 
     A Runner checkpoint's ``state_dict`` (or a bare state dict) is read with ``torch.load(weights_only=True)``:
-    tensors, containers, numbers and strings only (mmengine's Runner checkpoints also hold numpy
-    arrays and its message hub, which are allowed by name). Anything else is refused, unless
-    ``trusted``. Tensors whose shape differs from the model's (e.g. a COCO classifier for 80
+    tensors, containers, numbers, strings and numpy arrays only; the message hub a Runner checkpoint
+    also holds is read into inert stand-ins and dropped (:func:`_checkpoint_globals`). Anything
+    else is refused, unless ``trusted``. Tensors whose shape differs from the model's (e.g. a COCO classifier for 80
     classes) are skipped and counted, as mmengine's loader does.
 
     Raises:
@@ -320,9 +321,12 @@ def load_openmmlab_checkpoint(model: nn.Module, path: str | os.PathLike[str], tr
             with torch.serialization.safe_globals(_checkpoint_globals()):
                 payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # torch's message is a paragraph; the line that names what the file holds is the useful one.
+        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        lines = str(error).strip().splitlines()
+        reason = f"it holds {unsupported.group(1)}, which is not weights" if unsupported else (lines[0] if lines else type(error).__name__)
         hint = "" if trusted else " (only weights are unpickled; if the file comes from a source you trust, set trust_checkpoint=True)"
-        raise ConfigError(f"checkpoint {str(file)!r} cannot be loaded: {first}{hint}") from None
+        raise ConfigError(f"checkpoint {str(file)!r} cannot be loaded: {reason}{hint}") from None
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"checkpoint {str(file)!r} holds no state dict of tensors")
@@ -333,18 +337,34 @@ def load_openmmlab_checkpoint(model: nn.Module, path: str | os.PathLike[str], tr
     return {"loaded": len(matching), "missing": len(set(own) - set(matching)), "skipped": len(state) - len(matching)}
 
 
+class _DiscardedState:
+    """Stands in for a Runner checkpoint's message-hub buffers (mmengine's ``HistoryBuffer``): built and ignored."""
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def _discarded_attribute(obj: Any, name: str) -> None:
+    """Stands in for ``getattr``, which pickles a HistoryBuffer's bound statistics methods: nothing is looked up."""
+    return None
+
+
 def _checkpoint_globals() -> list[Any]:
-    """What mmengine's Runner checkpoints hold besides tensors: numpy arrays and scalars, its message hub's buffers."""
+    """What torch's weights-only unpickler may build besides tensors and containers.
+
+    numpy arrays, dtypes and scalars (Runner checkpoints' metadata), under numpy 2's and numpy 1's
+    names; and inert stand-ins for the message hub's buffers and the ``getattr`` calls inside them,
+    which only the discarded ``message_hub`` entry holds: the real class and function are never
+    reached, so pickled code cannot run.
+    """
     import numpy as np
 
-    allowed: list[Any] = [np.ndarray, np.dtype, np.core.multiarray._reconstruct, np.core.multiarray.scalar]  # type: ignore[attr-defined]
-    allowed += [type(np.dtype(name)) for name in ("float32", "float64", "int64", "int32", "bool", "uint8")]
-    try:
-        from mmengine.logging import HistoryBuffer, MessageHub
-
-        allowed += [HistoryBuffer, MessageHub]
-    except ImportError:
-        pass
+    multiarray = np._core.multiarray  # type: ignore[attr-defined]
+    allowed: list[Any] = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar,
+                          (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+                          (multiarray.scalar, "numpy.core.multiarray.scalar")]
+    allowed += [type(np.dtype(name)) for name in ("float16", "float32", "float64", "int32", "int64", "uint8", "bool")]
+    allowed += [(_DiscardedState, "mmengine.logging.history_buffer.HistoryBuffer"), (_discarded_attribute, "builtins.getattr")]
     return allowed
 
 

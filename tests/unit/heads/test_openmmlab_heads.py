@@ -188,7 +188,13 @@ class Payload:
 def test_openmmlab_checkpoints_load_weights_only_unless_trusted(tmp_path, capsys) -> None:
     source = build(HEADS, dict(type="mmdet", config=small_tood(), num_classes=1, pretrained=False))
     target = build(HEADS, dict(type="mmdet", config=small_tood(), num_classes=1, pretrained=False))
-    runner_like = {"meta": {"epoch": 12, "seed": np.array([0])}, "state_dict": source.model.state_dict()}
+    from mmengine.logging import MessageHub
+
+    hub = MessageHub.get_instance("test_openmmlab_checkpoint")  # what mmengine's Runner saves beside the weights
+    hub.update_scalar("train/loss", 1.25)
+    hub.update_info("epoch", 12)
+    runner_like = {"meta": {"epoch": 12, "seed": np.array([0]), "dataset_meta": {"classes": ("lesion",)}},
+                   "state_dict": source.model.state_dict(), "message_hub": hub.state_dict()}
     torch.save(runner_like, tmp_path / "epoch_12.pth")
     counts = load_openmmlab_checkpoint(target.model, tmp_path / "epoch_12.pth")
     assert counts["loaded"] == len(source.model.state_dict()) and counts["missing"] == 0
@@ -196,7 +202,7 @@ def test_openmmlab_checkpoints_load_weights_only_unless_trusted(tmp_path, capsys
         assert torch.equal(value, target.model.state_dict()[key]), key
 
     torch.save({"state_dict": {}, "meta": Payload()}, tmp_path / "hostile.pth")
-    with pytest.raises(ConfigError, match="trust_checkpoint=True"):
+    with pytest.raises(ConfigError, match=r"holds print, which is not weights.*trust_checkpoint=True"):
         load_openmmlab_checkpoint(target.model, tmp_path / "hostile.pth")
     assert "unpickled code ran" not in capsys.readouterr().out
 
