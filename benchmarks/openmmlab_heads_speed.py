@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from predict_batch_size import CAR_CLASSES, untrained
+from predict_batch_size import CAR_CLASSES, images_per_second, untrained
 
 from defectkit.stages.detect import Detector
 from defectkit.stages.network import NetworkStage
@@ -71,13 +69,7 @@ def main() -> None:
     photos = [rng.integers(0, 256, (600, 800, 3), dtype=np.uint8) for _ in range(args.images)]
     results: dict[str, float] = {}
     for name, (stage, run) in stages().items():
-        run(stage, photos[:2])  # warm-up
-        rates = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            run(stage, photos)
-            rates.append(len(photos) / (time.perf_counter() - start))
-        results[name] = round(statistics.median(rates), 2)
+        results[name] = images_per_second(stage, run, photos, args.repeats)
         print(f"{name}: {results[name]} img/s", flush=True)
     if args.out:
         with open(args.out, "w") as f:

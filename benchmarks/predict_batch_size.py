@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from collections.abc import Callable, Sequence
 
@@ -65,6 +66,18 @@ def stages() -> dict[str, tuple[NetworkStage, Callable[[NetworkStage, list[np.nd
     }
 
 
+def images_per_second(stage: NetworkStage, run: Callable[[NetworkStage, list[np.ndarray]], object], photos: list[np.ndarray],
+                      repeats: int = 1) -> float:
+    """Photos per second of ``run(stage, photos)``: the median of ``repeats`` timed calls after one warm-up call."""
+    run(stage, photos[: max(stage.prediction_batch_size(), 2)])
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(stage, photos)
+        rates.append(len(photos) / (time.perf_counter() - start))
+    return round(statistics.median(rates), 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -80,10 +93,7 @@ def main() -> None:
         results[name] = {}
         for size in args.sizes:
             stage.predict_batch_size = size
-            run(stage, photos[: max(size, 2)])  # warm-up
-            start = time.perf_counter()
-            run(stage, photos)
-            results[name][str(size)] = round(len(photos) / (time.perf_counter() - start), 1)
+            results[name][str(size)] = round(images_per_second(stage, run, photos), 1)
             print(f"{name}: batches of {size}: {results[name][str(size)]} img/s", flush=True)
     if args.out:
         with open(args.out, "w") as f:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from defectkit.data.synthetic_car import draw_car_photo
 from defectkit.errors import ConfigError
 from defectkit.heads.openmmlab import deeplabv3plus_lite_config, load_openmmlab_checkpoint, tood_lite_config
 from defectkit.registry import HEADS, STAGES, build
@@ -33,22 +34,22 @@ def small_tood(**options) -> dict:
 
 
 class Store:
-    """In-memory images with one bright square lesion each (boxes and polygons), decoded like ``load_samples``."""
+    """Generated car-panel photos with one dent each (polygon and its box), decoded like ``load_samples``."""
 
     def __init__(self) -> None:
         self.images: dict[str, np.ndarray] = {}
         self.rng = np.random.default_rng(0)
 
-    def records(self, prefix: str, n: int, lesion: int = 16) -> list[Record]:
+    def records(self, prefix: str, n: int) -> list[Record]:
         out = []
         for i in range(n):
-            image = np.clip(self.rng.normal(110, 8, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
-            x, y = (int(v) for v in self.rng.integers(4, SIZE - lesion - 4, 2))
-            image[y : y + lesion, x : x + lesion] = 250
+            image, regions = draw_car_photo((SIZE, SIZE), ["dent"], self.rng)
+            points = np.asarray(regions[0]["points"], np.float32)
+            (x1, y1), (x2, y2) = points.min(axis=0), points.max(axis=0) + 1
             path = f"{prefix}/{i}.png"
             self.images[path] = image
-            square = [[[x, y], [x + lesion - 1, y], [x + lesion - 1, y + lesion - 1], [x, y + lesion - 1]]]
-            out.append(Record(path=path, label=1, boxes=[("lesion", x, y, x + lesion, y + lesion)], polygons={"lesion": [square]}))
+            out.append(Record(path=path, label=1, boxes=[("dent", float(x1), float(y1), float(x2), float(y2))],
+                              polygons={"dent": [[points.tolist()]]}))
         return out
 
     def load_samples(self, records) -> list[Sample]:
@@ -62,7 +63,7 @@ def data() -> dict:
 
 
 def context(store: Store) -> FitContext:
-    return FitContext(work_dir=Path("."), load_samples=store.load_samples, classes=["lesion"], log=lambda m: None)
+    return FitContext(work_dir=Path("."), load_samples=store.load_samples, classes=["dent"], log=lambda m: None)
 
 
 def detector_stage(config) -> dict:
@@ -112,7 +113,7 @@ def test_openmmlab_detector_reports_boxes_in_image_coordinates(fitted_tood, data
         assert sample.instances, "score_thresh 0 and min_score 0 keep every box the head reports"
         for instance in sample.instances:
             x1, y1, x2, y2 = instance.box
-            assert 0 <= x1 < x2 <= SIZE and 0 <= y1 < y2 <= SIZE and instance.class_name == "lesion"
+            assert 0 <= x1 < x2 <= SIZE and 0 <= y1 < y2 <= SIZE and instance.class_name == "dent"
     wide = np.concatenate([data["store"].images[data["test"][0].path]] * 2, axis=1)  # 96 x 192: boxes scale back
     assert stage.detect([wide])[0].boxes[:, 2].max() > SIZE
 
@@ -120,7 +121,7 @@ def test_openmmlab_detector_reports_boxes_in_image_coordinates(fitted_tood, data
 @needs_openmmlab
 def test_openmmlab_detector_state_round_trip_gives_identical_detections(fitted_tood, data, tmp_path) -> None:
     stage, _ = fitted_tood
-    stage.fit_classes = ["lesion"]
+    stage.fit_classes = ["dent"]
     stage.save(tmp_path)
     restored = build(STAGES, detector_stage(small_tood()))
     restored.load(tmp_path)
@@ -216,8 +217,8 @@ def test_openmmlab_segmentor_trains_in_the_segmenter_stage_and_round_trips(data,
     summary = stage.fit(data["train"], data["val"], context(data["store"]))
     assert np.isfinite(summary["training"]["train_loss"])
     samples = stage.predict(data["store"].load_samples(data["test"]))
-    assert samples[0].prob_maps.shape == (1, SIZE, SIZE) and samples[0].map_classes == ["lesion"]
-    stage.fit_classes = ["lesion"]
+    assert samples[0].prob_maps.shape == (1, SIZE, SIZE) and samples[0].map_classes == ["dent"]
+    stage.fit_classes = ["dent"]
     stage.save(tmp_path)
     restored = build(STAGES, stage_cfg)
     restored.load(tmp_path)
