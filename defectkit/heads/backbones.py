@@ -104,10 +104,14 @@ def load_pretrained_weights(model: nn.Module, prefix: str = "", backbone: str = 
 
 
 def create_feature_extractor(
-    out_indices: tuple[int, ...] = (1, 2, 3), pretrained: bool = True, backbone: str = DEFAULT_BACKBONE
+    out_indices: tuple[int, ...] = (1, 2, 3), pretrained: bool = True, backbone: str = DEFAULT_BACKBONE, output_stride: int = 32
 ) -> nn.Module:
-    """``backbone`` as a timm ``features_only`` model with offline ImageNet weights."""
-    model = timm.create_model(timm_name(backbone), pretrained=False, features_only=True, out_indices=out_indices)
+    """``backbone`` as a timm ``features_only`` model with offline ImageNet weights.
+
+    ``output_stride`` 16 or 8 dilates the last stages instead of striding them (DeepLab's encoders).
+    """
+    model = timm.create_model(timm_name(backbone), pretrained=False, features_only=True, out_indices=out_indices,
+                              output_stride=int(output_stride))
     if pretrained:
         load_pretrained_weights(model, backbone=backbone)
     return model.eval()

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from defectkit.errors import ConfigError
-from defectkit.heads.backbones import BACKBONES, create_classifier, pretrained_state_dict, timm_name, to_input_tensor
+from defectkit.heads.backbones import BACKBONES, create_classifier, create_feature_extractor, pretrained_state_dict, timm_name, to_input_tensor
 from defectkit.heads.detector import build_detector
 from defectkit.registry import HEADS, build
 
@@ -52,3 +52,12 @@ def test_an_unknown_backbone_is_a_config_error_naming_the_choices() -> None:
         timm_name("resnet50")
     with pytest.raises(ConfigError, match="backbone"):
         build_detector(dict(type="fcos", image_size=(64, 64), backbone="lite9"), 1, pretrained=False)
+
+
+def test_a_dilated_feature_extractor_keeps_the_imagenet_weights_at_output_stride_16() -> None:
+    strided = create_feature_extractor(out_indices=(1, 4), pretrained=True)
+    dilated = create_feature_extractor(out_indices=(1, 4), pretrained=True, output_stride=16)
+    shapes = [tuple(f.shape[2:]) for f in dilated(torch.zeros(1, 3, 64, 96))]
+    assert shapes == [(16, 24), (4, 6)]  # strides 4 and 16 (32 without dilation)
+    for key, value in strided.state_dict().items():
+        assert torch.equal(value, dilated.state_dict()[key]), key
