@@ -12,7 +12,7 @@
 #     opencv-python-headless that defectkit installs; defectkit's mmengine-lite (the same mmengine
 #     package, same version, without that requirement) is declared instead.
 # So this script downloads the pinned source (checked against its sha256), patches those lines,
-# builds a wheel (about 16 minutes on 2 cores, CPU ops only) and keeps it in pip's cache directory.
+# builds a wheel (about 5 minutes on 2 cores, CPU ops only) and keeps it in pip's cache directory.
 # Later runs find the wheel there and install in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +30,7 @@ wheel_dir="$(python -m pip cache dir)/defectkit-openmmlab/mmcv-${MMCV_VERSION}-t
 mkdir -p "$wheel_dir"
 
 if ! ls "$wheel_dir"/mmcv-"${MMCV_VERSION}"-*.whl >/dev/null 2>&1; then
-    echo "openmmlab: building mmcv ${MMCV_VERSION} from source for torch ${torch_version} (about 16 minutes on 2 cores)"
+    echo "openmmlab: building mmcv ${MMCV_VERSION} from source for torch ${torch_version} (about 5 minutes on 2 cores)"
     build_dir=$(mktemp -d)
     trap 'rm -rf "$build_dir"' EXIT
     python - "$MMCV_URL" "$MMCV_SHA256" "$build_dir/mmcv.tar.gz" <<'EOF'
