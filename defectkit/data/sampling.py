@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
+import torch
 
 from defectkit.errors import ConfigError
 from defectkit.sample import Record
@@ -102,6 +103,43 @@ def oversampling_weights(
     """
     factors = repeat_factors(label_sets, threshold)
     return factors, int(round(float(factors.sum())))
+
+
+def oversampling_sampler(
+    label_sets: Sequence[Iterable[Hashable]],
+    seed: int,
+    threshold: float = DEFAULT_THRESHOLD,
+    keep_epoch_length: bool = False,
+) -> torch.utils.data.WeightedRandomSampler:
+    """A seeded ``WeightedRandomSampler`` that draws images by their repeat factors.
+
+    The training stages' ``oversample`` option: its keys are this function's keyword arguments.
+
+    Args:
+        label_sets: The classes in each image, as for :func:`repeat_factors`.
+        seed: Seeds the sampler's own generator (reproducible epochs).
+        threshold: As for :func:`repeat_factors`.
+        keep_epoch_length: Draw ``len(label_sets)`` images per epoch, so an epoch costs what it
+            did without oversampling (rare-class images take the place of draws of common ones);
+            False: the rounded sum of the factors (an epoch grows by the extra repeats).
+
+    Returns:
+        The sampler (``replacement=True``).
+
+    Raises:
+        ConfigError: ``threshold`` outside (0, 1].
+
+    Example:
+        >>> sets = [["dent"], ["scratch"], ["scratch"], ["scratch"]]
+        >>> len(oversampling_sampler(sets, seed=0, threshold=1.0)), len(oversampling_sampler(sets, 0, 1.0, True))
+        (5, 4)
+    """
+    weights, draws = oversampling_weights(label_sets, threshold)
+    if keep_epoch_length:
+        draws = len(weights)
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.utils.data.WeightedRandomSampler(weights.tolist(), max(1, draws), replacement=True,
+                                                  generator=generator)
 
 
 def repeated_indices(factors: Sequence[float] | np.ndarray, rng: np.random.Generator) -> np.ndarray:

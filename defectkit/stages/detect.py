@@ -9,7 +9,6 @@ The stage fills ``sample.instances`` with boxes (``polygon`` empty) in image coo
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from defectkit.data.copy_paste import CopyPaste
-from defectkit.data.sampling import oversampling_weights
+from defectkit.data.sampling import oversampling_sampler
 from defectkit.data.transforms import build_albumentation
 from defectkit.errors import ConfigError, StateError
 from defectkit.heads.detector import (
@@ -108,18 +107,6 @@ class BoxAugment:
                 np.asarray(out["labels"], dtype=np.int64).reshape(-1))
 
 
-def _check_options(option: str, target: Callable[..., Any], options: dict[str, Any], **given: Any) -> None:
-    """Fail now, not after loading the data, on ``options`` that ``target`` does not take or rejects.
-
-    ``given`` are the arguments the stage itself passes (not options of the config).
-    """
-    valid = [name for name in inspect.signature(target).parameters if name != "self" and name not in given]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(f"Detector {option} got unknown option(s) {', '.join(map(repr, unknown))}; valid options: {', '.join(valid)}")
-    target(**given, **options)  # raises ConfigError for values out of range
-
-
 def _chain(steps: Sequence[Callable[[np.ndarray, np.ndarray, np.ndarray], Item]]) -> Callable[[np.ndarray, np.ndarray, np.ndarray], Item] | None:
     """One per-item transform applying ``steps`` in order (None when there are none)."""
     if not steps:
@@ -193,7 +180,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         copy_paste: Box copy-paste augmentation: :class:`defectkit.data.copy_paste.CopyPaste` options
             (e.g. ``dict(p=0.5, max_pastes=3, box_alpha="ellipse")``; ``seed`` defaults to the
             stage's), or None.
-        oversample: Class-aware oversampling: :func:`defectkit.data.sampling.oversampling_weights`
+        oversample: Class-aware oversampling: :func:`defectkit.data.sampling.oversampling_sampler`
             options (e.g. ``dict(threshold=0.1)``, or ``dict()`` for its defaults), or None.
         max_images: Train on at most this many annotated images (a deterministic subset).
         seed: Seeds the subset, slicing, shuffling, augmentation and initialisation.
@@ -264,10 +251,10 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         self.train_slices = self._slice_options(train_slices)
         self.copy_paste_cfg = None if copy_paste is None else dict(copy_paste)
         if self.copy_paste_cfg is not None:
-            _check_options("copy_paste", CopyPaste, {"seed": self.seed, **self.copy_paste_cfg})
+            self.check_options("copy_paste", CopyPaste, {"seed": self.seed, **self.copy_paste_cfg})
         self.oversample_cfg = None if oversample is None else dict(oversample)
         if self.oversample_cfg is not None:
-            _check_options("oversample", oversampling_weights, self.oversample_cfg, label_sets=[])
+            self.check_options("oversample", oversampling_sampler, self.oversample_cfg, label_sets=[], seed=0)
 
     # ------------------------------------------------------------------ configuration
     @staticmethod
@@ -420,14 +407,11 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         return step
 
     def _sampler(self, items: Sequence[Item], seed: int) -> torch.utils.data.Sampler | None:
-        """Class-aware oversampling: a seeded WeightedRandomSampler over the items' LVIS repeat factors."""
+        """Class-aware oversampling: a seeded sampler over the items' LVIS repeat factors."""
         if self.oversample_cfg is None:
             return None
         label_sets = [[self.classes[label] for label in item[2]] for item in items]
-        # Each item is drawn about its repeat factor times per epoch; the epoch grows by the repeats.
-        weights, draws = oversampling_weights(label_sets, **self.oversample_cfg)
-        generator = torch.Generator().manual_seed(seed)
-        return torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights), max(1, draws), replacement=True, generator=generator)
+        return oversampling_sampler(label_sets, seed, **self.oversample_cfg)
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: Sequence[Record], val: Sequence[Record], context: FitContext) -> dict[str, Any]:

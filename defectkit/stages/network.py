@@ -12,6 +12,7 @@ and what its predictions fill in.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -196,6 +197,18 @@ class NetworkStage(TrainableStage):
             progress=context.progress, description=f"{self.name}: {description}", seed=self.seed if seed is None else int(seed),
             restore_best=val is not None, log=context.log, device=self.device, **options,
         )
+
+    def check_options(self, option: str, target: Callable[..., Any], options: dict[str, Any], **given: Any) -> None:
+        """Fail now, not after loading the data, on ``options`` that ``target`` does not take or rejects.
+
+        ``given`` are the arguments the stage itself passes (not options of the config).
+        """
+        valid = [name for name in inspect.signature(target).parameters if name != "self" and name not in given]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(f"{type(self).__name__} {option} got unknown option(s) {', '.join(map(repr, unknown))}; "
+                              f"valid options: {', '.join(valid)}")
+        target(**given, **options)  # raises ConfigError for values out of range
 
     def mark_fitted(self) -> None:
         """The trained network goes to the stage's device, in eval mode; the stage counts as fitted."""

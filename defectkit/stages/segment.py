@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from defectkit.data.masks import ground_truth_masks, has_annotations
+from defectkit.data.sampling import oversampling_sampler
 from defectkit.data.transforms import Compose, ForegroundCrop, build_augmentation
 from defectkit.errors import ConfigError
 from defectkit.heads.segmenter import ARCHITECTURES, build_segmenter, segmentation_loss
@@ -75,6 +76,10 @@ class Segmenter(NetworkStage, Segments, Exportable):
         train_crop: ``(height, width)`` crops to train on (multiples of 32, at most ``image_size``),
             or None to train on whole images.
         foreground_share: With ``train_crop``, the share of crops centred on a defect.
+        oversample: Class-aware sampling of the training images by the classes their masks hold:
+            :func:`defectkit.data.sampling.oversampling_sampler` options (e.g.
+            ``dict(threshold=0.5, keep_epoch_length=True)``: images of classes in under half of the
+            photos drawn more often, at an unchanged number of steps), or None for a plain shuffle.
         tta_flip: Average each prediction with that of the horizontally flipped image (twice the
             prediction cost).
         tta_scales: Input scales whose maps are averaged at prediction, relative to ``image_size``
@@ -114,6 +119,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
         loss: str = "bce_dice",
         train_crop: Sequence[int] | None = None,
         foreground_share: float = 0.67,
+        oversample: dict[str, Any] | None = None,
         tta_flip: bool = False,
         tta_scales: Sequence[float] = (1.0,),
         augment: dict[str, Any] | None = DEFAULT_SEGMENT_AUGMENT,
@@ -140,6 +146,9 @@ class Segmenter(NetworkStage, Segments, Exportable):
             )
         self.foreground_share = float(foreground_share)
         ForegroundCrop((32, 32), self.foreground_share)  # a share outside [0, 1] fails now
+        self.oversample_cfg = None if oversample is None else dict(oversample)
+        if self.oversample_cfg is not None:
+            self.check_options("oversample", oversampling_sampler, self.oversample_cfg, label_sets=[], seed=0)
         self.tta_flip = bool(tta_flip)
         self.tta_scales = tuple(float(v) for v in tta_scales)
         if not self.tta_scales or any(not 0.25 <= v <= 4.0 for v in self.tta_scales):
@@ -201,11 +210,18 @@ class Segmenter(NetworkStage, Segments, Exportable):
             val_pairs = [val_crop(image, mask) for image, mask in zip(val_images, val_masks)]
             val_ds = (ImageTensorDataset([i for i, _ in val_pairs], [m for _, m in val_pairs], self.train_crop)
                       if val_pairs else None)
-        training = self.train_network(context, train_ds, val_ds, segmentation_loss(self.loss_name, self.dice_weight))
+        sampler = None
+        if self.oversample_cfg is not None:
+            label_sets = [[c for c, present in zip(self.classes, mask.reshape(len(self.classes), -1).any(1)) if present]
+                          for mask in train_masks]
+            sampler = oversampling_sampler(label_sets, self.seed, **self.oversample_cfg)
+        training = self.train_network(context, train_ds, val_ds, segmentation_loss(self.loss_name, self.dice_weight),
+                                      sampler=sampler)
         stacked = np.stack(train_masks)
         return self.finish_fit(
             context, training, problems, f"{len(train_images)} images", len(val_images),
             loss=self.loss_name,
+            oversample=self.oversample_cfg,
             train_crop=None if self.train_crop is None else list(self.train_crop),
             train_images=len(train_images),
             val_images=len(val_images),

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch.utils.data import WeightedRandomSampler
 
 from defectkit.data.sampling import (
+    oversampling_sampler,
     oversampling_weights,
     record_label_sets,
     repeat_factors,
@@ -87,6 +88,17 @@ def test_weighted_random_sampler_draws_rare_class_images_about_r_times_per_epoch
     common_per_epoch = sum(drawn[i] for i in range(2, 100)) / 98 / 200
     assert rare_per_epoch == pytest.approx(weights[0], rel=0.15)
     assert common_per_epoch == pytest.approx(1.0, rel=0.05)
+
+
+def test_the_sampler_keeps_the_epoch_length_when_asked_and_repeats_the_same_draws_with_a_seed() -> None:
+    sets = _skin_lesions()
+    grown = oversampling_sampler(sets, seed=3, threshold=0.1)
+    kept = oversampling_sampler(sets, seed=3, threshold=0.1, keep_epoch_length=True)
+
+    assert len(grown) == round(repeat_factors(sets, 0.1).sum()) > len(sets)
+    assert len(kept) == len(sets)
+    assert list(kept) == list(oversampling_sampler(sets, seed=3, threshold=0.1, keep_epoch_length=True))
+    assert list(kept) != list(oversampling_sampler(sets, seed=4, threshold=0.1, keep_epoch_length=True))
 
 
 def test_repeated_indices_show_every_image_and_repeat_by_factor_on_average() -> None:

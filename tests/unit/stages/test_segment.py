@@ -219,3 +219,41 @@ def test_scales_outside_a_quarter_to_four_are_refused(scales):
 
     with pytest.raises(ConfigError, match="tta_scales"):
         build(STAGES, {**STAGE, "tta_scales": scales})
+
+
+def test_oversampling_draws_images_of_a_rare_class_more_often_at_an_unchanged_epoch_length(data, monkeypatch):
+    import defectkit.stages.network as network
+
+    store = Store()
+    records = store.records("rare", 8)
+    for record in records[2:]:  # "patch" stays in two of the eight images only
+        record.polygons = {"square": record.polygons["square"]}
+    seen: dict = {}
+    real_fit_head = network.fit_head
+
+    def recording_fit_head(head, train, val, loss_fn, **options):
+        seen["train"], seen["sampler"] = train, options["sampler"]
+        return real_fit_head(head, train, val, loss_fn, **options)
+
+    monkeypatch.setattr(network, "fit_head", recording_fit_head)
+    stage = build(STAGES, {**STAGE, "augment": None, "oversample": dict(threshold=1.0, keep_epoch_length=True)})
+    summary = stage.fit(records, [], context(store))
+
+    assert summary["oversample"] == dict(threshold=1.0, keep_epoch_length=True)
+    sampler, train = seen["sampler"], seen["train"]
+    assert len(sampler) == len(train) == 8
+    rare = {i for i in range(len(train)) if train[i][1][1].any()}
+    assert len(rare) == 2
+    draws = [int(i) for _ in range(300) for i in sampler]
+    rare_share = sum(i in rare for i in draws) / len(draws)
+    # factors: sqrt(1 / (2/8)) = 2 for the rare images, 1 for the rest -> 4 of 10 weight units
+    assert rare_share == pytest.approx(0.4, abs=0.04)
+
+
+def test_unknown_oversampling_options_are_refused_when_the_stage_is_built():
+    from defectkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Segmenter oversample got unknown option.*'thresold'.*valid options: threshold"):
+        build(STAGES, {**STAGE, "oversample": dict(thresold=0.5)})
+    with pytest.raises(ConfigError, match="threshold"):
+        build(STAGES, {**STAGE, "oversample": dict(threshold=2.0)})
