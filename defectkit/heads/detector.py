@@ -15,7 +15,7 @@ dict per image (NMS and the focal loss are torchvision's). What defectkit change
 
 Options of both (keyword arguments of :func:`fcos` / :func:`retinanet`): ``num_classes``,
 ``image_size`` ``(height, width)`` (multiples of 32), ``pretrained``, ``fpn_channels`` (multiple
-of 32), ``extra_levels`` (add P6/P7), ``score_thresh`` / ``nms_thresh`` / ``detections_per_img`` /
+of 32), ``extra_levels`` (add P6/P7), ``p2_level`` (add a stride-4 P2), ``score_thresh`` / ``nms_thresh`` / ``detections_per_img`` /
 ``topk_candidates`` (torchvision's post-processing), ``box_vote_iou`` (box voting after NMS, see
 :func:`vote_boxes`), ``focal_alpha`` / ``focal_gamma``. FCOS adds ``head_convs`` (convs per head
 branch) and ``center_sampling_radius`` (in strides); RetinaNet adds
@@ -66,6 +66,9 @@ STRIDES = (8, 16, 32)
 
 _STRIDE_INDICES = (2, 3, 4)
 """timm ``out_indices`` of the EfficientNet-Lite stages at strides 8/16/32 (Lite0: 40, 112, 320 channels)."""
+
+_P2_INDEX = 1
+"""timm ``out_index`` of the EfficientNet-Lite stage at stride 4 (Lite0: 24 channels), for P2."""
 
 
 def vote_boxes(
@@ -142,12 +145,15 @@ class LiteFPN(nn.Module):
     (regression distance < 64 / < 128 px). P6/P7 (strides 64/128) only serve objects larger than
     ~256 px, i.e. none here, and would add head work and easy negatives. A stride-4 P2 would help
     lesions under ~8 px but costs four times P3's head compute on CPU; slice large photos instead
-    (sliced training and inference) so lesions reach P3's range. ``extra_levels=True`` adds
-    torchvision's P6/P7 for data sets with large objects.
+    (sliced training and inference) so lesions reach P3's range, or add it with ``p2_level=True``.
+    ``extra_levels=True`` adds torchvision's P6/P7 for data sets with large objects.
 
     Args:
         out_channels: Channels of every pyramid level (multiple of 32: the heads use GroupNorm(32)).
         extra_levels: Add P6/P7 (strides 64/128) computed from P5.
+        p2_level: Add P2 (stride 4, from the backbone's stride-4 stage) below P3: FCOS then assigns
+            objects whose largest centre-to-side distance is under 32 px to it, and the heads run on
+            four times P3's positions there.
         pretrained: Start the body from the offline ImageNet weights.
         backbone: ``"lite0"``, ``"lite1"`` or ``"lite2"`` (:data:`~defectkit.heads.backbones.BACKBONES`).
 
@@ -157,15 +163,17 @@ class LiteFPN(nn.Module):
         [(1, 64, 8, 8), (1, 64, 4, 4), (1, 64, 2, 2)]
     """
 
-    def __init__(self, out_channels: int = 96, extra_levels: bool = False, pretrained: bool = True, backbone: str = DEFAULT_BACKBONE) -> None:
+    def __init__(self, out_channels: int = 96, extra_levels: bool = False, pretrained: bool = True, backbone: str = DEFAULT_BACKBONE,
+                 p2_level: bool = False) -> None:
         super().__init__()
         if int(out_channels) < 32 or int(out_channels) % 32:
             raise ValueError(f"fpn_channels must be a multiple of 32, got {out_channels}")
-        self.body = create_feature_extractor(out_indices=_STRIDE_INDICES, pretrained=pretrained, backbone=backbone)
+        indices = ((_P2_INDEX,) if p2_level else ()) + _STRIDE_INDICES
+        self.body = create_feature_extractor(out_indices=indices, pretrained=pretrained, backbone=backbone)
         extra = LastLevelP6P7(int(out_channels), int(out_channels)) if extra_levels else None
         self.fpn = FeaturePyramidNetwork(list(self.body.feature_info.channels()), int(out_channels), extra_blocks=extra)
         self.out_channels = int(out_channels)  # torchvision's detectors read this attribute
-        self.strides = STRIDES + ((64, 128) if extra_levels else ())
+        self.strides = ((4,) if p2_level else ()) + STRIDES + ((64, 128) if extra_levels else ())
         self.num_levels = len(self.strides)
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
@@ -262,6 +270,7 @@ def fcos(
     fpn_channels: int = 96,
     head_convs: int = 2,
     extra_levels: bool = False,
+    p2_level: bool = False,
     center_sampling_radius: float = 1.5,
     score_thresh: float = 0.2,
     nms_thresh: float = 0.5,
@@ -277,7 +286,7 @@ def fcos(
     # The defaults size the head for CPU (as NanoDet does: 96 channels, 2 convs per branch). The
     # head runs at every P3 position, so torchvision's usual 4 convs x 128-256 channels would cost
     # 4x the Lite0 backbone: 28.5 GFLOP per 640 px image at 128 channels, against 13.1 here.
-    body = LiteFPN(fpn_channels, extra_levels, pretrained, backbone)
+    body = LiteFPN(fpn_channels, extra_levels, pretrained, backbone, p2_level)
     # FCOS needs one "anchor" per location whose size equals the level's stride: its scale ranges
     # (which level regresses which object size) are derived from these sizes. A location is a
     # positive only inside a box, so a lesion narrower than 8 px at the network's input may fall
@@ -301,6 +310,7 @@ def retinanet(
     pretrained: bool = True,
     fpn_channels: int = 96,
     extra_levels: bool = False,
+    p2_level: bool = False,
     anchor_sizes: Sequence[float] | None = None,
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
     fg_iou_thresh: float = 0.5,
@@ -316,10 +326,10 @@ def retinanet(
 ) -> RetinaNet:
     """Anchor-based RetinaNet on EfficientNet-Lite (``backbone``) + FPN (P3-P5) with small anchors, for ``image_size`` inputs."""
     num_classes, size = _check_common(num_classes, image_size)
-    body = LiteFPN(fpn_channels, extra_levels, pretrained, backbone)
+    body = LiteFPN(fpn_channels, extra_levels, pretrained, backbone, p2_level)
     # Base anchor size per level, half of torchvision's (32 at P3): lesions of 10-100 px then have
-    # anchors close to their size; each level gets 3 octave scales (x1, x2^(1/3), x2^(2/3)).
-    default_sizes = (16, 32, 64, 128, 256)[: body.num_levels]
+    # anchors close to their size; each level gets 3 octave scales (x1, x2^(1/3), x2^(2/3)). P2's is 8.
+    default_sizes = (8, 16, 32, 64, 128, 256)[(0 if p2_level else 1):][: body.num_levels]
     base_sizes = tuple(float(v) for v in (anchor_sizes or default_sizes))
     if len(base_sizes) != body.num_levels:
         raise ValueError(f"anchor_sizes needs one base size per pyramid level ({body.num_levels}), got {list(base_sizes)}")

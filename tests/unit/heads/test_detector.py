@@ -127,6 +127,16 @@ def test_extra_levels_add_p6_p7() -> None:
     assert len(detector.anchor_generator.sizes) == 5
 
 
+@pytest.mark.parametrize("kind", ["fcos", "retinanet"])
+def test_p2_level_adds_a_stride_4_level_below_p3_that_trains(kind: str) -> None:
+    detector = model(kind, p2_level=True)
+    levels = detector.backbone(torch.zeros(1, 3, SIZE, SIZE))
+    assert [v.shape[-1] for v in levels.values()] == [SIZE // 4, SIZE // 8, SIZE // 16, SIZE // 32]
+    assert detector.backbone.strides == (4, 8, 16, 32) and len(detector.anchor_generator.sizes) == 4
+    losses = detector.train()(images(), targets())
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
 def test_bad_options_fail_with_what_is_valid() -> None:
     with pytest.raises(ConfigError, match="fpn_channels"):
         build(HEADS, dict(type="fcos", num_classes=1, pretrained=False, fpn_chanels=64))
