@@ -67,7 +67,9 @@ class Segmenter(NetworkStage, Segments, Exportable):
         batch_size: Images per training step.
         predict_batch_size: Images per prediction batch; None: 2 on the CPU (fastest there,
             measured), ``batch_size`` on a GPU.
-        lr: Peak AdamW learning rate.
+        lr: Peak AdamW learning rate (of the decoder and head).
+        encoder_lr_ratio: The pretrained encoder's learning rate as a share of ``lr`` (e.g. 0.1 keeps
+            its ImageNet features from being overwritten while the new decoder learns); 1: one rate.
         weight_decay: AdamW weight decay.
         dice_weight: Weight of the region term next to BCE (0: BCE only).
         loss: Region term: ``"bce_dice"`` (soft Dice per image), ``"bce_batch_dice"`` (per class over the
@@ -114,6 +116,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
         batch_size: int = 8,
         predict_batch_size: int | None = None,
         lr: float = 1e-3,
+        encoder_lr_ratio: float = 1.0,
         weight_decay: float = 1e-4,
         dice_weight: float = 0.5,
         loss: str = "bce_dice",
@@ -134,6 +137,9 @@ class Segmenter(NetworkStage, Segments, Exportable):
             max_images, seed, pretrained, chunk_size, predict_batch_size=predict_batch_size,
         )
         self.dice_weight = float(dice_weight)
+        self.encoder_lr_ratio = float(encoder_lr_ratio)
+        if not 0.0 < self.encoder_lr_ratio <= 1.0:
+            raise ConfigError(f"Segmenter encoder_lr_ratio must be in (0, 1], got {encoder_lr_ratio!r}")
         self.loss_name = str(loss)
         segmentation_loss(self.loss_name, self.dice_weight)  # an unknown name fails now
         self.train_crop = None if train_crop is None else (int(train_crop[0]), int(train_crop[1]))
@@ -215,12 +221,16 @@ class Segmenter(NetworkStage, Segments, Exportable):
             label_sets = [[c for c, present in zip(self.classes, mask.reshape(len(self.classes), -1).any(1)) if present]
                           for mask in train_masks]
             sampler = oversampling_sampler(label_sets, self.seed, **self.oversample_cfg)
+        # smp models hold the encoder as ``encoder``, OpenMMLab segmentors as ``model.backbone``.
+        encoder = "model.backbone." if self.model_cfg["type"] == "mmseg" else "encoder."
+        lr_scales = None if self.encoder_lr_ratio == 1.0 else {encoder: self.encoder_lr_ratio}
         training = self.train_network(context, train_ds, val_ds, segmentation_loss(self.loss_name, self.dice_weight),
-                                      sampler=sampler)
+                                      sampler=sampler, lr_scales=lr_scales)
         stacked = np.stack(train_masks)
         return self.finish_fit(
             context, training, problems, f"{len(train_images)} images", len(val_images),
             loss=self.loss_name,
+            encoder_lr_ratio=self.encoder_lr_ratio,
             oversample=self.oversample_cfg,
             train_crop=None if self.train_crop is None else list(self.train_crop),
             train_images=len(train_images),

@@ -29,7 +29,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 # Lightning's import prints nothing, but its Trainer logs "GPU available..." banners; those are
@@ -320,6 +320,8 @@ class HeadModule(pl.LightningModule):
         log: Called with one line per finished epoch (losses, seconds), e.g. ``FitContext.log``;
             progress bars do not show in redirected output, these lines do.
         description: Prefix of those lines.
+        lr_scales: Parameter-name prefixes mapped to a factor of ``lr`` for the parameters whose
+            names start with them (e.g. ``{"encoder.": 0.1}``); the schedule scales every group alike.
 
     Example:
         >>> module = HeadModule(nn.Linear(4, 2), nn.CrossEntropyLoss(), lr=1e-3)
@@ -339,6 +341,7 @@ class HeadModule(pl.LightningModule):
         description: str = "training",
         optimizer: str = "adamw",
         schedule: str = "cosine",
+        lr_scales: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.optimizer_name = _check_choice("optimizer", optimizer, OPTIMIZERS)
@@ -352,6 +355,12 @@ class HeadModule(pl.LightningModule):
         self.weight_decay = float(weight_decay)
         self.min_lr_ratio = float(min_lr_ratio)
         self.warmup_steps = int(warmup_steps)
+        self.lr_scales = {str(k): float(v) for k, v in (lr_scales or {}).items()}
+        for prefix, scale in self.lr_scales.items():
+            if not scale > 0:
+                raise ValueError(f"lr_scales[{prefix!r}] must be > 0, got {scale}")
+            if not any(name.startswith(prefix) for name, _ in head.named_parameters()):
+                raise ValueError(f"lr_scales: no parameter name of the head starts with {prefix!r}")
         self.history: list[dict[str, float | int | None]] = []
         self.memory_format = torch.contiguous_format
         self._sums = {"train": [0.0, 0], "val": [0.0, 0]}
@@ -419,7 +428,7 @@ class HeadModule(pl.LightningModule):
         # Every parameter goes to the optimizer, frozen or not: Adam(W) skips parameters whose grad is
         # None, so a backbone frozen for the first epochs joins training without rebuilding anything.
         kind = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
-        optimizer = kind(self.head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = kind(self._parameter_groups(), lr=self.lr, weight_decay=self.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup, floor, constant = min(self.warmup_steps, total - 1), self.min_lr_ratio, self.schedule == "constant"
 
@@ -434,6 +443,16 @@ class HeadModule(pl.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """One group at ``lr``, plus one per ``lr_scales`` prefix (the first matching prefix wins)."""
+        groups: dict[str, list[nn.Parameter]] = {"": []}
+        for name, parameter in self.head.named_parameters():
+            prefix = next((p for p in self.lr_scales if name.startswith(p)), "")
+            groups.setdefault(prefix, []).append(parameter)
+        return [{"params": params, "lr": self.lr * self.lr_scales.get(prefix, 1.0)}
+                for prefix, params in groups.items() if params]
 
 
 class _ProgressCallback(pl.Callback):
@@ -510,6 +529,7 @@ def fit_head(
     optimizer: str = "adamw",
     schedule: str = "cosine",
     gradient_clip_val: float | None = None,
+    lr_scales: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Train ``head`` in place with Lightning (on ``device``) and return a JSON-able summary.
 
@@ -545,6 +565,8 @@ def fit_head(
         optimizer: ``"adamw"`` or ``"adam"`` (:data:`OPTIMIZERS`).
         schedule: ``"cosine"`` (decay to 1 % of ``lr``) or ``"constant"`` (:data:`SCHEDULES`), after the warm-up.
         gradient_clip_val: Clip the global gradient norm of every step to this (None: no clipping).
+        lr_scales: Parameter-name prefixes of ``head`` mapped to a factor of ``lr`` (e.g.
+            ``{"encoder.": 0.1}``: a pretrained encoder learns at a tenth of the new decoder's rate).
 
     Returns:
         ``epochs``, ``steps``, ``train_samples``, ``val_samples``, ``train_loss`` (last epoch),
@@ -575,7 +597,7 @@ def fit_head(
     )
     device = device or torch.device("cpu")
     module = HeadModule(head, loss_fn, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, log=log,
-                        description=description, optimizer=optimizer, schedule=schedule)
+                        description=description, optimizer=optimizer, schedule=schedule, lr_scales=lr_scales)
     module.memory_format = memory_format(device)
     head.to(memory_format=module.memory_format)  # type: ignore[call-overload]
     accelerator, devices = lightning_accelerator(device)

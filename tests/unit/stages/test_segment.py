@@ -221,26 +221,32 @@ def test_scales_outside_a_quarter_to_four_are_refused(scales):
         build(STAGES, {**STAGE, "tta_scales": scales})
 
 
-def test_oversampling_draws_images_of_a_rare_class_more_often_at_an_unchanged_epoch_length(data, monkeypatch):
+@pytest.fixture
+def training_call(monkeypatch) -> dict:
+    """What the stage passes to the training loop: its training set and options, recorded per call."""
     import defectkit.stages.network as network
 
-    store = Store()
-    records = store.records("rare", 8)
-    for record in records[2:]:  # "patch" stays in two of the eight images only
-        record.polygons = {"square": record.polygons["square"]}
     seen: dict = {}
     real_fit_head = network.fit_head
 
     def recording_fit_head(head, train, val, loss_fn, **options):
-        seen["train"], seen["sampler"] = train, options["sampler"]
+        seen.update(options, train=train)
         return real_fit_head(head, train, val, loss_fn, **options)
 
     monkeypatch.setattr(network, "fit_head", recording_fit_head)
+    return seen
+
+
+def test_oversampling_draws_images_of_a_rare_class_more_often_at_an_unchanged_epoch_length(training_call):
+    store = Store()
+    records = store.records("rare", 8)
+    for record in records[2:]:  # "patch" stays in two of the eight images only
+        record.polygons = {"square": record.polygons["square"]}
     stage = build(STAGES, {**STAGE, "augment": None, "oversample": dict(threshold=1.0, keep_epoch_length=True)})
     summary = stage.fit(records, [], context(store))
 
     assert summary["oversample"] == dict(threshold=1.0, keep_epoch_length=True)
-    sampler, train = seen["sampler"], seen["train"]
+    sampler, train = training_call["sampler"], training_call["train"]
     assert len(sampler) == len(train) == 8
     rare = {i for i in range(len(train)) if train[i][1][1].any()}
     assert len(rare) == 2
@@ -248,6 +254,14 @@ def test_oversampling_draws_images_of_a_rare_class_more_often_at_an_unchanged_ep
     rare_share = sum(i in rare for i in draws) / len(draws)
     # factors: sqrt(1 / (2/8)) = 2 for the rare images, 1 for the rest -> 4 of 10 weight units
     assert rare_share == pytest.approx(0.4, abs=0.04)
+
+
+def test_an_encoder_learning_rate_ratio_reaches_the_optimizer_as_a_scale_of_the_encoder(data, training_call):
+    stage = build(STAGES, {**STAGE, "encoder_lr_ratio": 0.1})
+    summary = stage.fit(data["train"][:4], [], context(data["store"]))
+    assert training_call["lr_scales"] == {"encoder.": 0.1} and summary["encoder_lr_ratio"] == 0.1
+    with pytest.raises(ValueError, match="encoder_lr_ratio must be in"):
+        build(STAGES, {**STAGE, "encoder_lr_ratio": 0.0})
 
 
 def test_unknown_oversampling_options_are_refused_when_the_stage_is_built():

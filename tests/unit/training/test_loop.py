@@ -196,6 +196,25 @@ def test_adam_with_clipping_takes_the_same_step_as_a_hand_written_loop() -> None
     assert summary["steps"] == 1 and summary["history"][0]["lr"] == pytest.approx(1e-2)
 
 
+def test_parameters_under_an_lr_scale_prefix_step_at_that_share_of_the_rate() -> None:
+    images, labels = bright_dark(8, 0)
+    train = ImageTensorDataset(images, labels, size=(16, 16))
+    looped, manual = tiny_head(), tiny_head()
+    fit_head(looped, train, None, nn.CrossEntropyLoss(), epochs=1, batch_size=8, lr=1e-2, optimizer="adam",
+             schedule="constant", lr_scales={"0.": 0.1})  # "0." is the convolution, the "encoder"
+    x = torch.stack([train[i][0] for i in range(len(train))])
+    y = torch.stack([train[i][1] for i in range(len(train))])
+    optimizer = torch.optim.Adam([{"params": manual[0].parameters(), "lr": 1e-3},
+                                  {"params": manual[4].parameters(), "lr": 1e-2}], weight_decay=1e-4)
+    nn.functional.cross_entropy(manual(x), y).backward()
+    optimizer.step()
+    for (name, a), b in zip(looped.state_dict().items(), manual.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    with pytest.raises(ValueError, match="no parameter name of the head starts with 'encoder.'"):
+        fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=1, batch_size=8, lr=1e-2,
+                 lr_scales={"encoder.": 0.1})
+
+
 def test_constant_schedule_keeps_the_rate_and_cosine_lowers_it() -> None:
     train = ImageTensorDataset(*bright_dark(8, 0), size=(16, 16))
     constant = fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=3, batch_size=4, lr=1e-2, schedule="constant")
