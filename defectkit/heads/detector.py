@@ -327,9 +327,9 @@ def retinanet(
     """Anchor-based RetinaNet on EfficientNet-Lite (``backbone``) + FPN (P3-P5) with small anchors, for ``image_size`` inputs."""
     num_classes, size = _check_common(num_classes, image_size)
     body = LiteFPN(fpn_channels, extra_levels, pretrained, backbone, p2_level)
-    # Base anchor size per level, half of torchvision's (32 at P3): lesions of 10-100 px then have
-    # anchors close to their size; each level gets 3 octave scales (x1, x2^(1/3), x2^(2/3)). P2's is 8.
-    default_sizes = (8, 16, 32, 64, 128, 256)[(0 if p2_level else 1):][: body.num_levels]
+    # Base anchor size per level twice its stride, half of torchvision's (32 at P3): lesions of
+    # 10-100 px then have anchors close to their size; each level gets 3 octave scales (x1, x2^(1/3), x2^(2/3)).
+    default_sizes = tuple(2 * stride for stride in body.strides)
     base_sizes = tuple(float(v) for v in (anchor_sizes or default_sizes))
     if len(base_sizes) != body.num_levels:
         raise ValueError(f"anchor_sizes needs one base size per pyramid level ({body.num_levels}), got {list(base_sizes)}")

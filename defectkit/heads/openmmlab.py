@@ -69,8 +69,8 @@ def _import_openmmlab(package: str) -> Any:
     import importlib
 
     try:
-        # trusted-ok: package is one of the literals "mmdet" / "mmseg" passed by this module, never config text.
-        module = importlib.import_module(package)
+        # package is one of the literals "mmdet" / "mmseg" passed by this module, never config text.
+        module = importlib.import_module(package)  # trusted-ok: a literal package name, see above
         importlib.import_module(f"{package}.models")  # trusted-ok: as above; registers its models, heads and losses
     except ImportError as error:
         raise ConfigError(f"model type {package!r} needs {package} ({error}); {INSTALL_HINT}") from None
@@ -332,8 +332,8 @@ def load_openmmlab_checkpoint(model: nn.Module, path: str | os.PathLike[str], tr
         raise ConfigError(f"checkpoint {str(file)!r} does not exist")
     try:
         if trusted:
-            # trusted-ok: only with trust_checkpoint=True, the user's explicit statement that the file is trusted.
-            payload = torch.load(file, map_location="cpu", weights_only=False)
+            # Only with trust_checkpoint=True, the user's explicit statement that the file is trusted.
+            payload = torch.load(file, map_location="cpu", weights_only=False)  # trusted-ok: explicit opt-in
         else:
             with torch.serialization.safe_globals(_checkpoint_globals()):
                 payload = torch.load(file, map_location="cpu", weights_only=True)
