@@ -155,6 +155,9 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
             measured), ``batch_size`` on a GPU.
         lr: Peak AdamW learning rate.
         weight_decay: AdamW weight decay.
+        freeze_pretrained_bn: Keep the running statistics of the backbone's batch-norm layers as
+            ImageNet left them while the rest trains (their scale and shift still learn). On by
+            default: every detector in docs/results.md trained this way (batches of 8 photos).
         warmup_steps: Linear learning-rate warm-up steps (new detection heads diverge easily at
             full rate).
         augment: Albumentations config (``dict(type="Albumentations", transforms=[...])``) whose
@@ -214,6 +217,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         predict_batch_size: int | None = None,
         lr: float = 5e-4,
         weight_decay: float = 1e-4,
+        freeze_pretrained_bn: bool = True,
         warmup_steps: int = 20,
         augment: dict[str, Any] | None = DEFAULT_DETECT_AUGMENT,
         min_score: float = 0.3,
@@ -232,6 +236,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         super().__init__(
             name or "detector", dict(model or dict(type="fcos")), image_size, epochs, max(1, int(batch_size)), lr,
             weight_decay, max_images, seed, pretrained, chunk_size, predict_batch_size=predict_batch_size,
+            freeze_pretrained_bn=freeze_pretrained_bn,
         )
         self.warmup_steps = max(0, int(warmup_steps))
         self.augment_cfg = None if augment is None else dict(augment)
@@ -290,6 +295,11 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
             return
         base = self.train_slices if isinstance(self.train_slices, dict) else DEFAULT_TRAIN_SLICES
         self.train_slices = {**base, "size": [int(v) for v in slice_size], "overlap": [float(v) for v in overlap]}
+
+    def pretrained_prefix(self) -> str:
+        """The backbone of one network: ``backbone.body.`` in FCOS / RetinaNet (the pyramid on top
+        is new), ``model.backbone.`` in an OpenMMLab detector."""
+        return "model.backbone." if self.model_cfg["type"] == "mmdet" else "backbone.body."
 
     def build_network(self, pretrained: bool) -> torch.nn.Module:
         """An FCOS / RetinaNet for the classes, its input size and focal loss from the stage (a
@@ -461,6 +471,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
             oversample=self.oversample_cfg,
             focal=self.focal,
             ensemble=self.ensemble,
+            freeze_pretrained_bn=self.freeze_pretrained_bn,
             skipped_unannotated=len(train) - len([r for r in train if has_box_annotations(r)]),
             skipped_undecodable=len(annotated) - train_decoded + len(val_annotated) - val_decoded,
         )

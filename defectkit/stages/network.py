@@ -62,6 +62,9 @@ class NetworkStage(TrainableStage):
         chunk_size: Records decoded at once while loading.
         predict_batch_size: Images per prediction batch; None: :data:`CPU_PREDICT_BATCH_SIZE` on
             the CPU (whatever runtime runs the network there), ``batch_size`` on a GPU.
+        freeze_pretrained_bn: Keep the running statistics of the pretrained part's batch-norm
+            layers (:meth:`pretrained_prefix`) as ImageNet left them while training (batches of a
+            few large images estimate them poorly); their scale and shift still learn.
     """
 
     model_types: Sequence[str] = ()
@@ -88,6 +91,7 @@ class NetworkStage(TrainableStage):
         pretrained: bool,
         chunk_size: int,
         predict_batch_size: int | None = None,
+        freeze_pretrained_bn: bool = False,
     ) -> None:
         super().__init__(name)
         kind = type(self).__name__
@@ -115,6 +119,10 @@ class NetworkStage(TrainableStage):
         if predict_batch_size is not None and predict_batch_size < 1:
             raise ConfigError(f"{kind} predict_batch_size must be >= 1 or None, got {predict_batch_size!r}")
         self.predict_batch_size = None if predict_batch_size is None else int(predict_batch_size)
+        self.freeze_pretrained_bn = bool(freeze_pretrained_bn)
+        if self.freeze_pretrained_bn and self.pretrained_prefix() is None:
+            raise ConfigError(f"{kind} freeze_pretrained_bn: the {self.model_cfg['type']!r} network has no pretrained "
+                              f"part whose batch norms could be frozen")
         self.classes: list[str] = []
         self.model: torch.nn.Module | None = None
         self.summary: dict[str, Any] = {}
@@ -137,6 +145,11 @@ class NetworkStage(TrainableStage):
     def build_network(self, pretrained: bool) -> torch.nn.Module:
         """A new network for ``model_cfg`` and the classes (ImageNet backbone weights if ``pretrained``)."""
         raise NotImplementedError
+
+    def pretrained_prefix(self) -> str | None:
+        """The parameter-name prefix of the part of the network that starts from ImageNet weights
+        (e.g. ``"encoder."``), or None where there is no such part."""
+        return None
 
     def saved_settings(self) -> dict[str, Any]:
         """This stage's own settings that :meth:`build_network` needs, saved beside the weights as JSON."""
@@ -195,7 +208,8 @@ class NetworkStage(TrainableStage):
             self.model if network is None else network, train, val, loss_fn,
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
             progress=context.progress, description=f"{self.name}: {description}", seed=self.seed if seed is None else int(seed),
-            restore_best=val is not None, log=context.log, device=self.device, **options,
+            restore_best=val is not None, log=context.log, device=self.device,
+            frozen_norms=(self.pretrained_prefix(),) if self.freeze_pretrained_bn else (), **options,
         )
 
     def check_options(self, option: str, target: Callable[..., Any], options: dict[str, Any], **given: Any) -> None:

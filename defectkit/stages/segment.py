@@ -70,6 +70,8 @@ class Segmenter(NetworkStage, Segments, Exportable):
         lr: Peak AdamW learning rate (of the decoder and head).
         encoder_lr_ratio: The pretrained encoder's learning rate as a share of ``lr`` (e.g. 0.1 keeps
             its ImageNet features from being overwritten while the new decoder learns); 1: one rate.
+        freeze_pretrained_bn: Keep the running statistics of the encoder's batch-norm layers as
+            ImageNet left them while the rest trains (their scale and shift still learn).
         weight_decay: AdamW weight decay.
         dice_weight: Weight of the region term next to BCE (0: BCE only).
         loss: Region term: ``"bce_dice"`` (soft Dice per image), ``"bce_batch_dice"`` (per class over the
@@ -117,6 +119,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
         predict_batch_size: int | None = None,
         lr: float = 1e-3,
         encoder_lr_ratio: float = 1.0,
+        freeze_pretrained_bn: bool = False,
         weight_decay: float = 1e-4,
         dice_weight: float = 0.5,
         loss: str = "bce_dice",
@@ -135,6 +138,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
         super().__init__(
             name or "segmenter", dict(model or dict(type="Unet")), image_size, epochs, batch_size, lr, weight_decay,
             max_images, seed, pretrained, chunk_size, predict_batch_size=predict_batch_size,
+            freeze_pretrained_bn=freeze_pretrained_bn,
         )
         self.dice_weight = float(dice_weight)
         self.encoder_lr_ratio = float(encoder_lr_ratio)
@@ -162,6 +166,10 @@ class Segmenter(NetworkStage, Segments, Exportable):
         self.augment_cfg = None if augment is None else dict(augment)
         if self.augment_cfg is not None:
             build_augmentation(self.augment_cfg, self.seed)  # fail on a bad config now, not after loading data
+
+    def pretrained_prefix(self) -> str:
+        """The encoder: ``encoder.`` in smp models, ``model.backbone.`` in OpenMMLab segmentors."""
+        return "model.backbone." if self.model_cfg["type"] == "mmseg" else "encoder."
 
     def build_network(self, pretrained: bool) -> torch.nn.Module:
         """A U-Net / DeepLabV3+ with one output channel per class."""
@@ -221,9 +229,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
             label_sets = [[c for c, present in zip(self.classes, mask.reshape(len(self.classes), -1).any(1)) if present]
                           for mask in train_masks]
             sampler = oversampling_sampler(label_sets, self.seed, **self.oversample_cfg)
-        # smp models hold the encoder as ``encoder``, OpenMMLab segmentors as ``model.backbone``.
-        encoder = "model.backbone." if self.model_cfg["type"] == "mmseg" else "encoder."
-        lr_scales = None if self.encoder_lr_ratio == 1.0 else {encoder: self.encoder_lr_ratio}
+        lr_scales = None if self.encoder_lr_ratio == 1.0 else {self.pretrained_prefix(): self.encoder_lr_ratio}
         training = self.train_network(context, train_ds, val_ds, segmentation_loss(self.loss_name, self.dice_weight),
                                       sampler=sampler, lr_scales=lr_scales)
         stacked = np.stack(train_masks)
@@ -231,6 +237,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
             context, training, problems, f"{len(train_images)} images", len(val_images),
             loss=self.loss_name,
             encoder_lr_ratio=self.encoder_lr_ratio,
+            freeze_pretrained_bn=self.freeze_pretrained_bn,
             oversample=self.oversample_cfg,
             train_crop=None if self.train_crop is None else list(self.train_crop),
             train_images=len(train_images),

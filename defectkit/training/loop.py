@@ -322,6 +322,9 @@ class HeadModule(pl.LightningModule):
         description: Prefix of those lines.
         lr_scales: Parameter-name prefixes mapped to a factor of ``lr`` for the parameters whose
             names start with them (e.g. ``{"encoder.": 0.1}``); the schedule scales every group alike.
+        frozen_norms: Module-name prefixes whose batch-norm layers keep their running statistics:
+            they normalise in eval mode while the rest trains (their scale and shift still learn),
+            like mmdet's ``norm_eval`` for a pretrained backbone trained in small batches.
 
     Example:
         >>> module = HeadModule(nn.Linear(4, 2), nn.CrossEntropyLoss(), lr=1e-3)
@@ -342,6 +345,7 @@ class HeadModule(pl.LightningModule):
         optimizer: str = "adamw",
         schedule: str = "cosine",
         lr_scales: Mapping[str, float] | None = None,
+        frozen_norms: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.optimizer_name = _check_choice("optimizer", optimizer, OPTIMIZERS)
@@ -361,6 +365,7 @@ class HeadModule(pl.LightningModule):
                 raise ValueError(f"lr_scales[{prefix!r}] must be > 0, got {scale}")
             if not any(name.startswith(prefix) for name, _ in head.named_parameters()):
                 raise ValueError(f"lr_scales: no parameter name of the head starts with {prefix!r}")
+        self.frozen_norms = frozen_batch_norms(head, frozen_norms)
         self.history: list[dict[str, float | int | None]] = []
         self.memory_format = torch.contiguous_format
         self._sums = {"train": [0.0, 0], "val": [0.0, 0]}
@@ -373,6 +378,13 @@ class HeadModule(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> Any:
         return self.head(x)
+
+    def train(self, mode: bool = True) -> HeadModule:
+        """Train or eval mode, except that the :attr:`frozen_norms` stay in eval mode (statistics fixed)."""
+        super().train(mode)
+        for norm in self.frozen_norms:
+            norm.eval()
+        return self
 
     def _step(self, batch: tuple[torch.Tensor, Any], split: str) -> torch.Tensor:
         x, y = batch
@@ -392,6 +404,7 @@ class HeadModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._sums["train"] = [0.0, 0]
+
         if isinstance(self.head, EpochAware):
             self.head.set_epoch(int(self.current_epoch))
         self._epoch_start = time.perf_counter()
@@ -453,6 +466,22 @@ class HeadModule(pl.LightningModule):
             groups.setdefault(prefix, []).append(parameter)
         return [{"params": params, "lr": self.lr * self.lr_scales.get(prefix, 1.0)}
                 for prefix, params in groups.items() if params]
+
+
+def frozen_batch_norms(head: nn.Module, prefixes: Sequence[str]) -> list[nn.Module]:
+    """The batch-norm layers of ``head`` whose module names start with one of ``prefixes``.
+
+    Raises:
+        ValueError: A prefix names no batch-norm layer (a misspelt prefix must not freeze nothing silently).
+    """
+    found: list[nn.Module] = []
+    for prefix in prefixes:
+        norms = [m for name, m in head.named_modules()
+                 if name.startswith(prefix) and isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            raise ValueError(f"frozen_norms: no batch-norm layer of the head is named with the prefix {prefix!r}")
+        found.extend(m for m in norms if all(m is not f for f in found))
+    return found
 
 
 class _ProgressCallback(pl.Callback):
@@ -530,6 +559,7 @@ def fit_head(
     schedule: str = "cosine",
     gradient_clip_val: float | None = None,
     lr_scales: Mapping[str, float] | None = None,
+    frozen_norms: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train ``head`` in place with Lightning (on ``device``) and return a JSON-able summary.
 
@@ -567,6 +597,10 @@ def fit_head(
         gradient_clip_val: Clip the global gradient norm of every step to this (None: no clipping).
         lr_scales: Parameter-name prefixes of ``head`` mapped to a factor of ``lr`` (e.g.
             ``{"encoder.": 0.1}``: a pretrained encoder learns at a tenth of the new decoder's rate).
+        frozen_norms: Module-name prefixes of ``head`` whose batch-norm layers keep their running
+            statistics (e.g. ``("encoder.",)``: the ImageNet statistics of a pretrained encoder,
+            which batches of a few images estimate poorly); their scale and shift still learn.
+            Every other module trains in train mode, however ``head`` was left before the fit.
 
     Returns:
         ``epochs``, ``steps``, ``train_samples``, ``val_samples``, ``train_loss`` (last epoch),
@@ -597,7 +631,11 @@ def fit_head(
     )
     device = device or torch.device("cpu")
     module = HeadModule(head, loss_fn, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, log=log,
-                        description=description, optimizer=optimizer, schedule=schedule, lr_scales=lr_scales)
+                        description=description, optimizer=optimizer, schedule=schedule, lr_scales=lr_scales,
+                        frozen_norms=frozen_norms)
+    # Lightning keeps each submodule's train/eval mode as it finds it, so a part built in eval mode
+    # (e.g. a timm feature extractor) would otherwise train with frozen statistics by accident.
+    module.train()
     module.memory_format = memory_format(device)
     head.to(memory_format=module.memory_format)  # type: ignore[call-overload]
     accelerator, devices = lightning_accelerator(device)

@@ -246,6 +246,18 @@ def test_an_ensemble_trains_each_member_from_its_own_seed_and_fuses_their_boxes(
         build(STAGES, dict(STAGE)).load(tmp_path)  # the config asks for one network: refused, not half-used
 
 
+@pytest.mark.parametrize("frozen", [True, False])
+def test_the_backbone_statistics_stay_as_imagenet_left_them_unless_unfrozen(data, frozen) -> None:
+    stage = build(STAGES, dict(STAGE, freeze_pretrained_bn=frozen))
+    summary = stage.fit(data["train"], data["val"], context(data["store"]))
+    fresh = stage.build_network(pretrained=stage.pretrained)
+    norms = [(n, m) for n, m in stage.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(n.startswith(stage.pretrained_prefix()) for n, _ in norms)
+    unchanged = [torch.equal(m.running_var, fresh.get_submodule(n).running_var) for n, m in norms]
+    assert all(unchanged) if frozen else not any(unchanged)
+    assert summary["freeze_pretrained_bn"] is frozen
+
+
 def test_focal_options_reach_the_head() -> None:
     stage = Detector(**{**{k: v for k, v in STAGE.items() if k != "type"}, "focal": dict(alpha=0.5, gamma=1.0)})
     stage.classes = ["lesion"]

@@ -264,6 +264,17 @@ def test_an_encoder_learning_rate_ratio_reaches_the_optimizer_as_a_scale_of_the_
         build(STAGES, {**STAGE, "encoder_lr_ratio": 0.0})
 
 
+@pytest.mark.parametrize("frozen", [True, False])
+def test_freezing_the_pretrained_batch_norms_keeps_the_encoder_statistics(data, training_call, frozen):
+    stage = build(STAGES, {**STAGE, "freeze_pretrained_bn": frozen})
+    summary = stage.fit(data["train"][:4], [], context(data["store"]))
+    assert training_call["frozen_norms"] == (("encoder.",) if frozen else ()) and summary["freeze_pretrained_bn"] is frozen
+    fresh = stage.build_network(pretrained=stage.pretrained)
+    norms = [(n, m) for n, m in stage.model.named_modules() if n.startswith("encoder.") and isinstance(m, torch.nn.BatchNorm2d)]
+    unchanged = [torch.equal(m.running_var, fresh.get_submodule(n).running_var) for n, m in norms]
+    assert norms and (all(unchanged) if frozen else not any(unchanged))
+
+
 def test_unknown_oversampling_options_are_refused_when_the_stage_is_built():
     from defectkit.errors import ConfigError
 

@@ -215,6 +215,36 @@ def test_parameters_under_an_lr_scale_prefix_step_at_that_share_of_the_rate() ->
                  lr_scales={"encoder.": 0.1})
 
 
+def bn_head() -> nn.Module:
+    torch.manual_seed(0)
+    # "0." / "1." play the pretrained encoder, "4." / "5." the new layers on top.
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def test_frozen_norms_keep_their_statistics_while_everything_else_trains() -> None:
+    train = ImageTensorDataset(*bright_dark(8, 0), size=(16, 16))
+    untrained = bn_head()
+    head = bn_head()
+    head.eval()  # left in eval mode before the fit: training must not depend on it
+    fit_head(head, train, train, nn.CrossEntropyLoss(), epochs=2, batch_size=4, lr=1e-2, frozen_norms=("1",))
+    assert torch.equal(head[1].running_mean, untrained[1].running_mean)
+    assert torch.equal(head[1].running_var, untrained[1].running_var)
+    assert not torch.equal(head[1].weight, untrained[1].weight)  # its scale still learns
+    assert not torch.equal(head[6].running_mean, untrained[6].running_mean)  # the other norm's statistics do
+    plain = bn_head()
+    plain.eval()
+    fit_head(plain, train, None, nn.CrossEntropyLoss(), epochs=1, batch_size=4, lr=1e-2)
+    assert not torch.equal(plain[1].running_mean, untrained[1].running_mean)
+
+
+def test_a_frozen_norm_prefix_without_batch_norms_is_refused() -> None:
+    train = ImageTensorDataset(*bright_dark(8, 0), size=(16, 16))
+    with pytest.raises(ValueError, match="no batch-norm layer of the head is named with the prefix 'encoder.'"):
+        fit_head(bn_head(), train, None, nn.CrossEntropyLoss(), epochs=1, batch_size=4, lr=1e-2,
+                 frozen_norms=("encoder.",))
+
+
 def test_constant_schedule_keeps_the_rate_and_cosine_lowers_it() -> None:
     train = ImageTensorDataset(*bright_dark(8, 0), size=(16, 16))
     constant = fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=3, batch_size=4, lr=1e-2, schedule="constant")
