@@ -204,12 +204,13 @@ class NetworkStage(TrainableStage):
         :func:`~defectkit.training.fit_head` arguments (e.g. ``collate_fn``, ``sampler``).
         """
         assert self.model is not None, "fresh_network() first"
+        prefix = self.pretrained_prefix()
         return fit_head(
             self.model if network is None else network, train, val, loss_fn,
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
             progress=context.progress, description=f"{self.name}: {description}", seed=self.seed if seed is None else int(seed),
             restore_best=val is not None, log=context.log, device=self.device,
-            frozen_norms=(self.pretrained_prefix(),) if self.freeze_pretrained_bn else (), **options,
+            frozen_norms=(prefix,) if self.freeze_pretrained_bn and prefix is not None else (), **options,
         )
 
     def check_options(self, option: str, target: Callable[..., Any], options: dict[str, Any], **given: Any) -> None:
