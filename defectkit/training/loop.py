@@ -365,7 +365,7 @@ class HeadModule(pl.LightningModule):
                 raise ValueError(f"lr_scales[{prefix!r}] must be > 0, got {scale}")
             if not any(name.startswith(prefix) for name, _ in head.named_parameters()):
                 raise ValueError(f"lr_scales: no parameter name of the head starts with {prefix!r}")
-        self.frozen_norms = frozen_batch_norms(head, frozen_norms)
+        self.frozen_norms = _frozen_batch_norms(head, frozen_norms)
         self.history: list[dict[str, float | int | None]] = []
         self.memory_format = torch.contiguous_format
         self._sums = {"train": [0.0, 0], "val": [0.0, 0]}
@@ -404,7 +404,6 @@ class HeadModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._sums["train"] = [0.0, 0]
-
         if isinstance(self.head, EpochAware):
             self.head.set_epoch(int(self.current_epoch))
         self._epoch_start = time.perf_counter()
@@ -468,7 +467,7 @@ class HeadModule(pl.LightningModule):
                 for prefix, params in groups.items() if params]
 
 
-def frozen_batch_norms(head: nn.Module, prefixes: Sequence[str]) -> list[nn.Module]:
+def _frozen_batch_norms(head: nn.Module, prefixes: Sequence[str]) -> list[nn.Module]:
     """The batch-norm layers of ``head`` whose module names start with one of ``prefixes``.
 
     Raises:
