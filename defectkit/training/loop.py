@@ -473,14 +473,11 @@ def _frozen_batch_norms(head: nn.Module, prefixes: Sequence[str]) -> list[nn.Mod
     Raises:
         ValueError: A prefix names no batch-norm layer (a misspelt prefix must not freeze nothing silently).
     """
-    found: list[nn.Module] = []
+    norms = {name: m for name, m in head.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     for prefix in prefixes:
-        norms = [m for name, m in head.named_modules()
-                 if name.startswith(prefix) and isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms:
+        if not any(name.startswith(prefix) for name in norms):
             raise ValueError(f"frozen_norms: no batch-norm layer of the head is named with the prefix {prefix!r}")
-        found.extend(m for m in norms if all(m is not f for f in found))
-    return found
+    return [m for name, m in norms.items() if name.startswith(tuple(prefixes))]
 
 
 class _ProgressCallback(pl.Callback):

@@ -217,7 +217,7 @@ def test_parameters_under_an_lr_scale_prefix_step_at_that_share_of_the_rate() ->
 
 def bn_head() -> nn.Module:
     torch.manual_seed(0)
-    # "0." / "1." play the pretrained encoder, "4." / "5." the new layers on top.
+    # Modules "0" and "1" (convolution, batch norm) play the pretrained encoder, "5" to "8" the new layers on top.
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
 
