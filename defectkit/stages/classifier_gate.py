@@ -97,6 +97,8 @@ class ClassifierGate(NetworkStage, Exportable):
             measured), ``batch_size`` on a GPU.
         lr: Peak AdamW learning rate.
         weight_decay: AdamW weight decay.
+        ema_decay: Keep an exponential moving average of the weights (decay per training step, e.g.
+            0.995); validation scores the average and the stage keeps it. None: no average.
         augment: Albumentations config dict (``build(TRANSFORMS, ...)``) or None for none; default:
             horizontal flips and mild brightness/contrast.
         target_recall: Share of positive validation images the threshold must keep.
@@ -130,6 +132,7 @@ class ClassifierGate(NetworkStage, Exportable):
         predict_batch_size: int | None = None,
         lr: float = 3e-4,
         weight_decay: float = 1e-4,
+        ema_decay: float | None = None,
         augment: dict[str, Any] | None = DEFAULT_GATE_AUGMENT,
         target_recall: float = 0.98,
         positive_classes: Sequence[str] | None = None,
@@ -145,7 +148,7 @@ class ClassifierGate(NetworkStage, Exportable):
         # weights of another network are refused on load.
         super().__init__(
             name or "classifier_gate", dict(type=CLASSIFIER_TYPE), image_size, epochs, batch_size, lr, weight_decay,
-            max_images, seed, True, chunk_size, predict_batch_size=predict_batch_size,
+            max_images, seed, True, chunk_size, predict_batch_size=predict_batch_size, ema_decay=ema_decay,
         )
         if not 0.0 < target_recall <= 1.0:
             raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")

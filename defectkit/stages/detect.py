@@ -155,6 +155,8 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
             measured), ``batch_size`` on a GPU.
         lr: Peak AdamW learning rate.
         weight_decay: AdamW weight decay.
+        ema_decay: Keep an exponential moving average of the weights (decay per training step, e.g.
+            0.995); validation scores the average and the stage keeps it. None: no average.
         freeze_pretrained_bn: Keep the running statistics of the backbone's batch-norm layers as
             ImageNet left them while the rest trains (their scale and shift still learn). On by
             default: every detector in docs/results.md trained this way (batches of 8 photos).
@@ -217,6 +219,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         predict_batch_size: int | None = None,
         lr: float = 5e-4,
         weight_decay: float = 1e-4,
+        ema_decay: float | None = None,
         freeze_pretrained_bn: bool = True,
         warmup_steps: int = 20,
         augment: dict[str, Any] | None = DEFAULT_DETECT_AUGMENT,
@@ -236,7 +239,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         super().__init__(
             name or "detector", dict(model or dict(type="fcos")), image_size, epochs, max(1, int(batch_size)), lr,
             weight_decay, max_images, seed, pretrained, chunk_size, predict_batch_size=predict_batch_size,
-            freeze_pretrained_bn=freeze_pretrained_bn,
+            freeze_pretrained_bn=freeze_pretrained_bn, ema_decay=ema_decay,
         )
         self.warmup_steps = max(0, int(warmup_steps))
         self.augment_cfg = None if augment is None else dict(augment)

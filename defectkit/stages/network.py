@@ -65,6 +65,9 @@ class NetworkStage(TrainableStage):
         freeze_pretrained_bn: Keep the running statistics of the pretrained part's batch-norm
             layers (:meth:`pretrained_prefix`) as ImageNet left them while training (batches of a
             few large images estimate them poorly); their scale and shift still learn.
+        ema_decay: Train with an exponential moving average of the weights with this decay per
+            step (:func:`~defectkit.training.fit_head`); the average is what validation scores and
+            what the stage keeps. None: the trained weights themselves.
     """
 
     model_types: Sequence[str] = ()
@@ -92,6 +95,7 @@ class NetworkStage(TrainableStage):
         chunk_size: int,
         predict_batch_size: int | None = None,
         freeze_pretrained_bn: bool = False,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__(name)
         kind = type(self).__name__
@@ -123,6 +127,9 @@ class NetworkStage(TrainableStage):
         if self.freeze_pretrained_bn and self.pretrained_prefix() is None:
             raise ConfigError(f"{kind} freeze_pretrained_bn: the {self.model_cfg['type']!r} network has no pretrained "
                               f"part whose batch norms could be frozen")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ConfigError(f"{kind} ema_decay must be in (0, 1) or None, got {ema_decay!r}")
+        self.ema_decay = None if ema_decay is None else float(ema_decay)
         self.classes: list[str] = []
         self.model: torch.nn.Module | None = None
         self.summary: dict[str, Any] = {}
@@ -210,7 +217,8 @@ class NetworkStage(TrainableStage):
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
             progress=context.progress, description=f"{self.name}: {description}", seed=self.seed if seed is None else int(seed),
             restore_best=val is not None, log=context.log, device=self.device,
-            frozen_norms=(prefix,) if self.freeze_pretrained_bn and prefix is not None else (), **options,
+            frozen_norms=(prefix,) if self.freeze_pretrained_bn and prefix is not None else (),
+            ema_decay=self.ema_decay, **options,
         )
 
     def check_options(self, option: str, target: Callable[..., Any], options: dict[str, Any], **given: Any) -> None:

@@ -73,6 +73,8 @@ class Segmenter(NetworkStage, Segments, Exportable):
         freeze_pretrained_bn: Keep the running statistics of the encoder's batch-norm layers as
             ImageNet left them while the rest trains (their scale and shift still learn).
         weight_decay: AdamW weight decay.
+        ema_decay: Keep an exponential moving average of the weights (decay per training step, e.g.
+            0.995); validation scores the average and the stage keeps it. None: no average.
         dice_weight: Weight of the region term next to BCE (0: BCE only).
         loss: Region term: ``"bce_dice"`` (soft Dice per image), ``"bce_batch_dice"`` (per class over the
             batch), ``"bce_focal_tversky"`` or ``"bce_lovasz"``
@@ -121,6 +123,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
         encoder_lr_ratio: float = 1.0,
         freeze_pretrained_bn: bool = False,
         weight_decay: float = 1e-4,
+        ema_decay: float | None = None,
         dice_weight: float = 0.5,
         loss: str = "bce_dice",
         train_crop: Sequence[int] | None = None,
@@ -137,7 +140,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
     ) -> None:
         super().__init__(
             name or "segmenter", dict(model or dict(type="Unet")), image_size, epochs, batch_size, lr, weight_decay,
-            max_images, seed, pretrained, chunk_size, predict_batch_size=predict_batch_size,
+            max_images, seed, pretrained, chunk_size, predict_batch_size=predict_batch_size, ema_decay=ema_decay,
             freeze_pretrained_bn=freeze_pretrained_bn,
         )
         self.dice_weight = float(dice_weight)

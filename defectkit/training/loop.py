@@ -5,8 +5,8 @@ A head is any ``nn.Module`` mapping an NCHW batch to outputs; a loss is any call
 ``head(images, targets)`` returns a dict of loss terms in train mode) are trained with
 ``loss_fn=None``. :func:`fit_head` wraps head and loss in :class:`HeadModule` and runs a quiet CPU
 ``lightning.Trainer`` (AdamW, or Adam with L2 weight decay; a cosine or constant learning rate per
-step; optional gradient-norm clipping, frozen-backbone warm-up and restore of the best validation
-epoch). :class:`ImageTensorDataset` turns in-memory
+step; optional gradient-norm clipping, frozen-backbone warm-up, an exponential moving average of the
+weights and restore of the best validation epoch). :class:`ImageTensorDataset` turns in-memory
 ``(HxWx3 uint8 image, target)`` pairs into tensors with the backbones' [-1, 1] scaling; targets may be
 class indices (classifiers) or HxW / CxHxW masks (segmenters), which are resized and augmented
 together with the image. :class:`BoxTensorDataset` does the same for images with boxes (detectors).
@@ -325,6 +325,10 @@ class HeadModule(pl.LightningModule):
         frozen_norms: Module-name prefixes whose batch-norm layers keep their running statistics:
             they normalise in eval mode while the rest trains (their scale and shift still learn),
             like mmdet's ``norm_eval`` for a pretrained backbone trained in small batches.
+        ema_decay: Keep an exponential moving average of the head's weights and buffers, updated
+            after every optimizer step with this decay (warmed up as ``min(decay, (1 + n) / (10 + n))``
+            after ``n`` updates, so early, poor weights fade fast); validation scores the average,
+            and the best epoch's state is the average's. None: no average.
 
     Example:
         >>> module = HeadModule(nn.Linear(4, 2), nn.CrossEntropyLoss(), lr=1e-3)
@@ -346,8 +350,14 @@ class HeadModule(pl.LightningModule):
         schedule: str = "cosine",
         lr_scales: Mapping[str, float] | None = None,
         frozen_norms: Sequence[str] = (),
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
+        if ema_decay is not None and not 0.0 < float(ema_decay) < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
+        self.ema_decay = None if ema_decay is None else float(ema_decay)
+        # Built when the fit starts, after the head reached its device and memory layout.
+        self.averaged: torch.optim.swa_utils.AveragedModel | None = None
         self.optimizer_name = _check_choice("optimizer", optimizer, OPTIMIZERS)
         self.schedule = _check_choice("schedule", schedule, SCHEDULES)
         self.log_line = log
@@ -379,6 +389,19 @@ class HeadModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> Any:
         return self.head(x)
 
+    def evaluated_head(self) -> nn.Module:
+        """The weights validation scores: the moving average with ``ema_decay``, else the head itself."""
+        return self.head if self.averaged is None else self.averaged.module
+
+    def on_fit_start(self) -> None:
+        if self.ema_decay is not None:
+            self.averaged = torch.optim.swa_utils.AveragedModel(self.head, avg_fn=_ema_average(self.ema_decay),
+                                                                use_buffers=True)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.head)
+
     def train(self, mode: bool = True) -> HeadModule:
         """Train or eval mode, except that the :attr:`frozen_norms` stay in eval mode (statistics fixed)."""
         super().train(mode)
@@ -390,7 +413,8 @@ class HeadModule(pl.LightningModule):
         x, y = batch
         if isinstance(x, torch.Tensor) and x.ndim == 4:
             x = x.contiguous(memory_format=self.memory_format)
-        loss = head_loss(self.head, x, y) if self.loss_fn is None else self.loss_fn(self.head(x), y)
+        head = self.head if split == "train" else self.evaluated_head()
+        loss = head_loss(head, x, y) if self.loss_fn is None else self.loss_fn(head(x), y)
         n = len(x)
         self._sums[split][0] += float(loss.detach()) * n
         self._sums[split][1] += n
@@ -427,7 +451,7 @@ class HeadModule(pl.LightningModule):
         comparable = not isinstance(self.head, EpochAware) or self.current_epoch >= self.head.loss_comparable_from()
         if val_n and comparable and val_sum / val_n < self.best_val_loss:
             self.best_val_loss, self.best_epoch = val_sum / val_n, int(self.current_epoch)
-            self.best_state = {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.evaluated_head().state_dict().items()}
         if self.log_line is not None:
             epoch = self.history[-1]
             val = "" if epoch["val_loss"] is None else f", val loss {epoch['val_loss']:.4f}"
@@ -465,6 +489,22 @@ class HeadModule(pl.LightningModule):
             groups.setdefault(prefix, []).append(parameter)
         return [{"params": params, "lr": self.lr * self.lr_scales.get(prefix, 1.0)}
                 for prefix, params in groups.items() if params]
+
+
+def _ema_average(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``AveragedModel``'s ``avg_fn`` for an exponential moving average whose decay warms up over the first updates.
+
+    Integer buffers (batch norm's ``num_batches_tracked``) follow the trained network.
+    """
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        if not averaged.is_floating_point():
+            return current
+        n = float(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        return averaged + (current - averaged) * weight
+
+    return average
 
 
 def _frozen_batch_norms(head: nn.Module, prefixes: Sequence[str]) -> list[nn.Module]:
@@ -556,6 +596,7 @@ def fit_head(
     gradient_clip_val: float | None = None,
     lr_scales: Mapping[str, float] | None = None,
     frozen_norms: Sequence[str] = (),
+    ema_decay: float | None = None,
 ) -> dict[str, Any]:
     """Train ``head`` in place with Lightning (on ``device``) and return a JSON-able summary.
 
@@ -597,6 +638,9 @@ def fit_head(
             statistics (e.g. ``("encoder.",)``: the ImageNet statistics of a pretrained encoder,
             which batches of a few images estimate poorly); their scale and shift still learn.
             Every other module trains in train mode, however ``head`` was left before the fit.
+        ema_decay: Train with an exponential moving average of the weights (e.g. 0.995, a time
+            constant of 200 steps): validation scores the average, and the head ends with the
+            average's weights (those of the best validation epoch with ``restore_best``). None: none.
 
     Returns:
         ``epochs``, ``steps``, ``train_samples``, ``val_samples``, ``train_loss`` (last epoch),
@@ -628,7 +672,7 @@ def fit_head(
     device = device or torch.device("cpu")
     module = HeadModule(head, loss_fn, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, log=log,
                         description=description, optimizer=optimizer, schedule=schedule, lr_scales=lr_scales,
-                        frozen_norms=frozen_norms)
+                        frozen_norms=frozen_norms, ema_decay=ema_decay)
     # Lightning keeps each submodule's train/eval mode as it finds it, so a part built in eval mode
     # (e.g. a timm feature extractor) would otherwise train with frozen statistics by accident.
     module.train()
@@ -674,6 +718,8 @@ def fit_head(
             if frozen(name):
                 param.requires_grad_(True)  # a fit shorter than the freeze must not leave the head frozen
 
+    if module.averaged is not None:
+        head.load_state_dict(module.averaged.module.state_dict())
     head.cpu()
     restored = False
     if restore_best and module.best_state is not None and module.best_epoch != len(module.history) - 1:
@@ -692,6 +738,7 @@ def fit_head(
         "best_val_loss": _round(module.best_val_loss) if module.best_epoch is not None else None,
         "best_epoch": module.best_epoch,
         "restored_best": restored,
+        "ema_decay": module.ema_decay,
         "history": [{k: _round(v) if isinstance(v, float) else v for k, v in h.items()} for h in history],
         "seconds": round(time.perf_counter() - start, 2),
     }

@@ -275,6 +275,16 @@ def test_freezing_the_pretrained_batch_norms_keeps_the_encoder_statistics(data, 
     assert norms and (all(unchanged) if frozen else not any(unchanged))
 
 
+def test_an_ema_decay_reaches_the_loop_and_an_out_of_range_one_is_refused(data, training_call):
+    from defectkit.errors import ConfigError
+
+    stage = build(STAGES, {**STAGE, "ema_decay": 0.99})
+    stage.fit(data["train"][:4], [], context(data["store"]))
+    assert training_call["ema_decay"] == 0.99
+    with pytest.raises(ConfigError, match="Segmenter ema_decay must be in \\(0, 1\\) or None, got 1.5"):
+        build(STAGES, {**STAGE, "ema_decay": 1.5})
+
+
 def test_unknown_oversampling_options_are_refused_when_the_stage_is_built():
     from defectkit.errors import ConfigError
 

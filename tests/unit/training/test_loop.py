@@ -245,6 +245,34 @@ def test_a_frozen_norm_prefix_without_batch_norms_is_refused() -> None:
                  frozen_norms=("encoder.",))
 
 
+def test_with_ema_the_head_ends_with_the_moving_average_of_its_weights_after_each_step() -> None:
+    train = ImageTensorDataset(*bright_dark(12, 0), size=(16, 16))
+    seen: list[torch.Tensor] = []  # the last layer's weight as each training step starts
+    plain = tiny_head()
+    plain[4].register_forward_pre_hook(lambda m, _: seen.append(m.weight.detach().clone()) if m.training else None)
+    fit_head(plain, train, None, nn.CrossEntropyLoss(), epochs=2, batch_size=4, lr=1e-1)
+    after_each_step = [*seen[1:], plain[4].weight.detach()]
+    expected = after_each_step[0]  # the first update copies; then the decay warms up to 0.9
+    for n, weight in enumerate(after_each_step[1:], start=1):
+        decay = min(0.9, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * weight
+    averaged = tiny_head()
+    summary = fit_head(averaged, train, None, nn.CrossEntropyLoss(), epochs=2, batch_size=4, lr=1e-1, ema_decay=0.9)
+    assert len(after_each_step) == summary["steps"] == 6 and summary["ema_decay"] == 0.9
+    assert torch.allclose(averaged[4].weight, expected, atol=1e-6)
+    assert not torch.allclose(averaged[4].weight, plain[4].weight, atol=1e-3)
+
+
+def test_with_ema_validation_scores_the_average_and_the_best_epoch_keeps_it() -> None:
+    train = ImageTensorDataset(*bright_dark(16, 0), size=(16, 16))
+    val = ImageTensorDataset(*bright_dark(8, 1), size=(16, 16))
+    head = tiny_head()
+    summary = fit_head(head, train, val, nn.CrossEntropyLoss(), epochs=4, batch_size=4, lr=5.0, restore_best=True,
+                       ema_decay=0.5)
+    assert mean_loss(head, val) == pytest.approx(summary["best_val_loss"], rel=1e-4)
+    assert summary["history"][summary["best_epoch"]]["val_loss"] == summary["best_val_loss"]
+
+
 def test_constant_schedule_keeps_the_rate_and_cosine_lowers_it() -> None:
     train = ImageTensorDataset(*bright_dark(8, 0), size=(16, 16))
     constant = fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=3, batch_size=4, lr=1e-2, schedule="constant")
@@ -257,7 +285,8 @@ def test_constant_schedule_keeps_the_rate_and_cosine_lowers_it() -> None:
     "option, message",
     [(dict(optimizer="sgd"), r"optimizer must be one of \['adamw', 'adam'\], got 'sgd'"),
      (dict(schedule="step"), r"schedule must be one of \['cosine', 'constant'\]"),
-     (dict(gradient_clip_val=0.0), "gradient_clip_val must be > 0")],
+     (dict(gradient_clip_val=0.0), "gradient_clip_val must be > 0"),
+     (dict(ema_decay=1.0), r"ema_decay must be in \(0, 1\) or None")],
 )
 def test_bad_loop_options_say_what_is_allowed(option, message) -> None:
     train = ImageTensorDataset(*bright_dark(4, 0), size=(16, 16))
