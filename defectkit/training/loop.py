@@ -638,13 +638,15 @@ def fit_head(
             statistics (e.g. ``("encoder.",)``: the ImageNet statistics of a pretrained encoder,
             which batches of a few images estimate poorly); their scale and shift still learn.
             Every other module trains in train mode, however ``head`` was left before the fit.
-        ema_decay: Train with an exponential moving average of the weights (e.g. 0.995, a time
-            constant of 200 steps): validation scores the average, and the head ends with the
-            average's weights (those of the best validation epoch with ``restore_best``). None: none.
+        ema_decay: Train with an exponential moving average of the weights, updated after every
+            step with this decay, warmed up as ``min(decay, (1 + n) / (10 + n))`` after ``n``
+            updates (0.995 is reached after about 1,800 steps; until then the average weighs
+            roughly the last tenth of the steps): validation scores the average, and the head ends with
+            the average's weights (those of the best validation epoch with ``restore_best``). None: none.
 
     Returns:
         ``epochs``, ``steps``, ``train_samples``, ``val_samples``, ``train_loss`` (last epoch),
-        ``last_val_loss``, ``best_val_loss``, ``best_epoch``, ``restored_best``, ``history``
+        ``last_val_loss``, ``best_val_loss``, ``best_epoch``, ``restored_best``, ``ema_decay``, ``history``
         (per-epoch losses and learning rate) and ``seconds``.
 
     Example:
