@@ -117,14 +117,19 @@ def batch_dice_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.
         >>> float(batch_dice_loss(perfect, targets)) < 1e-3
         True
     """
-    channels = logits.shape[1]
-    probs = torch.sigmoid(logits.float()).transpose(0, 1).reshape(channels, -1)
-    flat = targets.to(probs.dtype).transpose(0, 1).reshape(channels, -1)
-    present = flat.sum(-1) > 0
+    probs, flat, present = _per_class_over_batch(logits, targets)
     if not bool(present.any()):
         return probs.sum() * 0.0  # keeps the graph: a batch without defects has no Dice term
     dice = (2 * (probs * flat).sum(-1) + eps) / (probs.sum(-1) + flat.sum(-1) + eps)
     return (1 - dice)[present].mean()
+
+
+def _per_class_over_batch(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Probabilities and targets as C x (N*H*W) rows, one per class over the batch, and which classes are present."""
+    channels = logits.shape[1]
+    probs = torch.sigmoid(logits.float()).transpose(0, 1).reshape(channels, -1)
+    flat = targets.to(probs.dtype).transpose(0, 1).reshape(channels, -1)
+    return probs, flat, flat.sum(-1) > 0
 
 
 def focal_tversky_loss(
@@ -142,13 +147,37 @@ def focal_tversky_loss(
         True
     """
     targets = targets.to(logits.dtype)
-    probs = torch.sigmoid(logits).flatten(2)
-    flat = targets.flatten(2)
-    true_pos = (probs * flat).sum(-1)
-    false_neg = ((1 - probs) * flat).sum(-1)
-    false_pos = (probs * (1 - flat)).sum(-1)
+    return _focal_tversky(torch.sigmoid(logits).flatten(2), targets.flatten(2), alpha, beta, gamma, eps).mean()
+
+
+def batch_focal_tversky_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.3, beta: float = 0.7, gamma: float = 0.75, eps: float = 1.0,
+) -> torch.Tensor:
+    """Focal Tversky loss per class over the whole batch, averaged over the classes present in the batch.
+
+    :func:`focal_tversky_loss`'s index, counted as :func:`batch_dice_loss` counts Dice: an image
+    without a class adds no term of its own (per image, an empty channel rewards predicting nothing),
+    and classes absent from the whole batch are left to the BCE term.
+
+    Example:
+        >>> perfect = torch.full((2, 2, 4, 4), -10.0)
+        >>> perfect[0, 0] = 10.0                         # class 0 in image 0 only; class 1 nowhere
+        >>> float(batch_focal_tversky_loss(perfect, (perfect > 0).float())) < 1e-2
+        True
+    """
+    probs, flat, present = _per_class_over_batch(logits, targets)
+    if not bool(present.any()):
+        return probs.sum() * 0.0  # keeps the graph: a batch without defects has no region term
+    return _focal_tversky(probs, flat, alpha, beta, gamma, eps)[present].mean()
+
+
+def _focal_tversky(probs: torch.Tensor, targets: torch.Tensor, alpha: float, beta: float, gamma: float, eps: float) -> torch.Tensor:
+    """``(1 - Tversky index) ** gamma`` over the last dimension of probabilities and targets."""
+    true_pos = (probs * targets).sum(-1)
+    false_neg = ((1 - probs) * targets).sum(-1)
+    false_pos = (probs * (1 - targets)).sum(-1)
     tversky = (true_pos + eps) / (true_pos + float(alpha) * false_pos + float(beta) * false_neg + eps)
-    return ((1 - tversky).clamp_min(0) ** float(gamma)).mean()
+    return (1 - tversky).clamp_min(0) ** float(gamma)
 
 
 def lovasz_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -178,7 +207,7 @@ def _lovasz_hinge_flat(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return torch.dot(F.relu(errors_sorted), jaccard)
 
 
-SEGMENTATION_LOSSES = ("bce_dice", "bce_batch_dice", "bce_focal_tversky", "bce_lovasz")
+SEGMENTATION_LOSSES = ("bce_dice", "bce_batch_dice", "bce_focal_tversky", "bce_batch_focal_tversky", "bce_lovasz")
 """Loss names :func:`segmentation_loss` builds."""
 
 
@@ -186,9 +215,10 @@ def segmentation_loss(name: str = "bce_dice", dice_weight: float = 0.5) -> Calla
     """The multi-label segmentation loss ``name``: BCE plus ``dice_weight`` x a region term.
 
     ``bce_dice``: soft Dice per image (:func:`bce_dice_loss`); ``bce_batch_dice``: soft Dice per class
-    over the batch (:func:`batch_dice_loss`); ``bce_focal_tversky``: :func:`focal_tversky_loss`;
-    ``bce_lovasz``: :func:`lovasz_loss`. BCE keeps every pixel's gradient; the region term
-    counts a small defect as much as a large one.
+    over the batch (:func:`batch_dice_loss`); ``bce_focal_tversky``: :func:`focal_tversky_loss` (per
+    image); ``bce_batch_focal_tversky``: :func:`batch_focal_tversky_loss` (per class over the batch);
+    ``bce_lovasz``: :func:`lovasz_loss`. BCE keeps every pixel's gradient; the region term counts a
+    small defect as much as a large one.
 
     Raises:
         ConfigError: An unknown name.
@@ -203,7 +233,8 @@ def segmentation_loss(name: str = "bce_dice", dice_weight: float = 0.5) -> Calla
     weight = float(dice_weight)
     if name == "bce_dice":
         return lambda logits, targets: bce_dice_loss(logits, targets, dice_weight=weight)
-    region = {"bce_batch_dice": batch_dice_loss, "bce_focal_tversky": focal_tversky_loss, "bce_lovasz": lovasz_loss}[name]
+    region = {"bce_batch_dice": batch_dice_loss, "bce_focal_tversky": focal_tversky_loss,
+              "bce_batch_focal_tversky": batch_focal_tversky_loss, "bce_lovasz": lovasz_loss}[name]
 
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         bce = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
@@ -212,5 +243,5 @@ def segmentation_loss(name: str = "bce_dice", dice_weight: float = 0.5) -> Calla
     return loss
 
 
-__all__ = ["ARCHITECTURES", "ENCODER_NAME", "SEGMENTATION_LOSSES", "batch_dice_loss", "bce_dice_loss", "focal_tversky_loss", "lovasz_loss",
-           "segmentation_loss", "build_segmenter", "deeplabv3plus", "unet"]
+__all__ = ["ARCHITECTURES", "ENCODER_NAME", "SEGMENTATION_LOSSES", "batch_dice_loss", "batch_focal_tversky_loss", "bce_dice_loss",
+           "focal_tversky_loss", "lovasz_loss", "segmentation_loss", "build_segmenter", "deeplabv3plus", "unet"]

@@ -77,8 +77,8 @@ class Segmenter(NetworkStage, Segments, Exportable):
             0.995); validation scores the average and the stage keeps it. None: no average.
         dice_weight: Weight of the region term next to BCE (0: BCE only).
         loss: Region term: ``"bce_dice"`` (soft Dice per image), ``"bce_batch_dice"`` (per class over the
-            batch), ``"bce_focal_tversky"`` or ``"bce_lovasz"``
-            (see :func:`~defectkit.heads.segmenter.segmentation_loss`).
+            batch), ``"bce_focal_tversky"`` (per image), ``"bce_batch_focal_tversky"`` (per class over
+            the batch) or ``"bce_lovasz"`` (see :func:`~defectkit.heads.segmenter.segmentation_loss`).
         train_crop: ``(height, width)`` crops to train on (multiples of 32, at most ``image_size``),
             or None to train on whole images.
         foreground_share: With ``train_crop``, the share of crops centred on a defect.

@@ -7,7 +7,14 @@ import torch
 
 from defectkit.errors import ConfigError
 from defectkit.heads.backbones import pretrained_state_dict
-from defectkit.heads.segmenter import SEGMENTATION_LOSSES, batch_dice_loss, bce_dice_loss, segmentation_loss
+from defectkit.heads.segmenter import (
+    SEGMENTATION_LOSSES,
+    batch_dice_loss,
+    batch_focal_tversky_loss,
+    bce_dice_loss,
+    focal_tversky_loss,
+    segmentation_loss,
+)
 from defectkit.registry import HEADS, build
 
 
@@ -88,5 +95,23 @@ def test_batch_dice_leaves_a_class_absent_from_an_image_to_bce_where_per_image_d
     # A batch with no defect of any class has no Dice term, and still a gradient path.
     empty = torch.zeros(2, 1, 8, 8, requires_grad=True)
     value = batch_dice_loss(empty, torch.zeros(2, 1, 8, 8))
+    value.backward()
+    assert float(value) == 0.0 and empty.grad is not None
+
+
+def test_batch_focal_tversky_counts_a_class_over_the_batch_and_weighs_misses_above_false_alarms():
+    target = torch.zeros(2, 1, 16, 16)
+    target[0, 0, 4:12, 4:12] = 1
+    logits = torch.where(target > 0, torch.tensor(10.0), torch.tensor(-10.0))
+    logits[1, 0] = -2.2  # a faint haze of the class on the image without it
+    assert float(focal_tversky_loss(logits, target)) > 0.3  # per image, the empty channel costs most of a term
+    assert float(batch_focal_tversky_loss(logits, target)) < 0.2
+    # beta = 0.7 > alpha = 0.3: missing half the defect costs more than painting as much beside it.
+    missed, painted = logits.clone(), logits.clone()
+    missed[0, 0, 4:8, 4:12] = -10.0
+    painted[0, 0, 12:16, 4:12] = 10.0
+    assert float(batch_focal_tversky_loss(missed, target)) > float(batch_focal_tversky_loss(painted, target))
+    empty = torch.zeros(2, 1, 8, 8, requires_grad=True)
+    value = batch_focal_tversky_loss(empty, torch.zeros(2, 1, 8, 8))
     value.backward()
     assert float(value) == 0.0 and empty.grad is not None
