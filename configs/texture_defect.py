@@ -27,13 +27,13 @@ pipeline = [
         # A class-balanced logistic regression on pooled stage-4 features, stacked with the anomaly
         # score; it matters once more than a few dozen defects are labelled.
         supervised=dict(C=0.1, layers=(4,), image_size=(224, 224)),
-        # Where the defect is: a pixel classifier (MLP, 32 hidden units) on stride-4 features of each
+        # Where the defect is: a pixel classifier (MLP, 64 hidden units) on stride-4 features of each
         # image (long side 256 px, aspect kept) with the anomaly map as a prior, trained on the
         # labelled masks with normal tiles as negatives; its mask threshold is the best out-of-fold
         # IoU over 5 folds, and the mean of its 4 highest cell logits joins the image decision.
         # With at most 100 labelled defects, 60 tiles per fold get defects of the training folds
         # pasted onto normal tiles. Chosen by cross-validation on train+val: docs/results.md.
-        pixel=dict(long_side=256, hidden=32, top_k=4, folds=5, copy_paste=dict(images=60, max_defects=100)),
+        pixel=dict(long_side=256, hidden=64, top_k=4, folds=5, copy_paste=dict(images=60, max_defects=100)),
         # While few defects are labelled (at most 100), every normal image calibrates the decision and
         # trains the pixel head as a negative, scored by an anomaly model built without its fold (4
         # folds). Cross-validated on train+val (defectkit cv, docs/results.md): with 30 defects image
