@@ -395,7 +395,7 @@ class HeadModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.ema_decay is not None:
-            self.averaged = torch.optim.swa_utils.AveragedModel(self.head, avg_fn=_ema_average(self.ema_decay),
+            self.averaged = torch.optim.swa_utils.AveragedModel(self.head, multi_avg_fn=_ema_average(self.ema_decay),
                                                                 use_buffers=True)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -491,18 +491,23 @@ class HeadModule(pl.LightningModule):
                 for prefix, params in groups.items() if params]
 
 
-def _ema_average(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``AveragedModel``'s ``avg_fn`` for an exponential moving average whose decay warms up over the first updates.
+def _ema_average(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """``AveragedModel``'s ``multi_avg_fn``: an exponential moving average whose decay warms up over the first updates.
 
-    Integer buffers (batch norm's ``num_batches_tracked``) follow the trained network.
+    ``AveragedModel`` calls it once per device and dtype group, so the update count is read once per
+    group, not per tensor (on CUDA each read waits for the device). Integer buffers (batch norm's
+    ``num_batches_tracked``) follow the trained network.
     """
 
-    def average(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        if not averaged.is_floating_point():
-            return current
+    def average(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():
+            for kept, now in zip(averaged, current):
+                kept.copy_(now)
+            return
         n = float(num_averaged)
         weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
-        return averaged + (current - averaged) * weight
+        for kept, now in zip(averaged, current):
+            kept.lerp_(now, weight)
 
     return average
 
