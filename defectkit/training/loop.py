@@ -725,13 +725,13 @@ def fit_head(
             if frozen(name):
                 param.requires_grad_(True)  # a fit shorter than the freeze must not leave the head frozen
 
-    if module.averaged is not None:
-        head.load_state_dict(module.averaged.module.state_dict())
     head.cpu()
-    restored = False
-    if restore_best and module.best_state is not None and module.best_epoch != len(module.history) - 1:
+    # The head ends with the weights validation scored: the best epoch's, else the moving average's, else its own.
+    restored = restore_best and module.best_state is not None and module.best_epoch != len(module.history) - 1
+    if restored:
         head.load_state_dict(module.best_state)
-        restored = True
+    elif module.averaged is not None:
+        head.load_state_dict(module.averaged.module.state_dict())
     head.eval()
     history = module.history
     val_losses = [h["val_loss"] for h in history if h["val_loss"] is not None]
