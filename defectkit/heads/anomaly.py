@@ -21,13 +21,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from anomalib.models.components import GaussianBlur2d
 from torch import nn
 
 from defectkit.heads.backbones import create_feature_extractor
 from defectkit.registry import HEADS
 
-__all__ = ["EmbeddingExtractor", "PatchCore", "Padim", "greedy_coreset", "nearest_distances"]
+__all__ = ["EmbeddingExtractor", "GaussianBlur", "PatchCore", "Padim", "greedy_coreset", "nearest_distances"]
 
 
 def greedy_coreset(
@@ -110,15 +109,58 @@ def greedy_coreset(
     return pool[chosen]
 
 
-def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Euclidean distance of each query row to its nearest ``bank`` row, in chunks (``[Q]``)."""
-    bank_sq = (bank * bank).sum(1)
+def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """Euclidean distance of each query row to its nearest ``bank`` row, in chunks (``[Q]``).
+
+    ``|q|^2 - 2 q.b + |b|^2`` with the product and the bank's norms fused in one ``addmm``; chunks of
+    512 queries keep each distance block (512 x bank rows) near the cache instead of streaming a
+    block of several hundred megabytes through memory three times.
+    """
+    bank = bank.contiguous()
+    bank_sq = (bank * bank).sum(1)[None, :]
     out = torch.empty(queries.shape[0], dtype=queries.dtype)
     for start in range(0, queries.shape[0], chunk):
         q = queries[start : start + chunk]
-        d = (q * q).sum(1, keepdim=True) - 2 * (q @ bank.T) + bank_sq[None, :]
-        out[start : start + chunk] = d.amin(1).clamp_min_(0).sqrt_()
+        d = torch.addmm(bank_sq, q, bank.T, beta=1, alpha=-2).amin(1)
+        out[start : start + chunk] = (d + (q * q).sum(1)).clamp_min_(0).sqrt_()
     return out
+
+
+class GaussianBlur(nn.Module):
+    """Gaussian smoothing of one-channel maps as two 1-D passes, with reflected borders.
+
+    Gives what anomalib's ``GaussianBlur2d`` gives (its 2-D kernel is the outer product of this 1-D
+    kernel, both normalised, and its padding reflects; kernel size ``2 * int(4 * sigma + 0.5) + 1``)
+    in ``2k`` instead of ``k^2`` multiplications per pixel: 33 kernel taps at sigma 4.
+
+    Args:
+        sigma: Standard deviation in pixels (> 0).
+
+    Example:
+        >>> blur = GaussianBlur(sigma=4.0)
+        >>> blur(torch.rand(2, 1, 96, 96)).shape
+        torch.Size([2, 1, 96, 96])
+    """
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        size = 2 * int(4.0 * sigma + 0.5) + 1
+        x = torch.arange(size, dtype=torch.float32) - size // 2
+        kernel = torch.exp(-(x**2) / (2.0 * sigma**2))
+        self.kernel: torch.Tensor
+        self.register_buffer("kernel", kernel / kernel.sum(), persistent=False)
+        self.radius = size // 2
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        """Smooth ``[N, 1, H, W]`` maps; the output has the input's shape."""
+        r = self.radius
+        if min(maps.shape[-2:]) <= r:  # reflection needs more pixels than the radius: replicate instead
+            padded = F.pad(maps, (r, r, r, r), mode="replicate")
+        else:
+            padded = F.pad(maps, (r, r, r, r), mode="reflect")
+        k = self.kernel.to(maps.dtype)
+        rows = F.conv2d(padded, k.view(1, 1, 1, -1))
+        return F.conv2d(rows, k.view(1, 1, -1, 1))
 
 
 class _LiteEmbedder(nn.Module):
@@ -127,7 +169,8 @@ class _LiteEmbedder(nn.Module):
     def __init__(self, layers: Sequence[int], pool_size: int, pretrained: bool) -> None:
         super().__init__()
         self.layers = tuple(int(i) for i in layers)
-        self.backbone = create_feature_extractor(out_indices=self.layers, pretrained=pretrained)
+        # Channels-last runs EfficientNet's depthwise convolutions about 1.3x faster on the CPU.
+        self.backbone = create_feature_extractor(out_indices=self.layers, pretrained=pretrained).to(memory_format=torch.channels_last)
         for p in self.backbone.parameters():
             p.requires_grad_(False)
         self.pool_size = int(pool_size)
@@ -143,7 +186,7 @@ class _LiteEmbedder(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, C, h, w]`` embedding of images scaled to [-1, 1]."""
-        feats = self.backbone(images.float())
+        feats = self.backbone(images.float().contiguous(memory_format=torch.channels_last))
         if self.pool_size > 1:
             feats = [F.avg_pool2d(f, self.pool_size, 1, self.pool_size // 2, count_include_pad=False) for f in feats]
         size = feats[0].shape[-2:]
@@ -165,7 +208,7 @@ class _AnomalyHead(nn.Module):
             raise ValueError(f"score must be 'max', 'topk_mean' or 'mean', got {score!r}")
         self.embedder = _LiteEmbedder(layers, pool_size, pretrained)
         self.sigma = float(sigma)
-        self.blur = GaussianBlur2d(sigma=self.sigma, channels=1) if self.sigma > 0 else nn.Identity()
+        self.blur = GaussianBlur(self.sigma) if self.sigma > 0 else nn.Identity()
         self.score = score
         self.top_k = int(top_k)
 

@@ -237,8 +237,8 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
         if not cfg.get("layers"):
             return pooled_features(emb).double().numpy()
         if self._sup_extractor is None:
-            self._sup_extractor = create_feature_extractor(out_indices=tuple(cfg["layers"]))
-        x = self._to_tensor(images, tuple(cfg.get("image_size", self.image_size)))
+            self._sup_extractor = create_feature_extractor(out_indices=tuple(cfg["layers"])).to(memory_format=torch.channels_last)
+        x = self._to_tensor(images, tuple(cfg.get("image_size", self.image_size))).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             feats = self._sup_extractor(x)
         return torch.cat([pooled_features(f) for f in feats], 1).double().numpy()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from defectkit.heads.anomaly import Padim, PatchCore, greedy_coreset, nearest_distances
+from defectkit.heads.anomaly import GaussianBlur, Padim, PatchCore, greedy_coreset, nearest_distances
 from defectkit.heads.backbones import to_input_tensor
 
 
@@ -78,6 +78,20 @@ def test_nearest_distances_match_cdist() -> None:
     q, b = torch.randn(500, 16), torch.randn(300, 16)
     expected = torch.cdist(q, b).amin(1)
     assert torch.allclose(nearest_distances(q, b, chunk=128), expected, atol=1e-3)
+    assert torch.allclose(nearest_distances(q, b), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 96, 96), (2, 1, 40, 130)])
+def test_separable_blur_equals_anomalibs_two_dimensional_kernel(shape: tuple[int, ...]) -> None:
+    from anomalib.models.components import GaussianBlur2d
+
+    maps = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(GaussianBlur(4.0)(maps), GaussianBlur2d(sigma=4.0, channels=1)(maps), atol=1e-5)
+
+
+def test_blur_keeps_the_shape_of_maps_smaller_than_its_radius() -> None:
+    maps = torch.ones(1, 1, 6, 9)
+    assert torch.allclose(GaussianBlur(4.0)(maps), maps)
 
 
 def test_padim_scores_defective_images_higher_than_normal() -> None:
