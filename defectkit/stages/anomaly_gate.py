@@ -23,7 +23,7 @@ from defectkit.data.transforms import resize_image
 from defectkit.errors import ConfigError
 from defectkit.evaluation.thresholds import THRESHOLD_METRICS, best_threshold
 from defectkit.heads.anomaly import EmbeddingExtractor, pooled_features
-from defectkit.heads.backbones import create_feature_extractor, to_input_tensor
+from defectkit.heads.backbones import frozen_feature_extractor, to_input_tensor
 from defectkit.registry import HEADS, STAGES, build
 from defectkit.sample import Record, Sample
 from defectkit.stages.base import Exportable, ExportSpec, FitContext, TilesItself, TrainableStage
@@ -237,7 +237,7 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
         if not cfg.get("layers"):
             return pooled_features(emb).double().numpy()
         if self._sup_extractor is None:
-            self._sup_extractor = create_feature_extractor(out_indices=tuple(cfg["layers"])).to(memory_format=torch.channels_last)
+            self._sup_extractor = frozen_feature_extractor(out_indices=tuple(cfg["layers"]))
         x = self._to_tensor(images, tuple(cfg.get("image_size", self.image_size))).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             feats = self._sup_extractor(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import numpy as np
@@ -10,7 +11,16 @@ import torch
 from PIL import Image
 
 from defectkit.errors import ConfigError
-from defectkit.heads.backbones import BACKBONES, create_classifier, create_feature_extractor, pretrained_state_dict, timm_name, to_input_tensor
+from defectkit.heads.backbones import (
+    BACKBONES,
+    create_classifier,
+    create_feature_extractor,
+    fold_batch_norms,
+    frozen_feature_extractor,
+    pretrained_state_dict,
+    timm_name,
+    to_input_tensor,
+)
 from defectkit.heads.detector import build_detector
 from defectkit.registry import HEADS, build
 
@@ -61,3 +71,33 @@ def test_a_dilated_feature_extractor_keeps_the_imagenet_weights_at_output_stride
     assert shapes == [(16, 24), (4, 6)]  # strides 4 and 16 (32 without dilation)
     for key, value in strided.state_dict().items():
         assert torch.equal(value, dilated.state_dict()[key]), key
+
+
+def test_folding_batch_norms_keeps_the_features_and_removes_every_batch_norm() -> None:
+    torch.manual_seed(0)
+    net = create_feature_extractor(out_indices=(1, 2, 3), pretrained=False).eval()
+    for module in net.modules():  # statistics far from the identity, so a wrong fold shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    x = torch.rand(2, 3, 70, 96) * 2 - 1
+    with torch.no_grad():
+        expected = net(x)
+        folded = fold_batch_norms(copy.deepcopy(net))
+        got = folded(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    for e, g in zip(expected, got, strict=True):
+        assert torch.allclose(e, g, atol=1e-4 * float(e.abs().max()))
+
+
+def test_the_frozen_extractor_gives_the_imagenet_features_in_channels_last_without_gradients() -> None:
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        expected = create_feature_extractor(out_indices=(2, 3))(x)
+        frozen = frozen_feature_extractor(out_indices=(2, 3))
+        got = frozen(x.contiguous(memory_format=torch.channels_last))
+    assert not any(p.requires_grad for p in frozen.parameters())
+    for e, g in zip(expected, got, strict=True):
+        assert torch.allclose(e, g, atol=1e-4 * float(e.abs().max()))
