@@ -127,7 +127,9 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
         supervised: ``dict(C=0.1, folds=5, min_defects=10)`` to enable the supervised component, or None.
             By default it uses the gate's own embedding (global average + max pooled); with
             ``layers=(4,), image_size=(224, 224)`` it pools those EfficientNet-Lite0 stages of a
-            separate pass at that size instead (deeper, more semantic, slower).
+            separate pass at that size instead (deeper, more semantic, slower). ``flip_augment=True``
+            also trains it on the horizontal and vertical mirror images of every training image
+            (two more feature passes per image while fitting; prediction is unchanged).
         threshold_metric: ``"f1_macro"``, ``"f1_defect"`` or ``"balanced_accuracy"``.
         calibration_fraction: Share of the normal training images kept out of the anomaly model to
             calibrate (the normal validation images are always used to calibrate). Not used with
@@ -226,22 +228,31 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
         self.model = build(HEADS, self.model_cfg)
         self.model.eval()
         self._sup_extractor: torch.nn.Module | None = None
+        self._fit_flips = False  # True only while fit collects mirrored pooled features (supervised.flip_augment)
         self.anomaly_threshold = 0.0  # in log anomaly-score units
         self.decision: dict[str, np.ndarray] | None = None  # supervised + stacker parameters
         self.summary: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ data
     def _supervised_features(self, images: Sequence[np.ndarray], emb: torch.Tensor) -> np.ndarray:
-        """Pooled features for the supervised part: of the gate's embedding, or of its own backbone stages."""
+        """Pooled features for the supervised part: of the gate's embedding, or of its own backbone stages.
+
+        ``[N, D]``; while a fit with ``supervised.flip_augment`` collects them, ``[N, 3, D]``: each
+        image, then its horizontal and its vertical mirror image (extra training rows, never scored).
+        """
         cfg = self.supervised_cfg or {}
         if not cfg.get("layers"):
-            return pooled_features(emb).double().numpy()
-        if self._sup_extractor is None:
-            self._sup_extractor = frozen_feature_extractor(out_indices=tuple(cfg["layers"]))
-        x = self._to_tensor(images, tuple(cfg.get("image_size", self.image_size))).contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            feats = self._sup_extractor(x)
-        return torch.cat([pooled_features(f) for f in feats], 1).double().numpy()
+            views = [pooled_features(e) for e in (emb, emb.flip(-1), emb.flip(-2))[: 3 if self._fit_flips else 1]]
+        else:
+            if self._sup_extractor is None:
+                self._sup_extractor = frozen_feature_extractor(out_indices=tuple(cfg["layers"]))
+            x = self._to_tensor(images, tuple(cfg.get("image_size", self.image_size))).contiguous(memory_format=torch.channels_last)
+            views = []
+            with torch.no_grad():
+                for view in (x, x.flip(-1), x.flip(-2))[: 3 if self._fit_flips else 1]:
+                    views.append(torch.cat([pooled_features(f) for f in self._sup_extractor(view)], 1))
+        pooled = torch.stack(views, 1) if self._fit_flips else views[0]
+        return pooled.double().numpy()
 
     def _to_tensor(self, images: Sequence[np.ndarray], size: Sequence[int] | None = None) -> torch.Tensor:
         """Resize HxWx3 uint8 images to ``size`` (default ``image_size``) and stack them as NCHW in [-1, 1]."""
@@ -443,6 +454,14 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
         Returns:
             A JSON-able summary: image counts, thresholds, coreset size, timings, calibration macro F1.
         """
+        self._fit_flips = bool((self.supervised_cfg or {}).get("flip_augment", False))
+        try:
+            return self._fit(train, val, context)
+        finally:
+            self._fit_flips = False  # prediction scores the images alone
+
+    def _fit(self, train: Sequence[Record], val: Sequence[Record], context: FitContext) -> dict[str, Any]:
+        """:meth:`fit`'s work."""
         start = time.perf_counter()
         normals = stable_order((r for r in train if r.label == 0), self.seed)
         val_normals = [r for r in val if r.label == 0]
@@ -611,7 +630,12 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
         return lines
 
     def _fit_supervised(self, bank_x: np.ndarray, cal_x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Fit the supervised logistic regression on pooled features; returns its out-of-fold calibration logits."""
+        """Fit the supervised logistic regression on pooled features; returns its out-of-fold calibration logits.
+
+        ``bank_x`` and ``cal_x`` are ``[N, D]``, or ``[N, V, D]`` with the mirrored views of each image
+        after it (``supervised.flip_augment``): those join the training rows of the folds that hold
+        their image, with its label, and the logits are always those of the images themselves.
+        """
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold
 
@@ -631,13 +655,22 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
             mean, scale, coef, bias = params
             return ((x - mean) / scale) @ coef + bias
 
-        bank_y = np.zeros(len(bank_x), dtype=int)
+        def rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Training rows of images ``x`` (every view) labelled ``y``."""
+            if x.ndim == 2:
+                return x, y
+            return x.reshape(-1, x.shape[-1]), np.repeat(y, x.shape[1])
+
+        bank_rows, bank_y = rows(bank_x, np.zeros(len(bank_x), dtype=int))
+        images = cal_x if cal_x.ndim == 2 else cal_x[:, 0]
         oof = np.zeros(len(labels))
         splitter = StratifiedKFold(n_splits=max(2, folds), shuffle=True, random_state=self.seed)
-        for tr, te in splitter.split(cal_x, labels):
-            params = train_lr(np.concatenate([bank_x, cal_x[tr]]), np.concatenate([bank_y, labels[tr]]))
-            oof[te] = logit(params, cal_x[te])
-        final = train_lr(np.concatenate([bank_x, cal_x]), np.concatenate([bank_y, labels]))
+        for tr, te in splitter.split(images, labels):
+            fold_rows, fold_y = rows(cal_x[tr], labels[tr])
+            params = train_lr(np.concatenate([bank_rows, fold_rows]), np.concatenate([bank_y, fold_y]))
+            oof[te] = logit(params, images[te])
+        all_rows, all_y = rows(cal_x, labels)
+        final = train_lr(np.concatenate([bank_rows, all_rows]), np.concatenate([bank_y, all_y]))
         self._sup_params = {"sup_mean": final[0], "sup_scale": final[1], "sup_coef": final[2], "sup_bias": np.array([final[3]])}
         return oof
 
