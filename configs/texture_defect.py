@@ -25,8 +25,10 @@ pipeline = [
         model=dict(type="PatchCore", layers=(2, 3), coreset_size=5000, score="mean"),
         image_size=(96, 96),
         # A class-balanced logistic regression on pooled stage-4 features, stacked with the anomaly
-        # score; it matters once more than a few dozen defects are labelled.
-        supervised=dict(C=0.1, layers=(4,), image_size=(224, 224)),
+        # score; it matters once more than a few dozen defects are labelled. It also learns from the
+        # mirror images of its training tiles (cross-validated: macro F1 up on magnetic tile with all
+        # and with 30 defects, AUROC equal on the built-in data; docs/results.md).
+        supervised=dict(C=0.1, layers=(4,), image_size=(224, 224), flip_augment=True),
         # Where the defect is: a pixel classifier (MLP, 64 hidden units) on stride-4 features of each
         # image (long side 256 px, aspect kept) with the anomaly map as a prior, trained on the
         # labelled masks with normal tiles as negatives; its mask threshold is the best out-of-fold
