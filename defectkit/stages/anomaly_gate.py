@@ -242,7 +242,12 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
         """
         cfg = self.supervised_cfg or {}
         if not cfg.get("layers"):
-            views = [pooled_features(e) for e in (emb, emb.flip(-1), emb.flip(-2))[: 3 if self._fit_flips else 1]]
+            embeddings = [emb]
+            if self._fit_flips:  # pooling is blind to a mirrored map, so the mirror images are embedded anew
+                x = self._to_tensor(images)
+                with torch.no_grad():
+                    embeddings += [self.model.extract(x.flip(-1)), self.model.extract(x.flip(-2))]
+            views = [pooled_features(e) for e in embeddings]
         else:
             if self._sup_extractor is None:
                 self._sup_extractor = frozen_feature_extractor(out_indices=tuple(cfg["layers"]))

@@ -331,22 +331,27 @@ def test_cross_fitting_stops_once_more_defects_are_labelled_than_its_limit(data)
     assert many["calibration_folds"] is None and many["calibration_normals"] == 8
 
 
-@pytest.mark.parametrize("calibration_folds", [None, 3])
-def test_flip_augment_trains_the_pooled_feature_classifier_on_mirror_images_too(data, calibration_folds, monkeypatch) -> None:
+@pytest.mark.parametrize(("calibration_folds", "own_layers"), [(None, True), (3, True), (None, False)])
+def test_flip_augment_trains_the_pooled_feature_classifier_on_mirror_images_too(data, calibration_folds, own_layers, monkeypatch) -> None:
     seen: list[tuple[int, int]] = []
+    seen_x: list[np.ndarray] = []
     original = AnomalyGate._fit_supervised
 
     def spy(self, bank_x, cal_x, labels):
         seen.append((cal_x.ndim, cal_x.shape[1] if cal_x.ndim == 3 else 1))
+        seen_x.append(cal_x)
         return original(self, bank_x, cal_x, labels)
 
     monkeypatch.setattr(AnomalyGate, "_fit_supervised", spy)
-    supervised = dict(C=0.1, folds=3, min_defects=4, layers=(4,), image_size=(64, 64), flip_augment=True)
+    supervised = dict(C=0.1, folds=3, min_defects=4, flip_augment=True)
+    if own_layers:
+        supervised.update(layers=(4,), image_size=(64, 64))
     gate = build(STAGES, dict(GATE, calibration_folds=calibration_folds, supervised=supervised))
     context = FitContext(work_dir=Path(data["root"][0].path), load_samples=load_samples)
     summary = gate.fit(data["train"], data["val"], context)
     # Each calibration image arrives with its two mirror images; prediction scores the images alone.
     assert seen == [(3, 3)] and summary["supervised"] is True
+    assert not np.array_equal(seen_x[0][:, 0], seen_x[0][:, 1])  # a mirror image is not its tile
     samples = gate.predict(load_samples(data["test"]))
     assert [int(s.gate_label == "defect") for s in samples] == [s.record.label for s in samples]
     scores, _, _ = gate.score_images([s.image for s in samples])
