@@ -234,8 +234,9 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
         self.summary: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ data
-    def _supervised_features(self, images: Sequence[np.ndarray], emb: torch.Tensor) -> np.ndarray:
-        """Pooled features for the supervised part: of the gate's embedding, or of its own backbone stages.
+    def _supervised_features(self, images: Sequence[np.ndarray], x: torch.Tensor, emb: torch.Tensor) -> np.ndarray:
+        """Pooled features for the supervised part: of the gate's embedding ``emb`` of ``x`` (the images as
+        the gate's input), or of its own backbone stages.
 
         ``[N, D]``; while a fit with ``supervised.flip_augment`` collects them, ``[N, 3, D]``: each
         image, then its horizontal and its vertical mirror image (extra training rows, never scored).
@@ -244,17 +245,16 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
         if not cfg.get("layers"):
             embeddings = [emb]
             if self._fit_flips:  # pooling is blind to a mirrored map, so the mirror images are embedded anew
-                x = self._to_tensor(images)
                 with torch.no_grad():
                     embeddings += [self.model.extract(x.flip(-1)), self.model.extract(x.flip(-2))]
             views = [pooled_features(e) for e in embeddings]
         else:
             if self._sup_extractor is None:
                 self._sup_extractor = frozen_feature_extractor(out_indices=tuple(cfg["layers"]))
-            x = self._to_tensor(images, tuple(cfg.get("image_size", self.image_size))).contiguous(memory_format=torch.channels_last)
+            sup_x = self._to_tensor(images, tuple(cfg.get("image_size", self.image_size))).contiguous(memory_format=torch.channels_last)
             views = []
             with torch.no_grad():
-                for view in (x, x.flip(-1), x.flip(-2))[: 3 if self._fit_flips else 1]:
+                for view in (sup_x, sup_x.flip(-1), sup_x.flip(-2))[: 3 if self._fit_flips else 1]:
                     views.append(torch.cat([pooled_features(f) for f in self._sup_extractor(view)], 1))
         pooled = torch.stack(views, 1) if self._fit_flips else views[0]
         return pooled.double().numpy()
@@ -329,7 +329,7 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
                     self.model.collect(emb)
                 else:
                     view_scores, amaps = self.model.score_embedding(emb, x.shape[-2:])
-            features = self._supervised_features(views, emb) if want_pooled else None
+            features = self._supervised_features(views, x, emb) if want_pooled else None
             for k, (i, (x1, y1, x2, y2)) in enumerate(batch):
                 if features is not None:
                     pooled[i] = features[k] if pooled[i] is None else np.maximum(pooled[i], features[k])
