@@ -60,7 +60,7 @@ from defectkit.io.segmentation_report import segmentation_section_html
 from defectkit.io.state import check_manifest, read_manifest
 from defectkit.pipeline import Pipeline
 from defectkit.registry import DATASETS, METRICS, build
-from defectkit.runtime import resolve_device
+from defectkit.runtime import keep_freed_memory, resolve_device
 from defectkit.sample import Instance, Record, Sample
 from defectkit.stages.base import FitContext
 from defectkit.validation import ConfigValueError
@@ -118,6 +118,7 @@ class Runner:
         self.seed = int(runtime.get("seed", 0))
         threads = runtime.get("num_threads") or os.cpu_count() or 1
         torch.set_num_threads(int(threads))
+        keep_freed_memory()
         self._seed_everything()
         self.pipeline = Pipeline.from_config(cfg.pipeline, classes=self.classes, batch_size=self.batch_size, max_side=self.max_side)
         # Metrics are built after the predictions; build them once now so a bad option fails first.
