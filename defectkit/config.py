@@ -24,7 +24,7 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "pipeline": "list of stage dicts, run in order",
     "metrics": "list of metric dicts",
     "predict": "dict(batch_size=..., overlays='all'|'defects'|'none', decode_workers=..., runtime='torch'|'onnxruntime'|'openvino', precision='fp32'|'int8')",
-    "runtime": "dict(seed=..., num_threads=..., device='auto'|'cpu'|'cuda')",
+    "runtime": "dict(seed=..., num_threads=..., device='auto'|'cpu'|'cuda', keep_freed_memory=True|False)",
     "work_dir": "where weights and results go (default work_dirs/<config name>)",
     "data_root": "default data root (overridden by --data-root)",
     "description": "one line shown in reports",
@@ -41,7 +41,7 @@ SECTION_OPTIONS: dict[str, dict[str, Any]] = {
         "runtime": Literal["torch", "onnxruntime", "openvino"],
         "precision": Literal["fp32", "int8"],
     },
-    "runtime": {"seed": int, "num_threads": int | None, "device": str},
+    "runtime": {"seed": int, "num_threads": int | None, "device": str, "keep_freed_memory": bool},
     "split": {
         "ratios": Sequence[float],
         "seed": int,

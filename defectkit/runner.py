@@ -118,7 +118,8 @@ class Runner:
         self.seed = int(runtime.get("seed", 0))
         threads = runtime.get("num_threads") or os.cpu_count() or 1
         torch.set_num_threads(int(threads))
-        keep_freed_memory()
+        if runtime.get("keep_freed_memory", True):
+            keep_freed_memory()
         self._seed_everything()
         self.pipeline = Pipeline.from_config(cfg.pipeline, classes=self.classes, batch_size=self.batch_size, max_side=self.max_side)
         # Metrics are built after the predictions; build them once now so a bad option fails first.

@@ -1,5 +1,7 @@
 """Runner helpers that do not need a trained pipeline."""
 
+from pathlib import Path
+
 import pytest
 
 from defectkit.errors import ConfigError
@@ -65,3 +67,17 @@ def test_a_reader_that_is_not_an_image_dataset_is_refused_in_one_line(tmp_path):
             build_dataset(cfg, "my_config.py", tmp_path, str(tmp_path))
     finally:
         DATASETS.module_dict.pop("ListOfPaths", None)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_runner_tunes_the_allocator_unless_the_config_opts_out(monkeypatch, tmp_path, keep):
+    import defectkit.runner as runner_module
+    from defectkit.config import load_config
+    from defectkit.runner import Runner
+
+    calls = []
+    monkeypatch.setattr(runner_module, "keep_freed_memory", lambda: calls.append(True) or True)
+    config = Path(__file__).resolve().parents[2] / "configs" / "texture_defect.py"
+    cfg = load_config(config, {"runtime.keep_freed_memory": keep})
+    Runner(cfg, str(config), work_dir=str(tmp_path))
+    assert calls == ([True] if keep else [])
