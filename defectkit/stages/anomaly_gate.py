@@ -376,25 +376,27 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
             kept.extend(s.record for s in chunk)
             if want_pixel:
                 classes = list(context.classes) or ["defect"]
-                items.extend(self._pixel_item(s, log_map, classes) for s, log_map in zip(chunk, log_maps))
+                items.extend(self._pixel_item(s, inputs, classes) for s, inputs in zip(chunk, self._pixel_inputs(images, log_maps)))
         score_arr = np.concatenate(scores) if scores else np.zeros(0)
         pooled_arr = np.concatenate(pooled) if pooled else None
         return kept, score_arr, pooled_arr, items
 
-    def _pixel_inputs(self, image: np.ndarray, log_map: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pixel head's ``[C, h, w]`` features of an image and its log anomaly map on the same grid."""
+    def _pixel_inputs(self, images: Sequence[np.ndarray], log_maps: Sequence[np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The pixel head's ``[C, h, w]`` features of each image and its log anomaly map on the same grid."""
         assert self.pixel_head is not None
-        feats = self.pixel_head.features(image)
-        h, w = feats.shape[-2:]
-        prior = cv2.resize(log_map.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
-        return feats, torch.from_numpy(prior)
+        inputs = []
+        for feats, log_map in zip(self.pixel_head.features(images), log_maps):
+            h, w = feats.shape[-2:]
+            prior = cv2.resize(log_map.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+            inputs.append((feats, torch.from_numpy(prior)))
+        return inputs
 
     def _pixel_score(self, grid: np.ndarray) -> float:
         """An image's pixel-head score: the mean of its ``top_k`` highest cell logits (1: the highest)."""
         k = min(int((self.pixel_cfg or {}).get("top_k", 1)), grid.size)
         return float(np.partition(grid.ravel(), grid.size - k)[grid.size - k :].mean())
 
-    def _pixel_item(self, sample: Sample, log_map: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    def _pixel_item(self, sample: Sample, inputs: tuple[torch.Tensor, torch.Tensor], classes: list[str]) -> dict[str, Any]:
         """What the pixel head trains and is cross-validated on for one calibration image (:meth:`_make_pixel_item`).
 
         Normal images, and defects without a mask, have no defect pixel.
@@ -405,16 +407,18 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
         else:
             mask = np.zeros(sample.image.shape[:2], dtype=bool)
         has_mask = record.label in (None, 0) or has_annotations(record)
-        return self._make_pixel_item(sample.image, log_map, mask, has_mask, 0 if record.label in (None, 0) else 1)
+        return self._make_pixel_item(sample.image, inputs, mask, has_mask, 0 if record.label in (None, 0) else 1)
 
-    def _make_pixel_item(self, image: np.ndarray, log_map: np.ndarray, mask: np.ndarray, has_mask: bool, label: int) -> dict[str, Any]:
+    def _make_pixel_item(
+        self, image: np.ndarray, inputs: tuple[torch.Tensor, torch.Tensor], mask: np.ndarray, has_mask: bool, label: int
+    ) -> dict[str, Any]:
         """Features and prior on the head's grid, targets there and the full-resolution mask of one image.
 
         Targets: 1 where at least ``positive_fraction`` of the cell is defect, 0 where none of it
         is, -1 (ignored) on the edge cells in between. The image is kept for copy-paste.
         """
         cfg = self.pixel_cfg or {}
-        feats, prior = self._pixel_inputs(image, log_map)
+        feats, prior = inputs
         h, w = feats.shape[-2:]
         share = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
         target = np.where(share >= float(cfg["positive_fraction"]), 1, np.where(share <= 0, 0, -1)).astype(np.int8)
@@ -442,15 +446,18 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
             n, _, stats, _ = cv2.connectedComponentsWithStats(item["mask"].astype(np.uint8), connectivity=8)
             boxes = [[x, y, x + w, y + h] for x, y, w, h, _ in stats[1:n]]
             paste.add_source(item["image"], boxes, [0] * len(boxes), mask=item["mask"].astype(np.uint8), source_id=index)
-        out = []
+        pasted: list[tuple[np.ndarray, np.ndarray]] = []
         for j in rng.choice(len(targets), count, replace=count > len(targets)):
             base = targets[int(j)]["image"]
             image, _, _, mask = paste(base, np.zeros((0, 4)), np.zeros(0, np.int64), masks=np.zeros(base.shape[:2], np.uint8), rng=rng)
             if mask is None or not mask.any():
                 continue  # no patch fitted on this tile
-            _, _, log_maps = self._embed_images([image], False, False, True)
-            out.append(self._make_pixel_item(image, log_maps[0], mask > 0, True, 1))
-        return out
+            pasted.append((image, mask))
+        # Scored in the gate's batches, not one by one: the same maps, a fraction of the calls.
+        images = [image for image, _ in pasted]
+        _, _, log_maps = self._embed_images(images, False, False, True)
+        return [self._make_pixel_item(image, inputs, mask > 0, True, 1)
+                for (image, mask), inputs in zip(pasted, self._pixel_inputs(images, log_maps))]
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: Sequence[Record], val: Sequence[Record], context: FitContext) -> dict[str, Any]:
@@ -822,8 +829,7 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
         pixel_scores = peaks = None
         if self.pixel_head is not None:
             maps, pixel_scores, peaks = [], np.zeros(len(images)), np.zeros(len(images))
-            for k, (image, log_map) in enumerate(zip(images, log_maps)):
-                feats, prior = self._pixel_inputs(image, log_map)
+            for k, (image, (feats, prior)) in enumerate(zip(images, self._pixel_inputs(images, log_maps))):
                 grid = self.pixel_head.logits(feats, prior).numpy()
                 pixel_scores[k] = self._pixel_score(grid)
                 peaks[k] = float(prior.max())

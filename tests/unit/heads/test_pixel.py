@@ -20,8 +20,18 @@ def test_input_size_keeps_the_aspect_ratio(head) -> None:
 
 
 def test_features_are_on_the_stride_4_grid(head) -> None:
-    feats = head.features(np.zeros((64, 128, 3), np.uint8))
+    (feats,) = head.features([np.zeros((64, 128, 3), np.uint8)])
     assert feats.dtype == torch.float16 and feats.shape == (head.embedder.channels, 8, 16)
+
+
+def test_features_of_mixed_sizes_come_back_in_order_and_batching_does_not_change_them(head) -> None:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, shape, dtype=np.uint8) for shape in [(64, 128, 3), (96, 96, 3), (32, 64, 3), (96, 96, 3), (64, 128, 3)]]
+    batched = head.features(images, batch_size=2)
+    alone = [head.features([image])[0] for image in images]
+    assert [f.shape[-2:] for f in batched] == [(8, 16), (16, 16), (8, 16), (16, 16), (8, 16)]
+    for together, single in zip(batched, alone):
+        torch.testing.assert_close(together.float(), single.float(), atol=2e-2, rtol=1e-2)
 
 
 def test_fit_rows_learns_a_separable_prior(head) -> None:
