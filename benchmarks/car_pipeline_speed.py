@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/car_pipeline_speed.py [--work-root /tmp/car_speed] [--stream 300] [--out speed.json]
-        [--runtime torch|onnxruntime|openvino] [--int8]
+        [--runtime torch|onnxruntime|openvino] [--int8] [--predict-options KEY=VALUE ...]
 
 Three measurements, all with ``torch.set_num_threads`` = every core:
 
@@ -97,6 +97,8 @@ def main() -> None:
         help="predict.runtime of the end-to-end run; not torch: `defectkit export` first (the [export] extra)",
     )
     parser.add_argument("--int8", action="store_true", help="with --runtime onnxruntime|openvino: the networks INT8 where the export's check keeps them")
+    parser.add_argument("--predict-options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="more --cfg-options for the measured predict run, e.g. runtime.keep_freed_memory=False")
     args = parser.parse_args()
     if args.int8 and args.runtime == "torch":
         parser.error("--int8 needs --runtime onnxruntime or openvino")
@@ -145,7 +147,7 @@ def main() -> None:
     start = time.perf_counter()
     defectkit(
         "predict", str(CONFIG), "--work-dir", str(work_dir), "--input", str(root / "stream" / "images"), "--out", str(out),
-        "--cfg-options", *options,
+        "--cfg-options", *options, *args.predict_options,
     )
     wall = time.perf_counter() - start
     timings = json.loads((out / "timings.json").read_text())
