@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -103,7 +103,7 @@ class PixelClassifier(nn.Module):
                 feats = self.embedder(to_input_tensor([resize_image(images[i], size) for i in chunk])).half()
                 for i, f in zip(chunk, feats):
                     out[i] = f
-        return [f for f in out if f is not None]
+        return cast(list[torch.Tensor], out)  # every position was filled by its size group
 
     def _inputs(self, features: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         """``[P, C + 1]`` standardised rows from ``[P, C]`` features and a ``[P]`` prior."""

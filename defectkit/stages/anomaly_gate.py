@@ -453,7 +453,7 @@ class AnomalyGate(TrainableStage, TilesItself, Exportable):
             if mask is None or not mask.any():
                 continue  # no patch fitted on this tile
             pasted.append((image, mask))
-        # Scored in the gate's batches, not one by one: the same maps, a fraction of the calls.
+        # Scored in the gate's batches, not one by one: maps equal to float rounding, a fraction of the calls.
         images = [image for image, _ in pasted]
         _, _, log_maps = self._embed_images(images, False, False, True)
         return [self._make_pixel_item(image, inputs, mask > 0, True, 1)
