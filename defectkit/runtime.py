@@ -37,10 +37,10 @@ def keep_freed_memory(trim_bytes: int = 1 << 30, mmap_bytes: int = 64 << 20) -> 
     CPU tensors of a few MB to tens of MB are allocated and freed on every step (each L-BFGS
     evaluation of the texture gate's pixel head allocates its 80,000-row activations anew). With
     glibc's defaults the freed top of the heap goes back to the kernel, and the next allocation
-    faults every page in again: the built-in texture quickstart took 5.1 million page faults and 20 s
+    faults every page in again: the built-in texture quickstart took 4.7 million page faults and 15 s
     of system time. Keeping up to ``trim_bytes`` of free heap and serving blocks under
-    ``mmap_bytes`` from the heap cut that to 0.6 million faults and 8 s (docs/performance.md), for
-    the same outputs. This is what PyTorch's CPU tuning guide gets from jemalloc or tcmalloc,
+    ``mmap_bytes`` from the heap cut that to 2.3 million faults and 9 s, and the run from 79 to 74 s
+    (docs/performance.md), for the same outputs. This is what PyTorch's CPU tuning guide gets from jemalloc or tcmalloc,
     without a preloaded library. Applied once per process; a no-op (False) where the C library is
     not glibc.
 

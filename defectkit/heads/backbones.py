@@ -15,6 +15,7 @@ import importlib
 import numpy as np
 import timm
 import torch
+from timm.layers import BatchNormAct2d
 from torch import nn
 
 from defectkit.errors import ConfigError, StateError
@@ -147,7 +148,8 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
                         shift = shift + previous.bias * scale
                     previous.weight.mul_(scale.reshape(-1, 1, 1, 1))
                     previous.bias = nn.Parameter(shift.clone())
-                rest = [m for m in (getattr(child, "drop", None), getattr(child, "act", None)) if isinstance(m, nn.Module)]
+                # timm's BatchNormAct2d also holds the dropout and activation that follow the norm: they stay.
+                rest = [child.drop, child.act] if isinstance(child, BatchNormAct2d) else []
                 setattr(parent, name, nn.Sequential(*rest))
                 previous = None
                 continue
