@@ -18,7 +18,8 @@ Options of both (keyword arguments of :func:`fcos` / :func:`retinanet`): ``num_c
 of 32), ``extra_levels`` (add P6/P7), ``p2_level`` (add a stride-4 P2), ``score_thresh`` / ``nms_thresh`` / ``detections_per_img`` /
 ``topk_candidates`` (torchvision's post-processing), ``box_vote_iou`` (box voting after NMS, see
 :func:`vote_boxes`), ``focal_alpha`` / ``focal_gamma``. FCOS adds ``head_convs`` (convs per head
-branch) and ``center_sampling_radius`` (in strides); RetinaNet adds
+branch), ``center_sampling_radius`` (in strides) and ``box_loss_weight`` (the GIoU box loss's weight
+beside the focal and centerness losses, 1 by default); RetinaNet adds
 ``anchor_sizes`` (base size per level, default 16/32/64), ``aspect_ratios`` and
 ``fg_iou_thresh`` / ``bg_iou_thresh``.
 
@@ -182,16 +183,22 @@ class LiteFPN(nn.Module):
 
 
 class FocalFCOSHead(FCOSHead):
-    """torchvision's FCOS head with the classification focal loss's ``alpha``/``gamma`` as options.
+    """torchvision's FCOS head with the classification focal loss's ``alpha``/``gamma`` and the box loss's weight as options.
 
     torchvision calls ``sigmoid_focal_loss`` with its defaults (0.25, 2.0) inside
     ``compute_loss``; this head recomputes that one term with its own values (same targets, same
-    normalisation by the number of foreground points), leaving box and centerness losses as they are.
+    normalisation by the number of foreground points). The GIoU box loss is scaled by
+    ``box_weight`` (1: torchvision's sum of equal terms; detectors tuned for localisation, such as
+    mmdet's GFL and ATSS configs, weigh it 2); the centerness loss is left as it is.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, num_convs: int = 4, alpha: float = 0.25, gamma: float = 2.0) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, num_convs: int = 4, alpha: float = 0.25, gamma: float = 2.0, box_weight: float = 1.0
+    ) -> None:
         super().__init__(in_channels, 1, num_classes, num_convs)
-        self.alpha, self.gamma = float(alpha), float(gamma)
+        if not box_weight > 0:
+            raise ValueError(f"box_loss_weight must be > 0, got {box_weight}")
+        self.alpha, self.gamma, self.box_weight = float(alpha), float(gamma), float(box_weight)
 
     def compute_loss(
         self,
@@ -209,6 +216,7 @@ class FocalFCOSHead(FCOSHead):
         num_foreground = sum(int((m >= 0).sum()) for m in matched_idxs)
         loss = sigmoid_focal_loss(cls_logits, gt_classes, alpha=self.alpha, gamma=self.gamma, reduction="sum")
         losses["classification"] = loss / max(1, num_foreground)
+        losses["bbox_regression"] = losses["bbox_regression"] * self.box_weight
         return losses
 
 
@@ -280,6 +288,7 @@ def fcos(
     focal_gamma: float = 2.0,
     backbone: str = DEFAULT_BACKBONE,
     box_vote_iou: float | None = None,
+    box_loss_weight: float = 1.0,
 ) -> FCOS:
     """Anchor-free FCOS on EfficientNet-Lite (``backbone``: lite0, lite1, lite2) + FPN (P3-P5), for ``image_size`` [-1, 1] inputs."""
     num_classes, size = _check_common(num_classes, image_size)
@@ -293,7 +302,7 @@ def fcos(
     # between P3's points and never be learned: upscale (slice) such images, or use RetinaNet,
     # whose matcher gives every box at least its best anchor.
     anchors = AnchorGenerator(tuple((s,) for s in body.strides), ((1.0,),) * body.num_levels)
-    head = FocalFCOSHead(body.out_channels, num_classes, int(head_convs), focal_alpha, focal_gamma)
+    head = FocalFCOSHead(body.out_channels, num_classes, int(head_convs), focal_alpha, focal_gamma, float(box_loss_weight))
     model = LiteFCOS(
         body, num_classes, anchor_generator=anchors, head=head, center_sampling_radius=float(center_sampling_radius),
         score_thresh=float(score_thresh), nms_thresh=float(nms_thresh), detections_per_img=int(detections_per_img),

@@ -96,6 +96,17 @@ def test_retinanet_focal_options_change_only_the_classification_loss() -> None:
     assert torch.allclose(changed["bbox_regression"], default["bbox_regression"])
 
 
+def test_fcos_box_loss_weight_scales_only_the_box_loss() -> None:
+    x, y = images(), targets()
+    default = model("fcos").train()(x, y)
+    doubled = model("fcos", box_loss_weight=2.0).train()(x, y)
+    assert torch.allclose(doubled["bbox_regression"], 2 * default["bbox_regression"])
+    for key in ("classification", "bbox_ctrness"):
+        assert torch.allclose(doubled[key], default[key]), key
+    with pytest.raises(ValueError, match="box_loss_weight"):
+        model("fcos", box_loss_weight=0.0)
+
+
 def test_box_voting_moves_each_kept_box_to_the_score_weighted_mean_of_its_overlapping_candidates() -> None:
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [3.0, 0.0, 13.0, 10.0], [1.0, 0.0, 11.0, 10.0], [40.0, 40.0, 50.0, 50.0]])
     scores = torch.tensor([0.9, 0.3, 0.6, 0.8])
