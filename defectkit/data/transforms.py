@@ -201,7 +201,9 @@ class Resize:
         return f"Resize(size={self.size})"
 
 
-def default_car_augmentation(size: Sequence[int] | None = None, seed: int | None = None) -> dict[str, Any]:
+def default_car_augmentation(
+    size: Sequence[int] | None = None, seed: int | None = None, scale: Sequence[float] = (0.85, 1.15)
+) -> dict[str, Any]:
     """Config of the car-damage training augmentation, for ``build(TRANSFORMS, ...)``.
 
     The production model failed on photos taken in the dark, so brightness is pushed further down
@@ -211,14 +213,22 @@ def default_car_augmentation(size: Sequence[int] | None = None, seed: int | None
     Args:
         size: ``(height, width)`` to resize to at the end, or None to keep the size.
         seed: Seed of the augmentation's random generator.
+        scale: ``(low, high)`` zoom range of the affine warp (applied to half the photos); a high
+            end above 1 shows thin damage larger than the photo resized to ``size`` does.
+
+    Raises:
+        ConfigError: ``scale`` is not two positive numbers, low <= high.
 
     Example:
         >>> from defectkit.registry import TRANSFORMS, build
         >>> augment = build(TRANSFORMS, default_car_augmentation(size=(512, 512), seed=0))
     """
+    zoom = tuple(float(v) for v in scale) if isinstance(scale, (list, tuple)) else ()
+    if len(zoom) != 2 or not 0 < zoom[0] <= zoom[1]:
+        raise ConfigError(f"CarDamageAugmentation scale must be (low, high) with 0 < low <= high, got {scale!r}")
     transforms: list[dict[str, Any]] = [
         dict(type="HorizontalFlip", p=0.5),
-        dict(type="Affine", scale=(0.85, 1.15), translate_percent=(-0.05, 0.05), rotate=(-10, 10), p=0.5),
+        dict(type="Affine", scale=zoom, translate_percent=(-0.05, 0.05), rotate=(-10, 10), p=0.5),
         dict(type="RandomBrightnessContrast", brightness_limit=(-0.5, 0.2), contrast_limit=(-0.4, 0.2), p=0.8),
         dict(type="RandomGamma", gamma_limit=(80, 200), p=0.3),
         dict(type="HueSaturationValue", hue_shift_limit=5, sat_shift_limit=20, val_shift_limit=10, p=0.3),
@@ -233,9 +243,11 @@ def default_car_augmentation(size: Sequence[int] | None = None, seed: int | None
 
 
 @TRANSFORMS.register_module(name="CarDamageAugmentation")
-def car_damage_augmentation(size: Sequence[int] | None = None, seed: int | None = None) -> Albumentations:
+def car_damage_augmentation(
+    size: Sequence[int] | None = None, seed: int | None = None, scale: Sequence[float] = (0.85, 1.15)
+) -> Albumentations:
     """The car-damage training augmentation of :func:`default_car_augmentation`, by name for configs."""
-    return build(TRANSFORMS, default_car_augmentation(size, seed))
+    return build(TRANSFORMS, default_car_augmentation(size, seed, scale))
 
 
 @TRANSFORMS.register_module()

@@ -112,3 +112,15 @@ def test_default_car_augmentation_builds_runs_and_is_reproducible_with_a_seed() 
         (a, ma), (b, mb) = first(image, masks), second(image, masks)
         assert a.shape == (32, 48, 3) and ma.shape == (2, 32, 48)
         assert np.array_equal(a, b) and np.array_equal(ma, mb)
+
+
+def test_car_augmentation_zoom_range_is_an_option_and_bad_ranges_are_refused() -> None:
+    affine = next(t for t in default_car_augmentation()["transforms"] if t["type"] == "Affine")
+    assert affine["scale"] == (0.85, 1.15)
+    image, masks = _scene()
+    zoomed = build(TRANSFORMS, dict(type="CarDamageAugmentation", size=(32, 48), seed=0, scale=(1.0, 1.5)))
+    out, out_masks = zoomed(image, masks)
+    assert out.shape == (32, 48, 3) and out_masks.shape == (2, 32, 48)
+    for bad in ((1.5, 1.0), (0.0, 1.0), (1.2,)):
+        with pytest.raises(ConfigError, match="CarDamageAugmentation scale"):
+            default_car_augmentation(scale=bad)
