@@ -652,7 +652,8 @@ def fit_head(
     Returns:
         ``epochs``, ``steps``, ``train_samples``, ``val_samples``, ``train_loss`` (last epoch),
         ``last_val_loss``, ``best_val_loss``, ``best_epoch``, ``restored_best``, ``ema_decay``, ``history``
-        (per-epoch losses and learning rate) and ``seconds``.
+        (per-epoch losses and learning rate) and ``seconds``. ``best_epoch`` and each history entry's
+        ``epoch`` count from 0 (they index ``history``); the progress log counts epochs from 1.
 
     Example:
         >>> summary = fit_head(head, train_ds, val_ds, nn.CrossEntropyLoss(), epochs=3, batch_size=16,
