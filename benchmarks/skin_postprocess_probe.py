@@ -31,7 +31,7 @@ import numpy as np
 
 import defectkit
 from defectkit.data.transforms import Resize
-from defectkit.evaluation.detection import DetectionMAP, box_iou
+from defectkit.evaluation.detection import DetectionMAP, match_boxes
 from defectkit.sample import Detections
 from defectkit.stages.detect import TTA_FUSE_IOU, Detector
 from defectkit.stages.tiling import Tiling
@@ -45,22 +45,16 @@ def read_records(path: Path) -> list[Record]:
 
 
 def matched_sizes(records: list[Record], match_iou: float) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted, true) box arrays of the greedy one-to-one matches at IOU >= ``match_iou``."""
+    """(predicted, true) box arrays of the evaluation's greedy one-to-one matches at IOU >= ``match_iou``."""
     predicted, true = [], []
-    for record in records:
-        gt = np.array([box[1:5] for box in record["boxes"]["gt"]], float).reshape(-1, 4)
-        taken = np.zeros(len(gt), bool)
-        for _, _, *box in sorted(record["boxes"]["pred"], key=lambda b: -b[1]):
-            if not len(gt):
-                break
-            ious = box_iou(np.array(box, float), gt)
-            ious[taken] = -1.0
-            best = int(np.argmax(ious))
-            if ious[best] >= match_iou:
-                taken[best] = True
-                predicted.append(box)
-                true.append(gt[best])
-    return np.array(predicted, float).reshape(-1, 4), np.array(true, float).reshape(-1, 4)
+    images = [(record["key"], record["boxes"]["gt"], record["boxes"]["pred"]) for record in records]
+    for name in sorted({box[0] for _, gt, _ in images for box in gt}):
+        gt = [np.array([box[1:5] for box in boxes if box[0] == name], float).reshape(-1, 4) for _, boxes, _ in images]
+        matches = match_boxes(name, images, gt, match_iou)
+        hit = matches.gt_index >= 0
+        predicted.append(matches.boxes[hit])
+        true.append(np.array([gt[i][j] for i, j in zip(matches.image_index[hit], matches.gt_index[hit])], float).reshape(-1, 4))
+    return np.concatenate(predicted).reshape(-1, 4), np.concatenate(true).reshape(-1, 4)
 
 
 def fit_size_correction(predicted: np.ndarray, true: np.ndarray) -> dict[str, list[float]]:
