@@ -30,7 +30,6 @@ import cv2
 import numpy as np
 
 import defectkit
-from defectkit.data.transforms import Resize
 from defectkit.evaluation.detection import DetectionMAP, match_boxes
 from defectkit.sample import Detections
 from defectkit.stages.detect import TTA_FUSE_IOU, Detector
@@ -99,13 +98,9 @@ def with_boxes(records: list[Record], found: list[Detections], classes: list[str
 
 
 def detect_at(detector: Detector, images: list[np.ndarray], size: int) -> list[Detections]:
-    """The detector's boxes with its input resized to ``size`` x ``size`` (this probe's override of the
-    trained size: the stage's resize and torchvision's internal transform both follow it)."""
-    network = detector.network()
-    detector.image_size = (size, size)
-    detector._resize = Resize((size, size))
-    network.transform.min_size, network.transform.max_size = (size,), size
-    return detector.detect(images)
+    """The detector's boxes with its input resized to ``size`` x ``size`` (one network, no flip: one
+    pass of the stage's ``tta_sizes``)."""
+    return detector._detect_passes(images, (size, size))[0]
 
 
 def main() -> None:

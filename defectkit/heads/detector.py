@@ -39,7 +39,8 @@ Example:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -461,6 +462,30 @@ def detections_from_dense(
     return detector.postprocess_detections(split_outputs, split_anchors, images.image_sizes)
 
 
+@contextmanager
+def input_size(detector: FCOS | RetinaNet, size: Sequence[int]) -> Iterator[None]:
+    """Within the block, ``detector`` takes inputs of ``size`` ``(height, width)`` as they are.
+
+    Its internal transform otherwise resizes every input to the size it was built for
+    (:func:`_transform_args`); test-time input sizes (the Detector stage's ``tta_sizes``) need it not to.
+
+    Example:
+        >>> model = fcos(1, (64, 64), pretrained=False).eval()
+        >>> with input_size(model, (96, 128)):
+        ...     model.transform.min_size, model.transform.max_size
+        ((96,), 128)
+        >>> model.transform.min_size, model.transform.max_size
+        ((64,), 64)
+    """
+    transform = detector.transform
+    saved = transform.min_size, transform.max_size
+    transform.min_size, transform.max_size = (min(int(v) for v in size),), max(int(v) for v in size)
+    try:
+        yield
+    finally:
+        transform.min_size, transform.max_size = saved
+
+
 def build_detector(cfg: dict[str, Any], num_classes: int, pretrained: bool = True) -> nn.Module:
     """Build a registered detector from ``cfg`` (``type`` plus its keyword arguments) for ``num_classes``."""
     from defectkit.registry import build
@@ -474,5 +499,5 @@ def build_detector(cfg: dict[str, Any], num_classes: int, pretrained: bool = Tru
 __all__ = [
     "DETECTOR_TYPES", "STRIDES", "BoxVoting", "DenseOutputs", "DetectorEnsemble", "EnsembleDenseOutputs",
     "FocalFCOSHead", "FocalRetinaNetClassificationHead", "LiteFCOS", "LiteFPN", "LiteRetinaNet", "build_detector",
-    "detections_from_dense", "fcos", "head_output_widths", "retinanet", "vote_boxes",
+    "detections_from_dense", "fcos", "head_output_widths", "input_size", "retinanet", "vote_boxes",
 ]

@@ -10,6 +10,7 @@ The stage fills ``sample.instances`` with boxes (``polygon`` empty) in image coo
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import albumentations as A
@@ -28,6 +29,7 @@ from defectkit.heads.detector import (
     build_detector,
     detections_from_dense,
     head_output_widths,
+    input_size,
 )
 from defectkit.registry import STAGES
 from defectkit.runtime import inference_mode
@@ -170,6 +172,13 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         tta_flip: Also detect on the horizontally flipped image and fuse both passes' boxes
             (weighted box fusion, IOU 0.55: a box found in one pass only keeps half its score);
             twice the prediction cost.
+        tta_sizes: Further network input sizes at which every image is also detected (a side for
+            a square input, or ``(height, width)``; multiples of 32), fused with the
+            ``image_size`` pass like ``tta_flip``'s passes (with ``tta_flip``, every size is also
+            detected flipped). The fully convolutional detector sees the objects a little smaller
+            or larger than in training; each size costs a pass of its pixels. Post-processing: a
+            trained detector takes it from the config without retraining (fcos and retinanet
+            heads, PyTorch runtime). Empty: the trained size only.
         ensemble: Networks trained, one after the other, from seeds ``seed``, ``seed + 1``, ...
             (initialisation, data order, augmentation and copy-paste); their boxes are fused like
             ``tta_flip``'s passes (a box found by one member of two keeps half its score, and
@@ -225,6 +234,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         augment: dict[str, Any] | None = DEFAULT_DETECT_AUGMENT,
         min_score: float = 0.3,
         tta_flip: bool = False,
+        tta_sizes: Sequence[int | Sequence[int]] = (),
         ensemble: int = 1,
         focal: dict[str, float] | None = None,
         train_slices: dict[str, Any] | bool | None = None,
@@ -249,11 +259,14 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
             raise ConfigError(f"Detector min_score must be in [0, 1], got {min_score!r}")
         self.min_score = float(min_score)
         self.tta_flip = bool(tta_flip)
+        self.tta_sizes = self._tta_size_options(tta_sizes)
         if int(ensemble) < 1:
             raise ConfigError(f"Detector ensemble must be >= 1 (networks to train and fuse), got {ensemble!r}")
         self.ensemble = int(ensemble)
         self.focal = self._focal_options(focal)
         self.openmmlab = self.model_cfg["type"] == "mmdet"
+        if self.openmmlab and self.tta_sizes:
+            raise ConfigError("Detector tta_sizes applies to the fcos and retinanet heads, not to an mmdet model")
         if self.openmmlab and focal is not None and self.focal != self._focal_options(None):
             raise ConfigError("Detector focal applies to the fcos and retinanet heads; an mmdet model sets its losses in its OpenMMLab config")
         self.train_slices = self._slice_options(train_slices)
@@ -275,6 +288,19 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         if options["gamma"] < 0:
             raise ConfigError(f"Detector focal gamma must be >= 0, got {options['gamma']}")
         return options
+
+    def _tta_size_options(self, sizes: Sequence[int | Sequence[int]]) -> list[tuple[int, int]]:
+        """``tta_sizes`` as ``(height, width)`` pairs, checked like ``image_size``; the trained size dropped."""
+        out: list[tuple[int, int]] = []
+        for size in sizes or ():
+            pair = (int(size), int(size)) if isinstance(size, int | float) else tuple(int(v) for v in size)
+            step = self.size_multiple
+            if len(pair) != 2 or any(v < step or v % step for v in pair):
+                raise ConfigError(f"Detector tta_sizes entries must be a side or (height, width), multiples of {step} "
+                                  f"(>= {step}), got {size!r}")
+            if pair != self.image_size and pair not in out:
+                out.append((pair[0], pair[1]))
+        return out
 
     @staticmethod
     def _slice_options(train_slices: dict[str, Any] | bool | None) -> dict[str, Any] | bool | None:
@@ -480,39 +506,55 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         )
 
     # ------------------------------------------------------------------ predict
+    def use_exported(self, network: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        """Run the exported file from now on; refused with ``tta_sizes`` (the file is exported at ``image_size``)."""
+        if network is not None and self.tta_sizes:
+            raise ConfigError(f"stage {self.name!r}: tta_sizes needs predict.runtime=torch (the exported detector takes "
+                              f"{list(self.image_size)} inputs only); drop tta_sizes to use the exported file")
+        super().use_exported(network)
+
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Boxes in HxWx3 uint8 images, each in its own pixel coordinates (batches of :meth:`prediction_batch_size`).
 
         Every image is resized to ``image_size`` for the network and its boxes scaled back, so
         images of any size (whole photos, slices) can be mixed in one call. The passes of every
-        ensemble member and, with ``tta_flip``, of the flipped images (their boxes flipped back) are
-        fused by weighted box fusion.
+        ensemble member, at every input size (``image_size`` and ``tta_sizes``) and, with
+        ``tta_flip``, of the flipped images (their boxes flipped back) are fused by weighted box
+        fusion.
         """
-        passes = self._detect_passes(images)
-        if self.tta_flip:
-            for mirrored in self._detect_passes([np.ascontiguousarray(image[:, ::-1]) for image in images]):
-                passes.append([_unflip(found, float(image.shape[1])) for image, found in zip(images, mirrored)])
+        mirrored_images = [np.ascontiguousarray(image[:, ::-1]) for image in images] if self.tta_flip else None
+        passes: list[list[Detections]] = []
+        for size in (self.image_size, *self.tta_sizes):
+            passes.extend(self._detect_passes(images, size))
+            if mirrored_images is not None:
+                for mirrored in self._detect_passes(mirrored_images, size):
+                    passes.append([_unflip(found, float(image.shape[1])) for image, found in zip(images, mirrored)])
         if len(passes) == 1:
             return passes[0]
         return [merge_detections(Detections.concatenate(list(found)), "WBF", "IOU", TTA_FUSE_IOU, passes=len(passes))
                 for found in zip(*passes)]
 
-    def _detect_passes(self, images: Sequence[np.ndarray]) -> list[list[Detections]]:
-        """Each member's boxes for ``images`` (one list per member, one entry per image)."""
+    def _detect_passes(self, images: Sequence[np.ndarray], size: tuple[int, int] | None = None) -> list[list[Detections]]:
+        """Each member's boxes for ``images`` at network input ``size`` (default ``image_size``; one
+        list per member, one entry per image)."""
         model = self.network("detect").eval()
         members = self.members(model)
-        height_in, width_in = self.image_size
+        height_in, width_in = size = size or self.image_size
         out: list[list[Detections]] = [[] for _ in members]
-        for batch, x in self.input_batches(images):
+        for batch, x in self.input_batches(images, size):
             if self.exported is not None:
                 # The exported file runs the convolutions (all members' at once); decoding and NMS stay torchvision's.
                 dense = self.exported(x.cpu()).float()
-                found = [detections_from_dense(member, dense[:, index] if len(members) > 1 else dense, self.image_size)
+                found = [detections_from_dense(member, dense[:, index] if len(members) > 1 else dense, size)
                          for index, member in enumerate(members)]
             else:
                 with inference_mode(self.device):
-                    found = [[{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in r.items()}
-                              for r in member(list(x))] for member in members]
+                    found = []
+                    for member in members:
+                        # mmdet models (no tta_sizes) only ever see the trained size.
+                        with input_size(member, size) if size != self.image_size else nullcontext():
+                            found.append([{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in r.items()}
+                                          for r in member(list(x))])
             for index, results in enumerate(found):
                 for image, result in zip(batch, results):
                     height, width = image.shape[:2]
@@ -556,7 +598,8 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
 
     def describe(self) -> dict[str, Any]:
         """Type, name, head type, image size, classes, min score and the fit summary (without the loss history)."""
-        return self.network_description(min_score=self.min_score, ensemble=self.ensemble)
+        return self.network_description(min_score=self.min_score, ensemble=self.ensemble, tta_flip=self.tta_flip,
+                                        tta_sizes=[list(size) for size in self.tta_sizes])
 
 
 def _unflip(found: Detections, width: float) -> Detections:

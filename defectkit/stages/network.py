@@ -312,12 +312,14 @@ class NetworkStage(TrainableStage):
         x = to_input_tensor([resize(np.ascontiguousarray(im))[0] for im in images])
         return x.to(self.device).contiguous(memory_format=memory_format(self.device))
 
-    def input_batches(self, images: Sequence[np.ndarray]) -> Iterator[tuple[Sequence[np.ndarray], torch.Tensor]]:
-        """HxWx3 uint8 images :meth:`prediction_batch_size` at a time, each with its :meth:`network_input`."""
+    def input_batches(
+        self, images: Sequence[np.ndarray], size: Sequence[int] | None = None
+    ) -> Iterator[tuple[Sequence[np.ndarray], torch.Tensor]]:
+        """HxWx3 uint8 images :meth:`prediction_batch_size` at a time, each with its :meth:`network_input` at ``size``."""
         step = self.prediction_batch_size()
         for start in range(0, len(images), step):
             batch = images[start : start + step]
-            yield batch, self.network_input(batch)
+            yield batch, self.network_input(batch, size)
 
     def forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``model(x)`` for prediction: no gradients, mixed precision on CUDA; outputs back on the CPU as fp32.

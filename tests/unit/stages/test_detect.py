@@ -145,6 +145,40 @@ def test_flip_test_time_augmentation_fuses_boxes_found_in_both_passes(fitted, da
     np.testing.assert_allclose(fused_mirror.scores[order_mirror], fused.scores[order], atol=1e-5)
 
 
+def test_test_time_sizes_run_the_network_at_each_size_and_fuse_the_passes(fitted, data) -> None:
+    stage, _ = fitted
+    images = [data["store"].images[r.path] for r in data["test"]]
+    seen: list[tuple[int, ...]] = []
+    hook = stage.model.backbone.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape[-2:])))
+    stage.tta_sizes = [(2 * SIZE, 2 * SIZE)]
+    try:
+        fused = stage.detect(images)
+        passes = [stage._detect_passes(images, (SIZE, SIZE))[0], stage._detect_passes(images, (2 * SIZE, 2 * SIZE))[0]]
+    finally:
+        stage.tta_sizes = []
+        hook.remove()
+    # The network really sees the larger input (its own transform does not resize it back).
+    assert seen[:2] == [(SIZE, SIZE), (2 * SIZE, 2 * SIZE)]
+    assert stage.model.transform.min_size == (SIZE,) and stage.model.transform.max_size == SIZE
+    for index, found in enumerate(fused):
+        larger = passes[1][index]
+        assert len(larger) and (larger.boxes >= 0).all() and (larger.boxes <= SIZE).all()  # back in image pixels
+        expected = merge_detections(Detections.concatenate([p[index] for p in passes]), "WBF", "IOU", TTA_FUSE_IOU, passes=2)
+        np.testing.assert_array_equal(found.boxes, expected.boxes)
+        np.testing.assert_array_equal(found.scores, expected.scores)
+
+
+def test_test_time_sizes_are_checked_and_need_the_pytorch_runtime() -> None:
+    options = {k: v for k, v in STAGE.items() if k != "type"}
+    stage = Detector(**options, tta_sizes=[2 * SIZE, (SIZE, 2 * SIZE), SIZE])
+    assert stage.tta_sizes == [(2 * SIZE, 2 * SIZE), (SIZE, 2 * SIZE)]  # the trained size is the first pass anyway
+    assert stage.describe()["tta_sizes"] == [[2 * SIZE, 2 * SIZE], [SIZE, 2 * SIZE]]
+    with pytest.raises(ConfigError, match="tta_sizes entries must be"):
+        Detector(**options, tta_sizes=[100])
+    with pytest.raises(ConfigError, match="predict.runtime=torch"):
+        stage.use_exported(lambda x: x)
+
+
 def test_boxes_of_a_downscaled_decode_map_onto_it_and_back() -> None:
     store = Store(decode_scale=0.5)
     record = store.records("big", 1, size=2 * SIZE, lesion=28)[0]
