@@ -118,7 +118,8 @@ def build_detector(cfg: Any, parts: dict[str, list[Any]], args: argparse.Namespa
     """The config's inner Detector: ImageNet backbone with a freshly initialised head (``--epochs 0``), or
     briefly trained on acne04's train split and cached in ``--detector-dir``."""
     inner_cfg = dict(cfg.pipeline[0]["inner"])
-    inner_cfg.update(epochs=max(1, args.epochs), max_images=args.train_images, name="detector")
+    # One pass per window (no test-time input sizes): the same work SAHI is given, as docs/performance.md measured.
+    inner_cfg.update(epochs=max(1, args.epochs), max_images=args.train_images, name="detector", tta_sizes=[])
     detector = build(STAGES, inner_cfg)
     detector.classes = [str(c) for c in cfg.classes]
     if args.epochs == 0:

@@ -139,8 +139,9 @@ def test_the_openmmlab_configs_swap_only_the_head_and_build_without_the_extra(mo
             stage, original_stage = stage[key], original_stage[key]
         assert stage["model"]["type"] in ("mmdet", "mmseg")
         # The head, its loss options, (TOOD: IOU-aware scores run lower) the score cut chosen on
-        # validation, and (mmseg, as measured) the encoder's frozen batch-norm statistics.
-        swapped = ("model", "focal", "min_score", "freeze_pretrained_bn")
+        # validation, (mmdet: torchvision heads only) the test-time input sizes, and (mmseg, as
+        # measured) the encoder's frozen batch-norm statistics.
+        swapped = ("model", "focal", "min_score", "tta_sizes", "freeze_pretrained_bn")
         assert {k: v for k, v in stage.items() if k not in swapped} == {k: v for k, v in original_stage.items() if k not in swapped}
         # Building the stages imports nothing of OpenMMLab: the head is built when training starts.
         assert len(pipeline_from_config(derived).stages) == len(original.pipeline)
