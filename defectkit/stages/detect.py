@@ -510,7 +510,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         """Run the exported file from now on; refused with ``tta_sizes`` (the file is exported at ``image_size``)."""
         if network is not None and self.tta_sizes:
             raise ConfigError(f"stage {self.name!r}: tta_sizes needs predict.runtime=torch (the exported detector takes "
-                              f"{list(self.image_size)} inputs only); drop tta_sizes to use the exported file")
+                              f"{list(self.image_size)} inputs only); set the stage's tta_sizes=[] to use the exported file")
         super().use_exported(network)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
