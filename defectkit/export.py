@@ -166,17 +166,22 @@ def load_network(path: Path, fmt: str, threads: int) -> Callable[[torch.Tensor],
 
 
 # ------------------------------------------------------------------------------------------- export
-def write_onnx(module: torch.nn.Module, example: torch.Tensor, dynamic_axes: dict[int, str], path: Path) -> None:
+def write_onnx(
+    module: torch.nn.Module, example: torch.Tensor, dynamic_axes: dict[int, str], path: Path,
+    output_axes: dict[int, str] | None = None,
+) -> None:
     """Export ``module`` (CPU, fp32, eval) traced on ``example`` to ``path``: one input ``input``, one output ``output``,
-    the ``dynamic_axes`` of both free (opset :data:`OPSET`, TorchScript exporter)."""
+    the input's ``dynamic_axes`` and the output's ``output_axes`` (None: the same) free (opset :data:`OPSET`,
+    TorchScript exporter)."""
     axes = {int(k): str(v) for k, v in dynamic_axes.items()}
+    out_axes = axes if output_axes is None else {int(k): str(v) for k, v in output_axes.items()}
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter on purpose: the torch.export-based one needs onnxscript, which the
         # [export] extra does not install; its deprecation notices say nothing a user can act on.
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*(legacy TorchScript-based ONNX export|feature will be removed).*")
         torch.onnx.export(
             module, (example,), str(path), input_names=["input"], output_names=["output"],
-            dynamic_axes={"input": axes, "output": axes}, opset_version=OPSET, dynamo=False,
+            dynamic_axes={"input": axes, "output": out_axes}, opset_version=OPSET, dynamo=False,
         )
 
 
@@ -202,7 +207,7 @@ def _write_files(
     with tempfile.TemporaryDirectory(dir=export_dir, prefix=".tmp-") as tmp:
         onnx_path = Path(tmp) / f"{name}.onnx"
         # Traced on two inputs (one would let the tracer fold the batch size into reshapes).
-        write_onnx(module, inputs[:2], spec.dynamic_axes, onnx_path)
+        write_onnx(module, inputs[:2], spec.dynamic_axes, onnx_path, spec.output_axes)
         stem = name
         if calibration is not None:
             stem = f"{name}{INT8_STEM}"
@@ -550,6 +555,9 @@ def use_runtime(
             continue
         if not (isinstance(entry.get("parity"), dict) and entry["parity"].get("passed") is True):
             raise ExportError(f"predict.runtime={runtime}: the {fmt} export of stage {name!r} failed its parity check; see {export_dir / MANIFEST}")
+        if stage.runs_other_input_sizes and not {"height", "width"} <= set(dict(entry.get("dynamic_axes") or {}).values()):
+            raise ExportError(f"predict.runtime={runtime}: the {fmt} export of stage {name!r} takes one input size, but the stage "
+                              f"predicts at several (tta_sizes); {rerun} again")
         stem, label = name, name
         if precision == "int8":
             int8 = entry.get("int8")

@@ -240,6 +240,8 @@ class ExportSpec:
         inputs: The network inputs the stage builds for a few images, exactly as its prediction does
             (the first two trace the export; all of them are compared in the parity check).
         dynamic_axes: Input axes whose size varies between calls (``{0: "batch"}``; tiles add height and width).
+        output_axes: Output axes whose size varies between calls; None: the same as ``dynamic_axes``
+            (a detector's output has its locations on axis 1, not height and width).
         activation: What the stage applies to the output before using it (e.g. ``torch.sigmoid``); the
             parity check compares activated outputs. None: the raw output.
         tolerance: Largest absolute difference of activated outputs allowed between PyTorch and the
@@ -253,6 +255,7 @@ class ExportSpec:
     module: torch.nn.Module
     inputs: torch.Tensor
     dynamic_axes: dict[int, str] = field(default_factory=lambda: {0: "batch"})
+    output_axes: dict[int, str] | None = None
     activation: Callable[[torch.Tensor], torch.Tensor] | None = None
     tolerance: float = 1e-3
     relative: bool = False
@@ -274,6 +277,12 @@ class Exportable:
     """
 
     exported: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def runs_other_input_sizes(self) -> bool:
+        """Whether prediction feeds the network inputs of another height or width than its export's examples
+        (test-time sizes): an export whose height and width are fixed is then refused as stale."""
+        return False
 
     def export_module(self, images: Sequence[np.ndarray]) -> ExportSpec | None:
         """The network to export with its inputs for HxWx3 uint8 ``images``; None when the stage has no network to run

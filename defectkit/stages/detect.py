@@ -178,7 +178,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
             detected flipped). The fully convolutional detector sees the objects a little smaller
             or larger than in training; each size costs a pass of its pixels. Post-processing: a
             trained detector takes it from the config without retraining (fcos and retinanet
-            heads, PyTorch runtime). Empty: the trained size only.
+            heads; an exported file takes any size). Empty: the trained size only.
         ensemble: Networks trained, one after the other, from seeds ``seed``, ``seed + 1``, ...
             (initialisation, data order, augmentation and copy-paste); their boxes are fused like
             ``tta_flip``'s passes (a box found by one member of two keeps half its score, and
@@ -506,12 +506,10 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         )
 
     # ------------------------------------------------------------------ predict
-    def use_exported(self, network: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
-        """Run the exported file from now on; refused with ``tta_sizes`` (the file is exported at ``image_size``)."""
-        if network is not None and self.tta_sizes:
-            raise ConfigError(f"stage {self.name!r}: tta_sizes needs predict.runtime=torch (the exported detector takes "
-                              f"{list(self.image_size)} inputs only); set the stage's tta_sizes=[] to use the exported file")
-        super().use_exported(network)
+    @property
+    def runs_other_input_sizes(self) -> bool:
+        """True with ``tta_sizes``: the exported file must take any height and width (exports since tta_sizes do)."""
+        return bool(self.tta_sizes)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Boxes in HxWx3 uint8 images, each in its own pixel coordinates (batches of :meth:`prediction_batch_size`).
@@ -584,8 +582,11 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         cut = float(torch.logit(torch.tensor(float(first.score_thresh)).clamp(1e-6, 1 - 1e-6)))
         inputs = torch.cat([x for _, x in self.input_batches(images)]).cpu()
         module = EnsembleDenseOutputs(model) if isinstance(model, DetectorEnsemble) else DenseOutputs(model)
+        # Any input height and width (tta_sizes); the output's locations follow them.
+        locations = 2 if isinstance(model, DetectorEnsemble) else 1
         return ExportSpec(
             module=module, inputs=inputs, tolerance=1e-4, relative=True,
+            dynamic_axes={0: "batch", 2: "height", 3: "width"}, output_axes={0: "batch", locations: "locations"},
             decision=lambda out: out[..., :classes] > cut, min_agreement=0.999,
         )
 

@@ -21,6 +21,7 @@ from defectkit.cli import EXIT_FATAL, EXIT_OK, EXIT_USAGE, main
 from defectkit.config import DictAction
 from defectkit.errors import ExportError
 from defectkit.export import (
+    MANIFEST,
     export_pipeline,
     exportable_stages,
     int8_files,
@@ -30,6 +31,7 @@ from defectkit.export import (
     use_runtime,
 )
 from defectkit.io.images import decode_record
+from defectkit.sample import Detections
 from defectkit.stages.base import Exportable, ExportSpec, Stage
 from defectkit.stages.detect import Detector
 from defectkit.stages.segment import Segmenter
@@ -419,8 +421,37 @@ def test_a_detector_finds_the_same_boxes_through_its_exported_network(kind: str,
     assert use_runtime([detector], tmp_path / "weights", tmp_path / "exported", runtime, 1, "defectkit export c.py") == ["detector"]
     found = detector.detect(images)
     assert sum(len(d.boxes) for d in expected) > 10  # a low head threshold: random weights still give boxes
-    for a, b in zip(expected, found):
+    _assert_same_detections(expected, found)
+
+    # Test-time input sizes run the same exported file at other heights and widths.
+    detector.tta_sizes = [(96, 128)]
+    use_runtime([detector], tmp_path / "weights", tmp_path / "exported", "torch", 1, "defectkit export c.py")
+    expected = detector.detect(images)
+    use_runtime([detector], tmp_path / "weights", tmp_path / "exported", runtime, 1, "defectkit export c.py")
+    # (Fused boxes of near-equal scores may swap places: compared in box order.)
+    _assert_same_detections(expected, detector.detect(images), any_order=True)
+
+
+def _assert_same_detections(expected: list[Detections], found: list[Detections], any_order: bool = False) -> None:
+    for a, b in zip(expected, found, strict=True):
         assert len(a.boxes) == len(b.boxes)
+        if any_order:
+            a, b = (Detections(d.boxes[order], d.scores[order], d.labels[order])
+                    for d, order in ((d, np.lexsort(np.round(d.boxes, 1).T)) for d in (a, b)))
         np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-3)
         np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
         np.testing.assert_array_equal(b.labels, a.labels)
+
+
+def test_an_export_of_one_input_size_is_refused_for_a_detector_with_test_time_sizes(tmp_path: Path):
+    detector = _untrained_detector("fcos")
+    images = [np.full((64, 96, 3), 128, np.uint8)] * 2
+    export_pipeline([detector], tmp_path / "weights", tmp_path / "exported", "onnx", images, log=lambda line: None)
+    manifest_path = tmp_path / "exported" / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["formats"]["onnx"]["stages"]["detector"]["dynamic_axes"] = {"0": "batch"}  # as exports before tta_sizes
+    manifest_path.write_text(json.dumps(manifest))
+    assert use_runtime([detector], tmp_path / "weights", tmp_path / "exported", "onnxruntime", 1, "x") == ["detector"]
+    detector.tta_sizes = [(96, 128)]
+    with pytest.raises(ExportError, match="takes one input size.*tta_sizes"):
+        use_runtime([detector], tmp_path / "weights", tmp_path / "exported", "onnxruntime", 1, "x")

@@ -168,15 +168,14 @@ def test_test_time_sizes_run_the_network_at_each_size_and_fuse_the_passes(fitted
         np.testing.assert_array_equal(found.scores, expected.scores)
 
 
-def test_test_time_sizes_are_checked_and_need_the_pytorch_runtime() -> None:
+def test_test_time_sizes_are_checked() -> None:
     options = {k: v for k, v in STAGE.items() if k != "type"}
     stage = Detector(**options, tta_sizes=[2 * SIZE, (SIZE, 2 * SIZE), SIZE])
     assert stage.tta_sizes == [(2 * SIZE, 2 * SIZE), (SIZE, 2 * SIZE)]  # the trained size is the first pass anyway
     assert stage.describe()["tta_sizes"] == [[2 * SIZE, 2 * SIZE], [SIZE, 2 * SIZE]]
     with pytest.raises(ConfigError, match="tta_sizes entries must be"):
         Detector(**options, tta_sizes=[100])
-    with pytest.raises(ConfigError, match="predict.runtime=torch"):
-        stage.use_exported(lambda x: x)
+    assert stage.runs_other_input_sizes and not Detector(**options).runs_other_input_sizes
 
 
 def test_boxes_of_a_downscaled_decode_map_onto_it_and_back() -> None:
