@@ -2,7 +2,7 @@
 ``defectkit cv`` evaluated again with another setting.
 
 ``defectkit cv`` pools its folds' own evaluations into ``cv/cv.json``; a post-processing setting that
-needs no retraining (a detector's ``tta_sizes``, a score cut) is compared on the same held-out folds
+needs no retraining (a detector's ``tta_scales``, a score cut) is compared on the same held-out folds
 by evaluating each fold's work dir again with ``--cfg-options`` and pooling those records here, so
 every development image counts once and the test split is never read.
 
@@ -10,7 +10,7 @@ Usage:
     defectkit cv configs/skin_trouble.py --data-root D --work-dir W --folds 3
     for k in 0 1 2; do
         defectkit eval configs/skin_trouble.py --data-root D --work-dir W/cv/fold$k --split test \\
-            --out W/cv/fold$k/eval_tta --cfg-options "pipeline.0.inner.tta_sizes=[576]"
+            --out W/cv/fold$k/eval_tta --cfg-options "pipeline.0.inner.tta_scales=(1.0,0.9)"
     done
     python benchmarks/pooled_metrics.py configs/skin_trouble.py W/cv/fold*/eval_records.jsonl
     python benchmarks/pooled_metrics.py configs/skin_trouble.py W/cv/fold*/eval_tta/eval_records.jsonl

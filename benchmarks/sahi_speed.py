@@ -119,7 +119,7 @@ def build_detector(cfg: Any, parts: dict[str, list[Any]], args: argparse.Namespa
     briefly trained on acne04's train split and cached in ``--detector-dir``."""
     inner_cfg = dict(cfg.pipeline[0]["inner"])
     # One pass per window (no test-time input sizes): the same work SAHI is given, as docs/performance.md measured.
-    inner_cfg.update(epochs=max(1, args.epochs), max_images=args.train_images, name="detector", tta_sizes=[])
+    inner_cfg.update(epochs=max(1, args.epochs), max_images=args.train_images, name="detector", tta_scales=(1.0,))
     detector = build(STAGES, inner_cfg)
     detector.classes = [str(c) for c in cfg.classes]
     if args.epochs == 0:

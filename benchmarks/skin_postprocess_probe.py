@@ -99,7 +99,7 @@ def with_boxes(records: list[Record], found: list[Detections], classes: list[str
 
 def detect_at(detector: Detector, images: list[np.ndarray], size: int) -> list[Detections]:
     """The detector's boxes with its input resized to ``size`` x ``size`` (one network, no flip: one
-    pass of the stage's ``tta_sizes``)."""
+    pass of the stage's ``tta_scales``)."""
     return detector._detect_passes(images, (size, size))[0]
 
 

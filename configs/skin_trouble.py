@@ -47,12 +47,12 @@ pipeline = [
             batch_size=8,
             lr=1e-3,
             min_score=0.25,
-            # Each photo is also detected at 704 px and the two passes' boxes fused (weighted box
-            # fusion): cross-validated on the 226 train+val photos (3 folds, the test split unread),
-            # mAP50 0.246 against 0.240 at 640 px alone; 576 px, both, flips and box voting did not
-            # gain (docs/results.md). About twice the detector's prediction time; whole photos at
-            # the trained size only: --cfg-options "pipeline.0.inner.tta_sizes=[]"
-            tta_sizes=[704],
+            # Each photo is also detected at 1.1x (704 px) and the two passes' boxes fused (weighted
+            # box fusion): cross-validated on the 226 train+val photos (3 folds, the test split
+            # unread), mAP50 0.246 against 0.240 at 640 px alone; 0.9x (576 px), both, flips and box
+            # voting did not gain (docs/results.md). About twice the detector's prediction time;
+            # one pass: --cfg-options "pipeline.0.inner.tta_scales=(1.0,)"
+            tta_scales=(1.0, 1.1),
             # Whole-image training; dict(size=(320, 320), overlap=0.2, keep_empty=0.1) trains on
             # the windows sliced inference uses (slower on CPU: nine windows per photo).
             train_slices=False,

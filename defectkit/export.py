@@ -557,7 +557,7 @@ def use_runtime(
             raise ExportError(f"predict.runtime={runtime}: the {fmt} export of stage {name!r} failed its parity check; see {export_dir / MANIFEST}")
         if stage.runs_other_input_sizes and not {"height", "width"} <= set(dict(entry.get("dynamic_axes") or {}).values()):
             raise ExportError(f"predict.runtime={runtime}: the {fmt} export of stage {name!r} takes one input size, but the stage "
-                              f"predicts at several (tta_sizes); {rerun} again")
+                              f"predicts at several (tta_scales); {rerun} again")
         stem, label = name, name
         if precision == "int8":
             int8 = entry.get("int8")

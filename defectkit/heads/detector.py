@@ -467,7 +467,7 @@ def input_size(detector: FCOS | RetinaNet, size: Sequence[int]) -> Iterator[None
     """Within the block, ``detector`` takes inputs of ``size`` ``(height, width)`` as they are.
 
     Its internal transform otherwise resizes every input to the size it was built for
-    (:func:`_transform_args`); test-time input sizes (the Detector stage's ``tta_sizes``) need it not to.
+    (:func:`_transform_args`); test-time input sizes (the Detector stage's ``tta_scales``) need it not to.
 
     Example:
         >>> model = fcos(1, (64, 64), pretrained=False).eval()

@@ -172,13 +172,12 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         tta_flip: Also detect on the horizontally flipped image and fuse both passes' boxes
             (weighted box fusion, IOU 0.55: a box found in one pass only keeps half its score);
             twice the prediction cost.
-        tta_sizes: Further network input sizes at which every image is also detected (a side for
-            a square input, or ``(height, width)``; multiples of 32), fused with the
-            ``image_size`` pass like ``tta_flip``'s passes (with ``tta_flip``, every size is also
-            detected flipped). The fully convolutional detector sees the objects a little smaller
-            or larger than in training; each size costs a pass of its pixels. Post-processing: a
-            trained detector takes it from the config without retraining (fcos and retinanet
-            heads; an exported file takes any size). Empty: the trained size only.
+        tta_scales: Input scales at which every image is detected, relative to ``image_size``
+            (each side rounded to a multiple of 32, as the Segmenter's ``tta_scales``), e.g.
+            ``(1.0, 1.1)``; the passes' boxes are fused like ``tta_flip``'s (with ``tta_flip``,
+            every scale is also detected flipped). ``(1.0,)``: one pass. Each scale costs a pass of
+            ``scale**2`` times the pixels. Post-processing: a trained detector takes it from the
+            config without retraining (fcos and retinanet heads; an exported file takes any size).
         ensemble: Networks trained, one after the other, from seeds ``seed``, ``seed + 1``, ...
             (initialisation, data order, augmentation and copy-paste); their boxes are fused like
             ``tta_flip``'s passes (a box found by one member of two keeps half its score, and
@@ -234,7 +233,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         augment: dict[str, Any] | None = DEFAULT_DETECT_AUGMENT,
         min_score: float = 0.3,
         tta_flip: bool = False,
-        tta_sizes: Sequence[int | Sequence[int]] = (),
+        tta_scales: Sequence[float] = (1.0,),
         ensemble: int = 1,
         focal: dict[str, float] | None = None,
         train_slices: dict[str, Any] | bool | None = None,
@@ -259,14 +258,14 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
             raise ConfigError(f"Detector min_score must be in [0, 1], got {min_score!r}")
         self.min_score = float(min_score)
         self.tta_flip = bool(tta_flip)
-        self.tta_sizes = self._tta_size_options(tta_sizes)
+        self.tta_scales = self.tta_scale_options(tta_scales)
         if int(ensemble) < 1:
             raise ConfigError(f"Detector ensemble must be >= 1 (networks to train and fuse), got {ensemble!r}")
         self.ensemble = int(ensemble)
         self.focal = self._focal_options(focal)
         self.openmmlab = self.model_cfg["type"] == "mmdet"
-        if self.openmmlab and self.tta_sizes:
-            raise ConfigError("Detector tta_sizes applies to the fcos and retinanet heads, not to an mmdet model")
+        if self.openmmlab and self.runs_other_input_sizes:
+            raise ConfigError("Detector tta_scales other than (1.0,) apply to the fcos and retinanet heads, not to an mmdet model")
         if self.openmmlab and focal is not None and self.focal != self._focal_options(None):
             raise ConfigError("Detector focal applies to the fcos and retinanet heads; an mmdet model sets its losses in its OpenMMLab config")
         self.train_slices = self._slice_options(train_slices)
@@ -288,19 +287,6 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         if options["gamma"] < 0:
             raise ConfigError(f"Detector focal gamma must be >= 0, got {options['gamma']}")
         return options
-
-    def _tta_size_options(self, sizes: Sequence[int | Sequence[int]]) -> list[tuple[int, int]]:
-        """``tta_sizes`` as ``(height, width)`` pairs, checked like ``image_size``; the trained size dropped."""
-        out: list[tuple[int, int]] = []
-        for size in sizes or ():
-            pair = (int(size), int(size)) if isinstance(size, int | float) else tuple(int(v) for v in size)
-            step = self.size_multiple
-            if len(pair) != 2 or any(v < step or v % step for v in pair):
-                raise ConfigError(f"Detector tta_sizes entries must be a side or (height, width), multiples of {step} "
-                                  f"(>= {step}), got {size!r}")
-            if pair != self.image_size and pair not in out:
-                out.append((pair[0], pair[1]))
-        return out
 
     @staticmethod
     def _slice_options(train_slices: dict[str, Any] | bool | None) -> dict[str, Any] | bool | None:
@@ -508,21 +494,25 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
     # ------------------------------------------------------------------ predict
     @property
     def runs_other_input_sizes(self) -> bool:
-        """True with ``tta_sizes``: the exported file must take any height and width (exports since tta_sizes do)."""
-        return bool(self.tta_sizes)
+        """True when a ``tta_scales`` pass is not at ``image_size``: the exported file must take any height and width."""
+        return any(size != self.image_size for size in self.tta_input_sizes())
+
+    def tta_input_sizes(self) -> list[tuple[int, int]]:
+        """The network input size of each ``tta_scales`` pass (duplicates after rounding dropped)."""
+        return list(dict.fromkeys(self.scaled_input_size(scale) for scale in self.tta_scales))
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Boxes in HxWx3 uint8 images, each in its own pixel coordinates (batches of :meth:`prediction_batch_size`).
 
         Every image is resized to ``image_size`` for the network and its boxes scaled back, so
         images of any size (whole photos, slices) can be mixed in one call. The passes of every
-        ensemble member, at every input size (``image_size`` and ``tta_sizes``) and, with
+        ensemble member, at every input size (:meth:`tta_input_sizes`) and, with
         ``tta_flip``, of the flipped images (their boxes flipped back) are fused by weighted box
         fusion.
         """
         mirrored_images = [np.ascontiguousarray(image[:, ::-1]) for image in images] if self.tta_flip else None
         passes: list[list[Detections]] = []
-        for size in (self.image_size, *self.tta_sizes):
+        for size in self.tta_input_sizes():
             passes.extend(self._detect_passes(images, size))
             if mirrored_images is not None:
                 for mirrored in self._detect_passes(mirrored_images, size):
@@ -549,7 +539,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
                 with inference_mode(self.device):
                     found = []
                     for member in members:
-                        # mmdet models (no tta_sizes) only ever see the trained size.
+                        # mmdet models (tta_scales (1.0,) only) only ever see the trained size.
                         with input_size(member, size) if size != self.image_size else nullcontext():
                             found.append([{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in r.items()}
                                           for r in member(list(x))])
@@ -582,7 +572,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         cut = float(torch.logit(torch.tensor(float(first.score_thresh)).clamp(1e-6, 1 - 1e-6)))
         inputs = torch.cat([x for _, x in self.input_batches(images)]).cpu()
         module = EnsembleDenseOutputs(model) if isinstance(model, DetectorEnsemble) else DenseOutputs(model)
-        # Any input height and width (tta_sizes); the output's locations follow them.
+        # Any input height and width (tta_scales); the output's locations follow them.
         locations = 2 if isinstance(model, DetectorEnsemble) else 1
         return ExportSpec(
             module=module, inputs=inputs, tolerance=1e-4, relative=True,
@@ -600,7 +590,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
     def describe(self) -> dict[str, Any]:
         """Type, name, head type, image size, classes, min score and the fit summary (without the loss history)."""
         return self.network_description(min_score=self.min_score, ensemble=self.ensemble, tta_flip=self.tta_flip,
-                                        tta_sizes=[list(size) for size in self.tta_sizes])
+                                        tta_scales=list(self.tta_scales))
 
 
 def _unflip(found: Detections, width: float) -> Detections:

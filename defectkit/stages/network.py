@@ -312,6 +312,19 @@ class NetworkStage(TrainableStage):
         x = to_input_tensor([resize(np.ascontiguousarray(im))[0] for im in images])
         return x.to(self.device).contiguous(memory_format=memory_format(self.device))
 
+    def tta_scale_options(self, scales: Sequence[float]) -> tuple[float, ...]:
+        """Test-time input scales relative to ``image_size`` (``tta_scales`` of the stages that have it), checked."""
+        values = tuple(float(v) for v in scales)
+        if not values or any(not 0.25 <= v <= 4.0 for v in values):
+            raise ConfigError(f"{type(self).__name__} tta_scales must be scales in [0.25, 4], got {list(scales)}")
+        return values
+
+    def scaled_input_size(self, scale: float) -> tuple[int, int]:
+        """``image_size`` times ``scale``, each side rounded to a multiple of :attr:`size_multiple` (1.5 x 288x384 -> 448x576)."""
+        step = self.size_multiple
+        height, width = (max(step, round(side * scale / step) * step) for side in self.image_size)
+        return height, width
+
     def input_batches(
         self, images: Sequence[np.ndarray], size: Sequence[int] | None = None
     ) -> Iterator[tuple[Sequence[np.ndarray], torch.Tensor]]:

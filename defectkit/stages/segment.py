@@ -163,9 +163,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
         if self.oversample_cfg is not None:
             self.check_options("oversample", oversampling_sampler, self.oversample_cfg, label_sets=[], seed=0)
         self.tta_flip = bool(tta_flip)
-        self.tta_scales = tuple(float(v) for v in tta_scales)
-        if not self.tta_scales or any(not 0.25 <= v <= 4.0 for v in self.tta_scales):
-            raise ConfigError(f"Segmenter tta_scales must be scales in [0.25, 4], got {list(tta_scales)}")
+        self.tta_scales = self.tta_scale_options(tta_scales)
         self.augment_cfg = None if augment is None else dict(augment)
         if self.augment_cfg is not None:
             build_augmentation(self.augment_cfg, self.seed)  # fail on a bad config now, not after loading data
@@ -256,8 +254,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
         model = self.network().eval()
         out: list[np.ndarray] = []
         # Each scale's input size, sides rounded to the encoder's multiple of 32 (1.5 x 288x384 -> 448x576).
-        sizes = [None if scale == 1.0 else [max(32, round(side * scale / 32) * 32) for side in self.image_size]
-                 for scale in self.tta_scales]
+        sizes = [None if scale == 1.0 else self.scaled_input_size(scale) for scale in self.tta_scales]
         for batch, x in self.input_batches(images):
             with torch.no_grad():
                 passes = []

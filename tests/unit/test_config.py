@@ -141,7 +141,7 @@ def test_the_openmmlab_configs_swap_only_the_head_and_build_without_the_extra(mo
         # The head, its loss options, (TOOD: IOU-aware scores run lower) the score cut chosen on
         # validation, (mmdet: torchvision heads only) the test-time input sizes, and (mmseg, as
         # measured) the encoder's frozen batch-norm statistics.
-        swapped = ("model", "focal", "min_score", "tta_sizes", "freeze_pretrained_bn")
+        swapped = ("model", "focal", "min_score", "tta_scales", "freeze_pretrained_bn")
         assert {k: v for k, v in stage.items() if k not in swapped} == {k: v for k, v in original_stage.items() if k not in swapped}
         # Building the stages imports nothing of OpenMMLab: the head is built when training starts.
         assert len(pipeline_from_config(derived).stages) == len(original.pipeline)

@@ -424,7 +424,7 @@ def test_a_detector_finds_the_same_boxes_through_its_exported_network(kind: str,
     _assert_same_detections(expected, found)
 
     # Test-time input sizes run the same exported file at other heights and widths.
-    detector.tta_sizes = [(96, 128)]
+    detector.tta_scales = (1.0, 1.5)
     use_runtime([detector], tmp_path / "weights", tmp_path / "exported", "torch", 1, "defectkit export c.py")
     expected = detector.detect(images)
     use_runtime([detector], tmp_path / "weights", tmp_path / "exported", runtime, 1, "defectkit export c.py")
@@ -449,9 +449,9 @@ def test_an_export_of_one_input_size_is_refused_for_a_detector_with_test_time_si
     export_pipeline([detector], tmp_path / "weights", tmp_path / "exported", "onnx", images, log=lambda line: None)
     manifest_path = tmp_path / "exported" / MANIFEST
     manifest = json.loads(manifest_path.read_text())
-    manifest["formats"]["onnx"]["stages"]["detector"]["dynamic_axes"] = {"0": "batch"}  # as exports before tta_sizes
+    manifest["formats"]["onnx"]["stages"]["detector"]["dynamic_axes"] = {"0": "batch"}  # as exports before tta_scales
     manifest_path.write_text(json.dumps(manifest))
     assert use_runtime([detector], tmp_path / "weights", tmp_path / "exported", "onnxruntime", 1, "x") == ["detector"]
-    detector.tta_sizes = [(96, 128)]
-    with pytest.raises(ExportError, match="takes one input size.*tta_sizes"):
+    detector.tta_scales = (1.0, 1.5)
+    with pytest.raises(ExportError, match="takes one input size.*tta_scales"):
         use_runtime([detector], tmp_path / "weights", tmp_path / "exported", "onnxruntime", 1, "x")

@@ -150,12 +150,12 @@ def test_test_time_sizes_run_the_network_at_each_size_and_fuse_the_passes(fitted
     images = [data["store"].images[r.path] for r in data["test"]]
     seen: list[tuple[int, ...]] = []
     hook = stage.model.backbone.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape[-2:])))
-    stage.tta_sizes = [(2 * SIZE, 2 * SIZE)]
+    stage.tta_scales = (1.0, 2.0)
     try:
         fused = stage.detect(images)
         passes = [stage._detect_passes(images, (SIZE, SIZE))[0], stage._detect_passes(images, (2 * SIZE, 2 * SIZE))[0]]
     finally:
-        stage.tta_sizes = []
+        stage.tta_scales = (1.0,)
         hook.remove()
     # The network really sees the larger input (its own transform does not resize it back).
     assert seen[:2] == [(SIZE, SIZE), (2 * SIZE, 2 * SIZE)]
@@ -170,11 +170,12 @@ def test_test_time_sizes_run_the_network_at_each_size_and_fuse_the_passes(fitted
 
 def test_test_time_sizes_are_checked() -> None:
     options = {k: v for k, v in STAGE.items() if k != "type"}
-    stage = Detector(**options, tta_sizes=[2 * SIZE, (SIZE, 2 * SIZE), SIZE])
-    assert stage.tta_sizes == [(2 * SIZE, 2 * SIZE), (SIZE, 2 * SIZE)]  # the trained size is the first pass anyway
-    assert stage.describe()["tta_sizes"] == [[2 * SIZE, 2 * SIZE], [SIZE, 2 * SIZE]]
-    with pytest.raises(ConfigError, match="tta_sizes entries must be"):
-        Detector(**options, tta_sizes=[100])
+    stage = Detector(**options, tta_scales=(1.0, 2.0, 1.1, 0.5))
+    # Sides rounded to multiples of 32: 96 * 1.1 -> 96 (the same pass as 1.0, run once), 96 * 0.5 -> 64.
+    assert stage.tta_input_sizes() == [(SIZE, SIZE), (2 * SIZE, 2 * SIZE), (64, 64)]
+    assert stage.describe()["tta_scales"] == [1.0, 2.0, 1.1, 0.5]
+    with pytest.raises(ConfigError, match="tta_scales must be scales"):
+        Detector(**options, tta_scales=(1.0, 5.0))
     assert stage.runs_other_input_sizes and not Detector(**options).runs_other_input_sizes
 
 
