@@ -99,6 +99,10 @@ class ClassifierGate(NetworkStage, Exportable):
         weight_decay: AdamW weight decay.
         ema_decay: Keep an exponential moving average of the weights (decay per training step, e.g.
             0.995); validation scores the average and the stage keeps it. None: no average.
+        max_minutes: Wall-clock budget of the training epochs (validation included, data loading
+            not): after each epoch the epoch count is cut to what fits at the pace so far and the
+            schedule ends with it (:func:`~defectkit.training.fit_head`), so a slower machine trains
+            fewer epochs. None: exactly ``epochs``.
         augment: Albumentations config dict (``build(TRANSFORMS, ...)``) or None for none; default:
             horizontal flips and mild brightness/contrast.
         target_recall: Share of positive validation images the threshold must keep.
@@ -133,6 +137,7 @@ class ClassifierGate(NetworkStage, Exportable):
         lr: float = 3e-4,
         weight_decay: float = 1e-4,
         ema_decay: float | None = None,
+        max_minutes: float | None = None,
         augment: dict[str, Any] | None = DEFAULT_GATE_AUGMENT,
         target_recall: float = 0.98,
         positive_classes: Sequence[str] | None = None,
@@ -148,7 +153,7 @@ class ClassifierGate(NetworkStage, Exportable):
         # weights of another network are refused on load.
         super().__init__(
             name or "classifier_gate", dict(type=CLASSIFIER_TYPE), image_size, epochs, batch_size, lr, weight_decay,
-            max_images, seed, True, chunk_size, predict_batch_size=predict_batch_size, ema_decay=ema_decay,
+            max_images, seed, True, chunk_size, predict_batch_size=predict_batch_size, ema_decay=ema_decay, max_minutes=max_minutes,
         )
         if not 0.0 < target_recall <= 1.0:
             raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")

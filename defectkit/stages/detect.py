@@ -159,6 +159,10 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         weight_decay: AdamW weight decay.
         ema_decay: Keep an exponential moving average of the weights (decay per training step, e.g.
             0.995); validation scores the average and the stage keeps it. None: no average.
+        max_minutes: Wall-clock budget of the training epochs (validation included, data loading
+            not): after each epoch the epoch count is cut to what fits at the pace so far and the
+            schedule ends with it (:func:`~defectkit.training.fit_head`), so a slower machine trains
+            fewer epochs. The members of an ``ensemble`` share it equally. None: exactly ``epochs``.
         freeze_pretrained_bn: Keep the running statistics of the backbone's batch-norm layers as
             ImageNet left them while the rest trains (their scale and shift still learn). On by
             default: every detector in docs/results.md trained this way (batches of 8 photos).
@@ -228,6 +232,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         lr: float = 5e-4,
         weight_decay: float = 1e-4,
         ema_decay: float | None = None,
+        max_minutes: float | None = None,
         freeze_pretrained_bn: bool = True,
         warmup_steps: int = 20,
         augment: dict[str, Any] | None = DEFAULT_DETECT_AUGMENT,
@@ -248,7 +253,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         super().__init__(
             name or "detector", dict(model or dict(type="fcos")), image_size, epochs, max(1, int(batch_size)), lr,
             weight_decay, max_images, seed, pretrained, chunk_size, predict_batch_size=predict_batch_size,
-            freeze_pretrained_bn=freeze_pretrained_bn, ema_decay=ema_decay,
+            freeze_pretrained_bn=freeze_pretrained_bn, ema_decay=ema_decay, max_minutes=max_minutes,
         )
         self.warmup_steps = max(0, int(warmup_steps))
         self.augment_cfg = None if augment is None else dict(augment)
@@ -471,6 +476,8 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
                 context, self._dataset(train_items, _chain(steps)), val_ds, None, network=member, seed=seed,
                 description="train" if len(members) == 1 else f"train member {index + 1}/{len(members)} (seed {seed})",
                 warmup_steps=self.warmup_steps, collate_fn=collate_boxes, sampler=self._sampler(train_items, seed),
+                # Each member of an ensemble gets an equal share of the stage's time budget.
+                max_minutes=None if self.max_minutes is None else self.max_minutes / len(members),
             ))
         training = summaries[0] if len(summaries) == 1 else _ensemble_training(summaries)
         labels = np.concatenate([i[2] for i in train_items]) if train_items else np.zeros(0, np.int64)
@@ -600,7 +607,7 @@ def _unflip(found: Detections, width: float) -> Detections:
 
 
 def _ensemble_training(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One training summary for an ensemble: losses averaged over members, seconds and steps summed.
+    """One training summary for an ensemble: losses averaged over members, seconds, steps and time budgets summed.
 
     ``history`` and ``best_epoch`` are the first member's (the report plots one loss curve); every
     member's own summary is under ``members``.
@@ -614,6 +621,7 @@ def _ensemble_training(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "train_loss": mean("train_loss"), "last_val_loss": mean("last_val_loss"), "best_val_loss": mean("best_val_loss"),
         "seconds": round(sum(float(s.get("seconds") or 0) for s in summaries), 2),
         "steps": sum(int(s.get("steps") or 0) for s in summaries),
+        "max_minutes": None if summaries[0].get("max_minutes") is None else sum(float(s["max_minutes"]) for s in summaries),
         "members": list(summaries),
     }
 

@@ -68,6 +68,10 @@ class NetworkStage(TrainableStage):
         ema_decay: Train with an exponential moving average of the weights with this decay per
             step (:func:`~defectkit.training.fit_head`); the average is what validation scores and
             what the stage keeps. None: the trained weights themselves.
+        max_minutes: Wall-clock budget of the training epochs (validation included, data loading
+            not): after each epoch the epoch count is cut to what fits at the pace so far and the
+            schedule ends with it (:func:`~defectkit.training.fit_head`), so a slower machine trains
+            fewer epochs. None: exactly ``epochs``.
     """
 
     model_types: Sequence[str] = ()
@@ -96,6 +100,7 @@ class NetworkStage(TrainableStage):
         predict_batch_size: int | None = None,
         freeze_pretrained_bn: bool = False,
         ema_decay: float | None = None,
+        max_minutes: float | None = None,
     ) -> None:
         super().__init__(name)
         kind = type(self).__name__
@@ -130,6 +135,9 @@ class NetworkStage(TrainableStage):
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ConfigError(f"{kind} ema_decay must be in (0, 1) or None, got {ema_decay!r}")
         self.ema_decay = None if ema_decay is None else float(ema_decay)
+        if max_minutes is not None and not max_minutes > 0:
+            raise ConfigError(f"{kind} max_minutes must be > 0 or None, got {max_minutes!r}")
+        self.max_minutes = None if max_minutes is None else float(max_minutes)
         self.classes: list[str] = []
         self.model: torch.nn.Module | None = None
         self.summary: dict[str, Any] = {}
@@ -208,7 +216,8 @@ class NetworkStage(TrainableStage):
         With validation data the weights of the best validation epoch are kept. ``network`` trains
         a part of ``model`` instead (e.g. one member of an ensemble), with its own ``seed`` (default:
         the stage's) and log ``description``. ``options`` are further
-        :func:`~defectkit.training.fit_head` arguments (e.g. ``collate_fn``, ``sampler``).
+        :func:`~defectkit.training.fit_head` arguments (e.g. ``collate_fn``, ``sampler``, or
+        ``max_minutes`` for a share of the stage's time budget).
         """
         assert self.model is not None, "fresh_network() first"
         prefix = self.pretrained_prefix()
@@ -218,7 +227,7 @@ class NetworkStage(TrainableStage):
             progress=context.progress, description=f"{self.name}: {description}", seed=self.seed if seed is None else int(seed),
             restore_best=val is not None, log=context.log, device=self.device,
             frozen_norms=(prefix,) if self.freeze_pretrained_bn and prefix is not None else (),
-            ema_decay=self.ema_decay, **options,
+            ema_decay=self.ema_decay, **{"max_minutes": self.max_minutes, **options},
         )
 
     def check_options(self, option: str, target: Callable[..., Any], options: dict[str, Any], **given: Any) -> None:

@@ -75,6 +75,10 @@ class Segmenter(NetworkStage, Segments, Exportable):
         weight_decay: AdamW weight decay.
         ema_decay: Keep an exponential moving average of the weights (decay per training step, e.g.
             0.995); validation scores the average and the stage keeps it. None: no average.
+        max_minutes: Wall-clock budget of the training epochs (validation included, data loading
+            not): after each epoch the epoch count is cut to what fits at the pace so far and the
+            schedule ends with it (:func:`~defectkit.training.fit_head`), so a slower machine trains
+            fewer epochs. None: exactly ``epochs``.
         dice_weight: Weight of the region term next to BCE (0: BCE only).
         loss: Region term: ``"bce_dice"`` (soft Dice per image), ``"bce_batch_dice"`` (per class over the
             batch), ``"bce_focal_tversky"`` (per image), ``"bce_batch_focal_tversky"`` (per class over
@@ -124,6 +128,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
         freeze_pretrained_bn: bool = False,
         weight_decay: float = 1e-4,
         ema_decay: float | None = None,
+        max_minutes: float | None = None,
         dice_weight: float = 0.5,
         loss: str = "bce_dice",
         train_crop: Sequence[int] | None = None,
@@ -140,7 +145,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
     ) -> None:
         super().__init__(
             name or "segmenter", dict(model or dict(type="Unet")), image_size, epochs, batch_size, lr, weight_decay,
-            max_images, seed, pretrained, chunk_size, predict_batch_size=predict_batch_size, ema_decay=ema_decay,
+            max_images, seed, pretrained, chunk_size, predict_batch_size=predict_batch_size, ema_decay=ema_decay, max_minutes=max_minutes,
             freeze_pretrained_bn=freeze_pretrained_bn,
         )
         self.dice_weight = float(dice_weight)

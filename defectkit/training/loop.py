@@ -329,6 +329,10 @@ class HeadModule(pl.LightningModule):
             after every optimizer step with this decay (warmed up as ``min(decay, (1 + n) / (10 + n))``
             after ``n`` updates, so early, poor weights fade fast); validation scores the average,
             and the best epoch's state is the average's. None: no average.
+        max_minutes: Wall-clock budget of the fit (training and validation epochs). After every
+            epoch the planned epoch count becomes what fits in the budget at the mean pace so far
+            (at most the epochs the trainer was given), and the schedule is stretched or shrunk to
+            end with it; an epoch that no longer fits is not started. None: the trainer's epochs.
 
     Example:
         >>> module = HeadModule(nn.Linear(4, 2), nn.CrossEntropyLoss(), lr=1e-3)
@@ -351,8 +355,17 @@ class HeadModule(pl.LightningModule):
         lr_scales: Mapping[str, float] | None = None,
         frozen_norms: Sequence[str] = (),
         ema_decay: float | None = None,
+        max_minutes: float | None = None,
     ) -> None:
         super().__init__()
+        if max_minutes is not None and not float(max_minutes) > 0:
+            raise ValueError(f"max_minutes must be > 0 or None, got {max_minutes}")
+        self.max_minutes = None if max_minutes is None else float(max_minutes)
+        # Set when the fit starts: the epochs asked for, the scheduler's total steps (the time
+        # budget may change it) and the fit's start time.
+        self.requested_epochs = 0
+        self.total_steps = 1
+        self._fit_start = time.perf_counter()
         if ema_decay is not None and not 0.0 < float(ema_decay) < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
         self.ema_decay = None if ema_decay is None else float(ema_decay)
@@ -394,6 +407,8 @@ class HeadModule(pl.LightningModule):
         return self.head if self.averaged is None else self.averaged.module
 
     def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
+        self.requested_epochs = int(self.trainer.max_epochs or 1)
         if self.ema_decay is not None:
             self.averaged = torch.optim.swa_utils.AveragedModel(self.head, multi_avg_fn=_ema_average(self.ema_decay),
                                                                 use_buffers=True)
@@ -448,6 +463,8 @@ class HeadModule(pl.LightningModule):
             }
         )
         self._sums["val"] = [0.0, 0]
+        if self.max_minutes is not None:
+            self._fit_epochs_to_budget()
         comparable = not isinstance(self.head, EpochAware) or self.current_epoch >= self.head.loss_comparable_from()
         if val_n and comparable and val_sum / val_n < self.best_val_loss:
             self.best_val_loss, self.best_epoch = val_sum / val_n, int(self.current_epoch)
@@ -460,13 +477,29 @@ class HeadModule(pl.LightningModule):
                 f"train loss {epoch['train_loss']:.4f}{val} ({time.perf_counter() - self._epoch_start:.0f} s)"
             )
 
+    def _fit_epochs_to_budget(self) -> None:
+        """Plan as many epochs as fit in :attr:`max_minutes` at the mean pace so far, and the schedule to match."""
+        assert self.max_minutes is not None
+        done = int(self.current_epoch) + 1
+        elapsed = time.perf_counter() - self._fit_start
+        fitting = done + int((self.max_minutes * 60.0 - elapsed) // (elapsed / done))
+        planned = max(done, min(self.requested_epochs, fitting))
+        if planned == self.trainer.max_epochs:
+            return
+        self.trainer.fit_loop.max_epochs = planned
+        # The step factor reads total_steps, so the cosine decay now ends with the last planned epoch.
+        self.total_steps = max(1, planned * int(self.trainer.num_training_batches))
+        if self.log_line is not None:
+            self.log_line(f"{self.description}: {planned} of {self.requested_epochs} epochs fit in the "
+                          f"{self.max_minutes:g} min budget at {elapsed / done:.0f} s per epoch")
+
     def configure_optimizers(self) -> dict[str, Any]:
         # Every parameter goes to the optimizer, frozen or not: Adam(W) skips parameters whose grad is
         # None, so a backbone frozen for the first epochs joins training without rebuilding anything.
         kind = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
         optimizer = kind(self._parameter_groups(), lr=self.lr, weight_decay=self.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup, floor, constant = min(self.warmup_steps, total - 1), self.min_lr_ratio, self.schedule == "constant"
+        self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup, floor, constant = min(self.warmup_steps, self.total_steps - 1), self.min_lr_ratio, self.schedule == "constant"
 
         def factor(step: int) -> float:
             """Linear warm-up, then cosine from 1 to ``min_lr_ratio`` over the remaining steps (or constant 1)."""
@@ -474,7 +507,7 @@ class HeadModule(pl.LightningModule):
                 return (step + 1) / (warmup + 1)
             if constant:
                 return 1.0
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -602,6 +635,7 @@ def fit_head(
     lr_scales: Mapping[str, float] | None = None,
     frozen_norms: Sequence[str] = (),
     ema_decay: float | None = None,
+    max_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Train ``head`` in place with Lightning (on ``device``) and return a JSON-able summary.
 
@@ -648,9 +682,15 @@ def fit_head(
             updates (0.995 is reached after about 1,800 steps; until then the average weighs
             roughly the last tenth of the steps): validation scores the average, and the head ends with
             the average's weights (those of the best validation epoch with ``restore_best``). None: none.
+        max_minutes: Wall-clock budget of the training and validation epochs (not of loading the
+            data): after each epoch the epoch count is cut to what fits at the mean pace so far
+            (never above ``epochs``) and the cosine schedule ends with the new last epoch, so a
+            slower machine trains fewer epochs and a run's result then depends on the machine.
+            None: exactly ``epochs``.
 
     Returns:
-        ``epochs``, ``steps``, ``train_samples``, ``val_samples``, ``train_loss`` (last epoch),
+        ``epochs`` (trained), ``epochs_requested``, ``max_minutes``, ``steps``, ``train_samples``,
+        ``val_samples``, ``train_loss`` (last epoch),
         ``last_val_loss``, ``best_val_loss``, ``best_epoch``, ``restored_best``, ``ema_decay``, ``history``
         (per-epoch losses and learning rate) and ``seconds``. ``best_epoch`` and each history entry's
         ``epoch`` count from 0 (they index ``history``); the progress log counts epochs from 1.
@@ -680,7 +720,7 @@ def fit_head(
     device = device or torch.device("cpu")
     module = HeadModule(head, loss_fn, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, log=log,
                         description=description, optimizer=optimizer, schedule=schedule, lr_scales=lr_scales,
-                        frozen_norms=frozen_norms, ema_decay=ema_decay)
+                        frozen_norms=frozen_norms, ema_decay=ema_decay, max_minutes=max_minutes)
     # Lightning keeps each submodule's train/eval mode as it finds it, so a part built in eval mode
     # (e.g. a timm feature extractor) would otherwise train with frozen statistics by accident.
     module.train()
@@ -738,6 +778,8 @@ def fit_head(
     val_losses = [h["val_loss"] for h in history if h["val_loss"] is not None]
     return {
         "epochs": len(history),
+        "epochs_requested": int(epochs),
+        "max_minutes": module.max_minutes,
         "steps": int(trainer.global_step),
         "train_samples": len(train_dataset),  # type: ignore[arg-type]
         "val_samples": len(val_dataset) if has_val else 0,  # type: ignore[arg-type]

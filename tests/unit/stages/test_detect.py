@@ -248,6 +248,13 @@ def test_copy_paste_and_oversampling_plug_into_training(data) -> None:
     assert weights[-1] == 1.0 and min(weights[:-1]) > 1.0  # images with a lesion are drawn more often
 
 
+def test_the_members_of_an_ensemble_share_its_time_budget(data) -> None:
+    stage = build(STAGES, dict(STAGE, ensemble=2, max_minutes=10.0))
+    summary = stage.fit(data["train"][:4], [], context(data["store"]))
+    assert [m["max_minutes"] for m in summary["training"]["members"]] == [5.0, 5.0]
+    assert summary["training"]["max_minutes"] == 10.0
+
+
 def test_an_ensemble_trains_each_member_from_its_own_seed_and_fuses_their_boxes(fitted, data, tmp_path) -> None:
     single, _ = fitted
     stage = build(STAGES, dict(STAGE, ensemble=2))
@@ -259,6 +266,7 @@ def test_an_ensemble_trains_each_member_from_its_own_seed_and_fuses_their_boxes(
     assert not torch.equal(first.head.classification_head.cls_logits.weight, second.head.classification_head.cls_logits.weight)
     assert summary["ensemble"] == 2 and [m["epochs"] for m in summary["training"]["members"]] == [1, 1]
     assert summary["training"]["steps"] == sum(m["steps"] for m in summary["training"]["members"])
+    assert [m["max_minutes"] for m in summary["training"]["members"]] == [None, None]
 
     images = [data["store"].images[r.path] for r in data["test"]]
     fused = stage.detect(images)

@@ -285,6 +285,17 @@ def test_an_ema_decay_reaches_the_loop_and_an_out_of_range_one_is_refused(data, 
         build(STAGES, {**STAGE, "ema_decay": 1.5})
 
 
+def test_a_time_budget_cuts_the_epochs_the_stage_trains_and_a_non_positive_one_is_refused(data, training_call):
+    from defectkit.errors import ConfigError
+
+    stage = build(STAGES, {**STAGE, "epochs": 3, "max_minutes": 1e-6})  # less than any epoch takes
+    summary = stage.fit(data["train"][:4], [], context(data["store"]))
+    assert training_call["max_minutes"] == 1e-6
+    assert summary["training"]["epochs"] == 1 and summary["training"]["epochs_requested"] == 3
+    with pytest.raises(ConfigError, match="Segmenter max_minutes must be > 0 or None, got 0"):
+        build(STAGES, {**STAGE, "max_minutes": 0})
+
+
 def test_unknown_oversampling_options_are_refused_when_the_stage_is_built():
     from defectkit.errors import ConfigError
 

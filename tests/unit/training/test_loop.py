@@ -281,12 +281,68 @@ def test_constant_schedule_keeps_the_rate_and_cosine_lowers_it() -> None:
     assert cosine["history"][-1]["lr"] < 0.5e-2
 
 
+class ClockedDataset(ImageTensorDataset):
+    """Each item read advances a fake clock by one second, so an epoch of n items takes n seconds."""
+
+    def __init__(self, clock: dict[str, float], *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.clock = clock
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.clock["now"] += 1.0
+        return super().__getitem__(index)
+
+
+def fake_clock(monkeypatch) -> dict[str, float]:
+    """The training loop's clock, moved only by :class:`ClockedDataset` reads."""
+    import types
+
+    from defectkit.training import loop
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    return clock
+
+
+def test_a_time_budget_trains_the_epochs_that_fit_and_ends_the_schedule_with_them(monkeypatch) -> None:
+    clock = fake_clock(monkeypatch)
+    train = ClockedDataset(clock, *bright_dark(8, 0), size=(16, 16))  # 8 s per epoch, 2 steps
+    lines: list[str] = []
+    summary = fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=10, batch_size=4, lr=1e-2,
+                       max_minutes=30 / 60, log=lines.append)
+    # 30 s hold three 8 s epochs; the cosine schedule reaches its floor (1% of lr) at the third's last step.
+    assert summary["epochs"] == len(summary["history"]) == 3 and summary["steps"] == 6
+    assert summary["epochs_requested"] == 10 and summary["max_minutes"] == 0.5
+    assert summary["history"][-1]["lr"] == pytest.approx(1e-4)
+    assert "3 of 10 epochs fit in the 0.5 min budget at 8 s per epoch" in lines[0]
+    assert "epoch 3/3" in lines[-1]
+
+
+def test_a_time_budget_never_adds_epochs_and_a_loose_one_changes_nothing(monkeypatch) -> None:
+    clock = fake_clock(monkeypatch)
+    train = ClockedDataset(clock, *bright_dark(8, 0), size=(16, 16))
+    budgeted = fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=3, batch_size=4, lr=1e-2, max_minutes=60)
+    plain = fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=3, batch_size=4, lr=1e-2)
+    assert budgeted["epochs"] == 3
+    assert [h["lr"] for h in budgeted["history"]] == [h["lr"] for h in plain["history"]]
+    assert [h["train_loss"] for h in budgeted["history"]] == [h["train_loss"] for h in plain["history"]]
+
+
+def test_an_epoch_that_outgrows_the_budget_is_the_last(monkeypatch) -> None:
+    clock = fake_clock(monkeypatch)
+    train = ClockedDataset(clock, *bright_dark(8, 0), size=(16, 16))
+    # A budget shorter than one epoch: the first epoch is trained, and nothing after it.
+    summary = fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=5, batch_size=4, lr=1e-2, max_minutes=5 / 60)
+    assert summary["epochs"] == 1 and summary["steps"] == 2
+
+
 @pytest.mark.parametrize(
     "option, message",
     [(dict(optimizer="sgd"), r"optimizer must be one of \['adamw', 'adam'\], got 'sgd'"),
      (dict(schedule="step"), r"schedule must be one of \['cosine', 'constant'\]"),
      (dict(gradient_clip_val=0.0), "gradient_clip_val must be > 0"),
-     (dict(ema_decay=1.0), r"ema_decay must be in \(0, 1\) or None")],
+     (dict(ema_decay=1.0), r"ema_decay must be in \(0, 1\) or None"),
+     (dict(max_minutes=0), "max_minutes must be > 0 or None")],
 )
 def test_bad_loop_options_say_what_is_allowed(option, message) -> None:
     train = ImageTensorDataset(*bright_dark(4, 0), size=(16, 16))
