@@ -482,7 +482,8 @@ class HeadModule(pl.LightningModule):
         assert self.max_minutes is not None
         done = int(self.current_epoch) + 1
         elapsed = time.perf_counter() - self._fit_start
-        fitting = done + int((self.max_minutes * 60.0 - elapsed) // (elapsed / done))
+        pace = max(elapsed / done, 1e-6)  # seconds per epoch (a coarse clock can read 0)
+        fitting = done + int((self.max_minutes * 60.0 - elapsed) // pace)
         planned = max(done, min(self.requested_epochs, fitting))
         if planned == self.trainer.max_epochs:
             return
@@ -491,7 +492,7 @@ class HeadModule(pl.LightningModule):
         self.total_steps = max(1, planned * int(self.trainer.num_training_batches))
         if self.log_line is not None:
             self.log_line(f"{self.description}: {planned} of {self.requested_epochs} epochs fit in the "
-                          f"{self.max_minutes:g} min budget at {elapsed / done:.0f} s per epoch")
+                          f"{self.max_minutes:g} min budget at {pace:.0f} s per epoch")
 
     def configure_optimizers(self) -> dict[str, Any]:
         # Every parameter goes to the optimizer, frozen or not: Adam(W) skips parameters whose grad is
