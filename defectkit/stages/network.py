@@ -221,13 +221,14 @@ class NetworkStage(TrainableStage):
         """
         assert self.model is not None, "fresh_network() first"
         prefix = self.pretrained_prefix()
+        options.setdefault("max_minutes", self.max_minutes)
         return fit_head(
             self.model if network is None else network, train, val, loss_fn,
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
             progress=context.progress, description=f"{self.name}: {description}", seed=self.seed if seed is None else int(seed),
             restore_best=val is not None, log=context.log, device=self.device,
             frozen_norms=(prefix,) if self.freeze_pretrained_bn and prefix is not None else (),
-            ema_decay=self.ema_decay, **{"max_minutes": self.max_minutes, **options},
+            ema_decay=self.ema_decay, **options,
         )
 
     def check_options(self, option: str, target: Callable[..., Any], options: dict[str, Any], **given: Any) -> None:
