@@ -560,13 +560,23 @@ def _frozen_batch_norms(head: nn.Module, prefixes: Sequence[str]) -> list[nn.Mod
 
 
 class _ProgressCallback(pl.Callback):
-    """Advances a defectkit progress bar (``FitContext.progress``) once per training batch."""
+    """Advances a defectkit progress bar (``FitContext.progress``) once per training batch.
 
-    def __init__(self, advance: Callable[[int], None]) -> None:
-        self.advance = advance
+    The bar's total is the requested epochs' batches; a time budget that ends the fit earlier
+    completes it at the end, so a finished fit never leaves a bar standing part-way.
+    """
+
+    def __init__(self, advance: Callable[[int], None], total: int) -> None:
+        self.advance, self.total, self.done = advance, int(total), 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
         self.advance(1)
+        self.done += 1
+
+    def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self.done < self.total:
+            self.advance(self.total - self.done)
+            self.done = self.total
 
 
 class _FreezeCallback(pl.Callback):
@@ -730,7 +740,8 @@ def fit_head(
     accelerator, devices = lightning_accelerator(device)
     callbacks: list[pl.Callback] = []
     if progress is not None:
-        callbacks.append(_ProgressCallback(progress(description, int(epochs) * len(train_loader))))
+        total = int(epochs) * len(train_loader)
+        callbacks.append(_ProgressCallback(progress(description, total), total))
     if frozen is not None and freeze_epochs > 0:
         callbacks.append(_FreezeCallback(frozen, freeze_epochs))
 

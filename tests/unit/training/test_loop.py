@@ -328,6 +328,23 @@ def test_a_time_budget_never_adds_epochs_and_a_loose_one_changes_nothing(monkeyp
     assert [h["train_loss"] for h in budgeted["history"]] == [h["train_loss"] for h in plain["history"]]
 
 
+def test_a_fit_cut_short_by_its_budget_completes_its_progress_bar(monkeypatch) -> None:
+    clock = fake_clock(monkeypatch)
+    train = ClockedDataset(clock, *bright_dark(8, 0), size=(16, 16))  # 8 s per epoch, 2 steps
+    bars: list[tuple[str, int]] = []
+    advanced: list[int] = []
+
+    def progress(description: str, total: int):
+        bars.append((description, total))
+        return lambda n=1: advanced.append(n)
+
+    summary = fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=10, batch_size=4, lr=1e-2,
+                       max_minutes=30 / 60, progress=progress, description="toy")
+    # The bar was sized for 10 epochs of 2 steps; 3 epochs ran, and the rest is filled in at the end.
+    assert summary["steps"] == 6 and bars == [("toy", 20)]
+    assert advanced[:6] == [1] * 6 and sum(advanced) == 20
+
+
 def test_an_epoch_that_outgrows_the_budget_is_the_last(monkeypatch) -> None:
     clock = fake_clock(monkeypatch)
     train = ClockedDataset(clock, *bright_dark(8, 0), size=(16, 16))
