@@ -60,51 +60,6 @@ def deeplabv3plus(num_classes: int = 1, pretrained: bool = True, backbone: str =
     return _build(smp.DeepLabV3Plus, num_classes, pretrained, backbone, **kwargs)
 
 
-def dilations_outside_map(model: nn.Module, input_size: tuple[int, int]) -> list[dict[str, Any]]:
-    """The dilated convolutions of ``model`` that act as 1x1 convolutions at ``input_size``.
-
-    A 3x3 convolution with dilation ``d`` on an ``h x w`` map reaches no neighbour when ``d >= h`` and
-    ``d >= w``: every off-centre tap lands in the zero padding. Its off-centre weights then get no
-    gradient while training at that size, yet they act at larger prediction sizes (``tta_scales``).
-    This happens to DeepLabV3+'s default atrous rates (12, 24, 36) at small inputs: at 288x384 and
-    output stride 16 the ASPP sees an 18x24 map, where rates 24 and 36 reach nothing.
-
-    Args:
-        model: Any network taking ``1 x 3 x H x W`` images.
-        input_size: ``(height, width)`` of the input, e.g. the training size.
-
-    Returns:
-        One dict per such convolution: ``name``, ``dilation`` (height, width) and ``map`` (height, width).
-
-    Example:
-        >>> model = build_segmenter(dict(type="DeepLabV3Plus"), 1, pretrained=False)
-        >>> sorted({d["dilation"][0] for d in dilations_outside_map(model, (288, 384))})
-        [24, 36]
-    """
-    found: list[dict[str, Any]] = []
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and max(module.kernel_size) > 1 and max(module.dilation) > 1:
-
-            def record(mod: nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor, name: str = name) -> None:
-                height, width = args[0].shape[-2:]
-                dh, dw = mod.dilation  # type: ignore[misc]
-                if dh >= height and dw >= width:
-                    found.append(dict(name=name, dilation=(int(dh), int(dw)), map=(int(height), int(width))))
-
-            hooks.append(module.register_forward_hook(record))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, int(input_size[0]), int(input_size[1]), device=next(model.parameters()).device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    return found
-
-
 def build_segmenter(cfg: dict[str, Any], num_classes: int, pretrained: bool = True) -> nn.Module:
     """Build a registered segmenter from ``cfg`` (``type`` plus smp keyword arguments) for ``num_classes``."""
     from defectkit.registry import build
@@ -289,4 +244,4 @@ def segmentation_loss(name: str = "bce_dice", dice_weight: float = 0.5) -> Calla
 
 
 __all__ = ["ARCHITECTURES", "ENCODER_NAME", "SEGMENTATION_LOSSES", "batch_dice_loss", "batch_focal_tversky_loss", "bce_dice_loss",
-           "dilations_outside_map", "focal_tversky_loss", "lovasz_loss", "segmentation_loss", "build_segmenter", "deeplabv3plus", "unet"]
+           "focal_tversky_loss", "lovasz_loss", "segmentation_loss", "build_segmenter", "deeplabv3plus", "unet"]

@@ -19,7 +19,7 @@ from defectkit.data.masks import ground_truth_masks, has_annotations
 from defectkit.data.sampling import oversampling_sampler
 from defectkit.data.transforms import Compose, ForegroundCrop, build_augmentation
 from defectkit.errors import ConfigError
-from defectkit.heads.segmenter import ARCHITECTURES, build_segmenter, dilations_outside_map, segmentation_loss
+from defectkit.heads.segmenter import ARCHITECTURES, build_segmenter, segmentation_loss
 from defectkit.registry import STAGES
 from defectkit.sample import Record, Sample
 from defectkit.stages.base import Exportable, ExportSpec, FitContext, Segments
@@ -216,7 +216,6 @@ class Segmenter(NetworkStage, Segments, Exportable):
         self.log_problems(context, problems)
 
         self.fresh_network()
-        idle_dilations = self._dilations_outside_map(context)
         augment = build_augmentation(self.augment_cfg, self.seed)
         if self.train_crop is None:
             train_ds = ImageTensorDataset(train_images, train_masks, self.image_size, transform=augment)
@@ -247,30 +246,12 @@ class Segmenter(NetworkStage, Segments, Exportable):
             freeze_pretrained_bn=self.freeze_pretrained_bn,
             oversample=self.oversample_cfg,
             train_crop=None if self.train_crop is None else list(self.train_crop),
-            dilations_outside_map=idle_dilations,
             train_images=len(train_images),
             val_images=len(val_images),
             skipped_unannotated=len(train) - len([r for r in train if has_annotations(r)]),
             skipped_undecodable=len(annotated) - len(train_images) + len(val_annotated) - len(val_images),
             positive_pixel_share={c: round(float(stacked[:, i].mean()), 6) for i, c in enumerate(self.classes)},
         )
-
-    def _dilations_outside_map(self, context: FitContext) -> list[dict[str, Any]]:
-        """Log the network's dilated convolutions that reach past their map at the training input size."""
-        if self.model_cfg["type"] not in ARCHITECTURES:
-            return []  # OpenMMLab segmentors take their own input format
-        assert self.model is not None
-        size = self.train_crop or self.image_size
-        idle = dilations_outside_map(self.model, size)
-        if idle:
-            rates = ", ".join(str(r) for r in sorted({d["dilation"][0] for d in idle}))
-            height, width = idle[0]["map"]
-            hint = " (DeepLabV3+: smaller model.decoder_atrous_rates, e.g. (4, 8, 12))" if self.model_cfg["type"] == "DeepLabV3Plus" else ""
-            context.log(
-                f"{self.name}: {len(idle)} convolution(s) with dilation {rates} reach past the {height}x{width} map they see at "
-                f"the {size[0]}x{size[1]} training input, so they train as 1x1 convolutions{hint}"
-            )
-        return idle
 
     # ------------------------------------------------------------------ predict
     def probability_maps(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -115,20 +115,3 @@ def test_batch_focal_tversky_counts_a_class_over_the_batch_and_weighs_misses_abo
     value = batch_focal_tversky_loss(empty, torch.zeros(2, 1, 8, 8))
     value.backward()
     assert float(value) == 0.0 and empty.grad is not None
-
-
-def test_atrous_rates_that_reach_past_the_feature_map_are_found_as_1x1_convolutions() -> None:
-    from defectkit.heads.segmenter import build_segmenter, dilations_outside_map
-
-    model = build_segmenter(dict(type="DeepLabV3Plus", decoder_channels=16), 1, pretrained=False)
-    # 288x384 at output stride 16 is an 18x24 map: rates 24 and 36 reach no neighbour, 12 does.
-    idle = dilations_outside_map(model, (288, 384))
-    assert sorted({d["dilation"] for d in idle}) == [(24, 24), (36, 36)]
-    assert {d["map"] for d in idle} == {(18, 24)}
-    assert all(d["name"].startswith("decoder.aspp") for d in idle)
-    # At twice the size the map is 36x48: only rate 36 still reaches past its height, but not its width.
-    assert dilations_outside_map(model, (576, 768)) == []
-    small = build_segmenter(dict(type="DeepLabV3Plus", decoder_channels=16, decoder_atrous_rates=(4, 8, 12)), 1, pretrained=False)
-    small.train()
-    assert dilations_outside_map(small, (288, 384)) == []
-    assert small.training  # the check runs in eval mode and gives the mode back

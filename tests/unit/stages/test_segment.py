@@ -296,19 +296,6 @@ def test_a_time_budget_cuts_the_epochs_the_stage_trains_and_a_non_positive_one_i
         build(STAGES, {**STAGE, "max_minutes": 0})
 
 
-def test_deeplab_rates_that_train_as_1x1_convolutions_are_logged_and_summarised(data):
-    lines: list[str] = []
-    stage = build(STAGES, {**STAGE, "image_size": (64, 64), "model": dict(type="DeepLabV3Plus", decoder_channels=16)})
-    ctx = FitContext(work_dir=Path("."), load_samples=data["store"].load_samples, classes=CLASSES, log=lines.append)
-    summary = stage.fit(data["train"][:4], [], ctx)
-    # 64x64 at output stride 16 is a 4x4 map: all three default rates (12, 24, 36) reach past it.
-    assert [d["dilation"][0] for d in summary["dilations_outside_map"]].count(12) >= 1
-    assert any("with dilation 12, 24, 36 reach past the 4x4 map they see at the 64x64 training input" in line
-               and "decoder_atrous_rates" in line for line in lines)
-    fitted_plain = build(STAGES, dict(STAGE))  # a U-Net has no dilated convolution: nothing to say
-    assert fitted_plain.fit(data["train"][:4], [], context(data["store"]))["dilations_outside_map"] == []
-
-
 def test_unknown_oversampling_options_are_refused_when_the_stage_is_built():
     from defectkit.errors import ConfigError
 
