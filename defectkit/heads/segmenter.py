@@ -26,6 +26,7 @@ from torch import nn
 from defectkit.errors import ConfigError
 from defectkit.heads.backbones import BACKBONE_NAME, DEFAULT_BACKBONE, load_pretrained_weights, timm_name
 from defectkit.registry import HEADS
+from defectkit.training.loop import ValidationScore
 
 ENCODER_NAME = f"tu-{BACKBONE_NAME}"
 """smp's name for the default timm encoder (EfficientNet-Lite0)."""
@@ -207,6 +208,63 @@ def _lovasz_hinge_flat(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return torch.dot(F.relu(errors_sorted), jaccard)
 
 
+class BestThresholdIoU(ValidationScore):
+    """Validation score of a multi-label segmenter: the mean over classes of each class's IoU at its best threshold.
+
+    Each class's IoU is counted over the whole validation set (as the evaluation's data-set IoU is)
+    at every threshold ``k / bins``, and the best is kept: what the maps would score once
+    :class:`~defectkit.stages.mask_policy.CalibratedMaskPolicy` picks a threshold per class, which
+    0.5 would not show for an under-confident rare class. Classes without a positive validation
+    pixel do not count. The sigmoid probabilities are binned per class, positives and negatives
+    apart, so one pass scores every threshold.
+
+    Args:
+        bins: Probability bins; the thresholds are ``1 / bins`` ... ``(bins - 1) / bins``.
+
+    Example:
+        >>> score = BestThresholdIoU(bins=10)
+        >>> score.reset()
+        >>> targets = torch.zeros(1, 2, 4, 4)
+        >>> targets[0, 0, :2] = 1                            # class 0: the top half; class 1: nowhere
+        >>> logits = torch.where(targets > 0, 0.0, -3.0)     # positives at p=0.5, negatives at p=0.05
+        >>> score.update(logits, targets)
+        >>> round(score.compute(), 3)                        # class 0 is perfect at any cut in (0.05, 0.5]
+        1.0
+    """
+
+    name = "val_iou"
+
+    def __init__(self, bins: int = 20) -> None:
+        if int(bins) < 2:
+            raise ValueError(f"bins must be >= 2, got {bins}")
+        self.bins = int(bins)
+        self._counts: torch.Tensor | None = None  # 2 x C x bins: negatives, positives
+
+    def reset(self) -> None:
+        self._counts = None
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        channels = outputs.shape[1]
+        bins = (torch.sigmoid(outputs.float()) * self.bins).long().clamp_(0, self.bins - 1)
+        # one bincount over (label, class, bin) codes
+        codes = bins + torch.arange(channels, device=bins.device).view(1, channels, 1, 1) * self.bins
+        codes = codes + (targets > 0.5).long() * (channels * self.bins)
+        counts = torch.bincount(codes.flatten(), minlength=2 * channels * self.bins).view(2, channels, self.bins).cpu()
+        self._counts = counts if self._counts is None else self._counts + counts
+
+    def compute(self) -> float | None:
+        if self._counts is None:
+            return None
+        negatives, positives = self._counts.double()
+        # predicted positive at threshold k / bins: the pixels in bins k and above
+        true_pos = positives.flip(1).cumsum(1).flip(1)[:, 1:]
+        false_pos = negatives.flip(1).cumsum(1).flip(1)[:, 1:]
+        total_pos = positives.sum(1, keepdim=True)
+        iou = true_pos / (total_pos + false_pos).clamp_min(1.0)
+        present = total_pos[:, 0] > 0
+        return float(iou.max(1).values[present].mean()) if bool(present.any()) else None
+
+
 SEGMENTATION_LOSSES = ("bce_dice", "bce_batch_dice", "bce_focal_tversky", "bce_batch_focal_tversky", "bce_lovasz")
 """Loss names :func:`segmentation_loss` builds."""
 
@@ -243,5 +301,5 @@ def segmentation_loss(name: str = "bce_dice", dice_weight: float = 0.5) -> Calla
     return loss
 
 
-__all__ = ["ARCHITECTURES", "ENCODER_NAME", "SEGMENTATION_LOSSES", "batch_dice_loss", "batch_focal_tversky_loss", "bce_dice_loss",
+__all__ = ["ARCHITECTURES", "ENCODER_NAME", "SEGMENTATION_LOSSES", "BestThresholdIoU", "batch_dice_loss", "batch_focal_tversky_loss", "bce_dice_loss",
            "focal_tversky_loss", "lovasz_loss", "segmentation_loss", "build_segmenter", "deeplabv3plus", "unet"]

@@ -278,9 +278,13 @@ class NetworkStage(TrainableStage):
             "annotation_problems": len(problems),
             "training": training,
         }
+        kept = "" if training.get("best_epoch") is None else (
+            f"; kept epoch {training['best_epoch'] + 1} (best {training.get('best_epoch_by', 'val_loss')}: "
+            f"val loss {training['best_val_loss']}"
+            + ("" if training.get("best_val_score") is None else f", val score {training['best_val_score']}") + ")")
         context.log(
             f"{self.name}: trained {self.model_cfg['type']} on {trained_on} "
-            f"(val {val_count}); train loss {training['train_loss']}, best val loss {training['best_val_loss']}"
+            f"(val {val_count}); train loss {training['train_loss']}{kept}"
         )
         return self.summary
 

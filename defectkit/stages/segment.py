@@ -19,7 +19,7 @@ from defectkit.data.masks import ground_truth_masks, has_annotations
 from defectkit.data.sampling import oversampling_sampler
 from defectkit.data.transforms import Compose, ForegroundCrop, build_augmentation
 from defectkit.errors import ConfigError
-from defectkit.heads.segmenter import ARCHITECTURES, build_segmenter, segmentation_loss
+from defectkit.heads.segmenter import ARCHITECTURES, BestThresholdIoU, build_segmenter, segmentation_loss
 from defectkit.registry import STAGES
 from defectkit.sample import Record, Sample
 from defectkit.stages.base import Exportable, ExportSpec, FitContext, Segments
@@ -34,6 +34,10 @@ DEFAULT_SEGMENT_AUGMENT: dict[str, Any] = dict(
     ],
 )
 """Flips and mild photometric changes: geometry-preserving, cheap on CPU, masks follow the flips."""
+
+
+BEST_EPOCH_CHOICES: dict[str, str] = {"val_loss": "val_loss", "val_iou": "val_score"}
+"""The Segmenter's ``best_epoch_by`` names and the training loop's criterion each stands for."""
 
 
 @STAGES.register_module()
@@ -90,6 +94,10 @@ class Segmenter(NetworkStage, Segments, Exportable):
             :func:`defectkit.data.sampling.oversampling_sampler` options (e.g.
             ``dict(threshold=0.5, keep_epoch_length=True)``: images of classes in under half of the
             photos drawn more often, at an unchanged number of steps), or None for a plain shuffle.
+        best_epoch_by: Which validation epoch's weights the stage keeps: ``"val_loss"`` (the lowest
+            validation loss) or ``"val_iou"`` (the highest mean over classes of the data-set IoU at
+            each class's best threshold, :class:`~defectkit.heads.segmenter.BestThresholdIoU`: what
+            the calibrated mask policy will make of the maps). Both are logged for every epoch.
         tta_flip: Average each prediction with that of the horizontally flipped image (twice the
             prediction cost).
         tta_scales: Input scales whose maps are averaged at prediction, relative to ``image_size``
@@ -134,6 +142,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
         train_crop: Sequence[int] | None = None,
         foreground_share: float = 0.67,
         oversample: dict[str, Any] | None = None,
+        best_epoch_by: str = "val_loss",
         tta_flip: bool = False,
         tta_scales: Sequence[float] = (1.0,),
         augment: dict[str, Any] | None = DEFAULT_SEGMENT_AUGMENT,
@@ -167,6 +176,9 @@ class Segmenter(NetworkStage, Segments, Exportable):
         self.oversample_cfg = None if oversample is None else dict(oversample)
         if self.oversample_cfg is not None:
             self.check_options("oversample", oversampling_sampler, self.oversample_cfg, label_sets=[], seed=0)
+        if best_epoch_by not in BEST_EPOCH_CHOICES:
+            raise ConfigError(f"Segmenter best_epoch_by must be one of {list(BEST_EPOCH_CHOICES)}, got {best_epoch_by!r}")
+        self.best_epoch_by = str(best_epoch_by)
         self.tta_flip = bool(tta_flip)
         self.tta_scales = self.tta_scale_options(tta_scales)
         self.augment_cfg = None if augment is None else dict(augment)
@@ -237,7 +249,8 @@ class Segmenter(NetworkStage, Segments, Exportable):
             sampler = oversampling_sampler(label_sets, self.seed, **self.oversample_cfg)
         lr_scales = None if self.encoder_lr_ratio == 1.0 else {self.pretrained_prefix(): self.encoder_lr_ratio}
         training = self.train_network(context, train_ds, val_ds, segmentation_loss(self.loss_name, self.dice_weight),
-                                      sampler=sampler, lr_scales=lr_scales)
+                                      sampler=sampler, lr_scales=lr_scales, val_score=BestThresholdIoU(),
+                                      best_epoch_by=BEST_EPOCH_CHOICES[self.best_epoch_by])
         stacked = np.stack(train_masks)
         return self.finish_fit(
             context, training, problems, f"{len(train_images)} images", len(val_images),
@@ -245,6 +258,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
             encoder_lr_ratio=self.encoder_lr_ratio,
             freeze_pretrained_bn=self.freeze_pretrained_bn,
             oversample=self.oversample_cfg,
+            best_epoch_by=self.best_epoch_by,
             train_crop=None if self.train_crop is None else list(self.train_crop),
             train_images=len(train_images),
             val_images=len(val_images),

@@ -5,14 +5,17 @@ Example:
 """
 
 from defectkit.training.loop import (
+    BEST_EPOCH_CRITERIA,
     BoxTensorDataset,
     EpochAware,
     HeadModule,
     ImageTensorDataset,
+    ValidationScore,
     collate_boxes,
     fit_head,
     head_loss,
     resize_with_boxes,
 )
 
-__all__ = ["BoxTensorDataset", "EpochAware", "HeadModule", "ImageTensorDataset", "collate_boxes", "fit_head", "head_loss", "resize_with_boxes"]
+__all__ = ["BEST_EPOCH_CRITERIA", "BoxTensorDataset", "EpochAware", "HeadModule", "ImageTensorDataset", "ValidationScore",
+           "collate_boxes", "fit_head", "head_loss", "resize_with_boxes"]

@@ -167,6 +167,36 @@ class EpochAware:
         return 0
 
 
+class ValidationScore:
+    """A score of a head's validation outputs (higher is better), kept per epoch in the fit's history.
+
+    With ``fit_head(..., best_epoch_by="val_score")`` it, not the validation loss, picks the epoch
+    whose weights the head keeps: a loss can keep falling (or rising) for reasons the task's metric
+    does not share, e.g. a segmenter's BCE grows with its confidence while its masks still improve.
+    The loop calls :meth:`reset` before each validation pass, :meth:`update` with every batch's
+    outputs and targets, and :meth:`compute` after the pass.
+    """
+
+    name: str = "val_score"
+    """How the score is called in the epoch log lines."""
+
+    def reset(self) -> None:
+        """Forget the previous validation pass."""
+        raise NotImplementedError
+
+    def update(self, outputs: Any, targets: Any) -> None:
+        """Count one validation batch: the head's outputs and the batch's targets."""
+        raise NotImplementedError
+
+    def compute(self) -> float | None:
+        """The score of the pass so far; None when there was nothing to score (e.g. no positives)."""
+        raise NotImplementedError
+
+
+BEST_EPOCH_CRITERIA = ("val_loss", "val_score")
+"""What :func:`fit_head`'s ``best_epoch_by`` can select the kept epoch by."""
+
+
 def head_loss(head: nn.Module, x: Any, targets: Any) -> torch.Tensor:
     """The loss of a head that computes its own: ``head(x, targets)``, a scalar or a dict of terms (summed).
 
@@ -333,6 +363,10 @@ class HeadModule(pl.LightningModule):
             epoch the planned epoch count becomes what fits in the budget at the mean pace so far
             (at most the epochs the trainer was given), and the schedule is stretched or shrunk to
             end with it; an epoch that no longer fits is not started. None: the trainer's epochs.
+        val_score: Scored on every validation pass and kept in :attr:`history` as ``val_score``
+            (needs ``loss_fn``: the score reads the head's outputs). None: no score.
+        best_epoch_by: ``"val_loss"`` (lowest) or ``"val_score"`` (highest ``val_score``): which
+            epoch's weights :attr:`best_state` holds (:data:`BEST_EPOCH_CRITERIA`).
 
     Example:
         >>> module = HeadModule(nn.Linear(4, 2), nn.CrossEntropyLoss(), lr=1e-3)
@@ -356,8 +390,17 @@ class HeadModule(pl.LightningModule):
         frozen_norms: Sequence[str] = (),
         ema_decay: float | None = None,
         max_minutes: float | None = None,
+        val_score: ValidationScore | None = None,
+        best_epoch_by: str = "val_loss",
     ) -> None:
         super().__init__()
+        self.best_epoch_by = _check_choice("best_epoch_by", best_epoch_by, BEST_EPOCH_CRITERIA)
+        if val_score is None and self.best_epoch_by == "val_score":
+            raise ValueError('best_epoch_by="val_score" needs a val_score')
+        if val_score is not None and loss_fn is None:
+            raise ValueError("a val_score reads the head's outputs, so it needs a loss_fn (a head that computes "
+                             "its own loss returns no outputs while validating)")
+        self.val_score = val_score
         if max_minutes is not None and not float(max_minutes) > 0:
             raise ValueError(f"max_minutes must be > 0 or None, got {max_minutes}")
         self.max_minutes = None if max_minutes is None else float(max_minutes)
@@ -392,10 +435,11 @@ class HeadModule(pl.LightningModule):
         self.history: list[dict[str, float | int | None]] = []
         self.memory_format = torch.contiguous_format
         self._sums = {"train": [0.0, 0], "val": [0.0, 0]}
-        # Lowest validation loss so far and a CPU copy of the head's weights at it (see fit_head's
-        # restore_best). Tracked here, not in a callback: callbacks' epoch-end hooks run before the
-        # module's, so a callback would see the previous epoch's history.
-        self.best_val_loss = math.inf
+        # The best epoch so far by best_epoch_by (as a value to minimise: the loss, or minus the
+        # score) and a CPU copy of the head's weights at it (see fit_head's restore_best). Tracked
+        # here, not in a callback: callbacks' epoch-end hooks run before the module's, so a callback
+        # would see the previous epoch's history.
+        self._best_criterion = math.inf
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
 
@@ -429,7 +473,13 @@ class HeadModule(pl.LightningModule):
         if isinstance(x, torch.Tensor) and x.ndim == 4:
             x = x.contiguous(memory_format=self.memory_format)
         head = self.head if split == "train" else self.evaluated_head()
-        loss = head_loss(head, x, y) if self.loss_fn is None else self.loss_fn(head(x), y)
+        if self.loss_fn is None:
+            loss = head_loss(head, x, y)
+        else:
+            outputs = head(x)
+            loss = self.loss_fn(outputs, y)
+            if split == "val" and self.val_score is not None:
+                self.val_score.update(outputs.detach(), y)
         n = len(x)
         self._sums[split][0] += float(loss.detach()) * n
         self._sums[split][1] += n
@@ -449,29 +499,36 @@ class HeadModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._sums["val"] = [0.0, 0]
+        if self.val_score is not None:
+            self.val_score.reset()
 
     def on_train_epoch_end(self) -> None:
         # Lightning runs validation before on_train_epoch_end, so both means of this epoch exist here.
         train_sum, train_n = self._sums["train"]
         val_sum, val_n = self._sums["val"]
-        self.history.append(
-            {
-                "epoch": int(self.current_epoch),
-                "train_loss": train_sum / train_n if train_n else None,
-                "val_loss": val_sum / val_n if val_n else None,
-                "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else None,
-            }
-        )
+        val_loss = val_sum / val_n if val_n else None
+        epoch: dict[str, float | int | None] = {
+            "epoch": int(self.current_epoch),
+            "train_loss": train_sum / train_n if train_n else None,
+            "val_loss": val_loss,
+            "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else None,
+        }
+        if self.val_score is not None:
+            epoch["val_score"] = self.val_score.compute() if val_n else None
+        self.history.append(epoch)
         self._sums["val"] = [0.0, 0]
         if self.max_minutes is not None:
             self._fit_epochs_to_budget()
         comparable = not isinstance(self.head, EpochAware) or self.current_epoch >= self.head.loss_comparable_from()
-        if val_n and comparable and val_sum / val_n < self.best_val_loss:
-            self.best_val_loss, self.best_epoch = val_sum / val_n, int(self.current_epoch)
+        score = epoch.get("val_score")
+        criterion = val_loss if self.best_epoch_by == "val_loss" else (None if score is None else -float(score))
+        if criterion is not None and comparable and criterion < self._best_criterion:
+            self._best_criterion, self.best_epoch = criterion, int(self.current_epoch)
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.evaluated_head().state_dict().items()}
         if self.log_line is not None:
-            epoch = self.history[-1]
-            val = "" if epoch["val_loss"] is None else f", val loss {epoch['val_loss']:.4f}"
+            val = "" if val_loss is None else f", val loss {val_loss:.4f}"
+            if score is not None:
+                val += f", {self.val_score.name} {score:.4f}"  # type: ignore[union-attr]
             self.log_line(
                 f"{self.description}: epoch {int(self.current_epoch) + 1}/{self.trainer.max_epochs} "
                 f"train loss {epoch['train_loss']:.4f}{val} ({time.perf_counter() - self._epoch_start:.0f} s)"
@@ -647,6 +704,8 @@ def fit_head(
     frozen_norms: Sequence[str] = (),
     ema_decay: float | None = None,
     max_minutes: float | None = None,
+    val_score: ValidationScore | None = None,
+    best_epoch_by: str = "val_loss",
 ) -> dict[str, Any]:
     """Train ``head`` in place with Lightning (on ``device``) and return a JSON-able summary.
 
@@ -667,7 +726,7 @@ def fit_head(
         seed: Seeds shuffling, dropout and initialisation (``seed_everything``).
         frozen: Selects parameter names (of ``head``) to freeze for the first ``freeze_epochs``.
         freeze_epochs: Epochs with the ``frozen`` parameters frozen (e.g. warm up a new classifier).
-        restore_best: Load the weights of the epoch with the lowest validation loss at the end.
+        restore_best: Load the weights of the best validation epoch (``best_epoch_by``) at the end.
         warmup_steps: Linear learning-rate warm-up steps.
         deterministic: Ask torch for deterministic algorithms during the fit (cheap on CPU).
         collate_fn: Batches a list of dataset items (default: stack tensors); detection targets of
@@ -698,12 +757,17 @@ def fit_head(
             (never above ``epochs``) and the cosine schedule ends with the new last epoch, so a
             slower machine trains fewer epochs and a run's result then depends on the machine.
             None: exactly ``epochs``.
+        val_score: A :class:`ValidationScore` of the head's validation outputs, computed after every
+            validation pass and kept in each history entry as ``val_score`` (needs ``loss_fn``).
+        best_epoch_by: What picks the best validation epoch: ``"val_loss"`` (the lowest) or
+            ``"val_score"`` (the highest ``val_score``).
 
     Returns:
         ``epochs`` (trained), ``epochs_requested``, ``max_minutes``, ``steps``, ``train_samples``,
         ``val_samples``, ``train_loss`` (last epoch),
-        ``last_val_loss``, ``best_val_loss``, ``best_epoch``, ``restored_best``, ``ema_decay``, ``history``
-        (per-epoch losses and learning rate) and ``seconds``. ``best_epoch`` and each history entry's
+        ``last_val_loss``, ``best_val_loss`` (the best epoch's), ``best_epoch``, ``best_epoch_by``,
+        ``best_val_score`` (with ``val_score``: the best epoch's), ``restored_best``, ``ema_decay``,
+        ``history`` (per-epoch losses, ``val_score`` and learning rate) and ``seconds``. ``best_epoch`` and each history entry's
         ``epoch`` count from 0 (they index ``history``); the progress log counts epochs from 1.
 
     Example:
@@ -731,7 +795,8 @@ def fit_head(
     device = device or torch.device("cpu")
     module = HeadModule(head, loss_fn, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, log=log,
                         description=description, optimizer=optimizer, schedule=schedule, lr_scales=lr_scales,
-                        frozen_norms=frozen_norms, ema_decay=ema_decay, max_minutes=max_minutes)
+                        frozen_norms=frozen_norms, ema_decay=ema_decay, max_minutes=max_minutes,
+                        val_score=val_score, best_epoch_by=best_epoch_by)
     # Lightning keeps each submodule's train/eval mode as it finds it, so a part built in eval mode
     # (e.g. a timm feature extractor) would otherwise train with frozen statistics by accident.
     module.train()
@@ -788,6 +853,7 @@ def fit_head(
     head.eval()
     history = module.history
     val_losses = [h["val_loss"] for h in history if h["val_loss"] is not None]
+    best = history[module.best_epoch] if module.best_epoch is not None else {}
     return {
         "epochs": len(history),
         "epochs_requested": int(epochs),
@@ -797,8 +863,10 @@ def fit_head(
         "val_samples": len(val_dataset) if has_val else 0,  # type: ignore[arg-type]
         "train_loss": _round(history[-1]["train_loss"]) if history else None,
         "last_val_loss": _round(val_losses[-1]) if val_losses else None,
-        "best_val_loss": _round(module.best_val_loss) if module.best_epoch is not None else None,
+        "best_val_loss": _round(best.get("val_loss")),
         "best_epoch": module.best_epoch,
+        "best_epoch_by": module.best_epoch_by,
+        "best_val_score": _round(best.get("val_score")),
         "restored_best": restored,
         "ema_decay": module.ema_decay,
         "history": [{k: _round(v) if isinstance(v, float) else v for k, v in h.items()} for h in history],
@@ -810,4 +878,5 @@ def _round(value: float | int | None, digits: int = 6) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "BoxTensorDataset", "HeadModule", "ImageTensorDataset", "collate_boxes", "fit_head", "head_loss", "resize_with_boxes"]
+__all__ = ["BEST_EPOCH_CRITERIA", "OPTIMIZERS", "SCHEDULES", "BoxTensorDataset", "HeadModule", "ImageTensorDataset",
+           "ValidationScore", "collate_boxes", "fit_head", "head_loss", "resize_with_boxes"]

@@ -9,6 +9,7 @@ from defectkit.errors import ConfigError
 from defectkit.heads.backbones import pretrained_state_dict
 from defectkit.heads.segmenter import (
     SEGMENTATION_LOSSES,
+    BestThresholdIoU,
     batch_dice_loss,
     batch_focal_tversky_loss,
     bce_dice_loss,
@@ -115,3 +116,48 @@ def test_batch_focal_tversky_counts_a_class_over_the_batch_and_weighs_misses_abo
     value = batch_focal_tversky_loss(empty, torch.zeros(2, 1, 8, 8))
     value.backward()
     assert float(value) == 0.0 and empty.grad is not None
+
+
+def brute_force_best_threshold_iou(probs: torch.Tensor, targets: torch.Tensor, bins: int) -> float:
+    """The same score counted the slow way: every class, every threshold, every pixel."""
+    scores = []
+    for c in range(probs.shape[1]):
+        truth = targets[:, c] > 0.5
+        if not truth.any():
+            continue
+        best = 0.0
+        for k in range(1, bins):
+            # BestThresholdIoU bins p into floor(p * bins): p >= k / bins up to float rounding
+            predicted = (probs[:, c] * bins).floor() >= k
+            union = (predicted | truth).sum().item()
+            best = max(best, (predicted & truth).sum().item() / union if union else 0.0)
+        scores.append(best)
+    return sum(scores) / len(scores)
+
+
+def test_best_threshold_iou_counts_every_cut_over_the_whole_validation_set() -> None:
+    generator = torch.Generator().manual_seed(0)
+    targets = (torch.rand(6, 3, 16, 16, generator=generator) > 0.8).float()
+    targets[:, 2] = 0  # a class without validation pixels does not count
+    logits = 2.0 * targets - 1.0 + torch.randn(6, 3, 16, 16, generator=generator)
+    score = BestThresholdIoU(bins=20)
+    score.reset()
+    for batch in range(0, 6, 4):  # two batches: counts add up over the pass
+        score.update(logits[batch:batch + 4], targets[batch:batch + 4])
+    expected = brute_force_best_threshold_iou(torch.sigmoid(logits), targets, 20)
+    assert score.compute() == pytest.approx(expected, abs=1e-9)
+    score.reset()
+    assert score.compute() is None  # a new pass starts from nothing
+
+
+def test_best_threshold_iou_sees_an_under_confident_map_that_a_cut_at_half_would_erase() -> None:
+    targets = torch.zeros(1, 1, 8, 8)
+    targets[0, 0, 2:5, 2:5] = 1
+    logits = torch.where(targets > 0, -1.0, -4.0)  # the defect at p=0.27, the rest at p=0.02
+    score = BestThresholdIoU()
+    score.reset()
+    score.update(logits, targets)
+    assert ((torch.sigmoid(logits) > 0.5) & (targets > 0)).sum() == 0
+    assert score.compute() == 1.0
+    with pytest.raises(ValueError, match="bins"):
+        BestThresholdIoU(bins=1)

@@ -303,3 +303,20 @@ def test_unknown_oversampling_options_are_refused_when_the_stage_is_built():
         build(STAGES, {**STAGE, "oversample": dict(thresold=0.5)})
     with pytest.raises(ConfigError, match="threshold"):
         build(STAGES, {**STAGE, "oversample": dict(threshold=2.0)})
+
+
+@pytest.mark.parametrize("criterion, loop_criterion", [("val_loss", "val_loss"), ("val_iou", "val_score")])
+def test_every_epoch_logs_its_validation_iou_and_the_chosen_criterion_picks_the_kept_epoch(data, training_call,
+                                                                                         criterion, loop_criterion):
+    from defectkit.errors import ConfigError
+    from defectkit.heads.segmenter import BestThresholdIoU
+
+    stage = build(STAGES, {**STAGE, "epochs": 2, "best_epoch_by": criterion})
+    summary = stage.fit(data["train"][:4], data["val"], context(data["store"]))
+    assert isinstance(training_call["val_score"], BestThresholdIoU) and training_call["best_epoch_by"] == loop_criterion
+    history = summary["training"]["history"]
+    assert summary["best_epoch_by"] == criterion and all(0.0 <= h["val_score"] <= 1.0 for h in history)
+    values = [h["val_loss"] for h in history] if criterion == "val_loss" else [-h["val_score"] for h in history]
+    assert summary["training"]["best_epoch"] == values.index(min(values))
+    with pytest.raises(ConfigError, match="best_epoch_by must be one of \\['val_loss', 'val_iou'\\], got 'iou'"):
+        build(STAGES, {**STAGE, "best_epoch_by": "iou"})

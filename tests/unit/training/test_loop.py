@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from defectkit.data.transforms import Albumentations
-from defectkit.training import EpochAware, ImageTensorDataset, fit_head
+from defectkit.training import EpochAware, ImageTensorDataset, ValidationScore, fit_head
 
 
 def bright_dark(n: int, seed: int, size: int = 24) -> tuple[list[np.ndarray], list[int]]:
@@ -365,3 +365,58 @@ def test_bad_loop_options_say_what_is_allowed(option, message) -> None:
     train = ImageTensorDataset(*bright_dark(4, 0), size=(16, 16))
     with pytest.raises(ValueError, match=message):
         fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=1, batch_size=4, lr=1e-2, **option)
+
+
+class ScriptedScore(ValidationScore):
+    """A validation score that reads the scripted value of each pass, and counts the batches it saw."""
+
+    name = "scripted"
+
+    def __init__(self, values: list[float | None]) -> None:
+        self.values, self.passes, self.batches = list(values), -1, 0
+
+    def reset(self) -> None:
+        self.passes += 1
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        assert outputs.shape[0] == targets.shape[0]
+        self.batches += 1
+
+    def compute(self) -> float | None:
+        return self.values[self.passes]
+
+
+def test_a_validation_score_picks_the_kept_epoch_when_asked_to() -> None:
+    train = ImageTensorDataset(*bright_dark(8, 0), size=(16, 16))
+    val = ImageTensorDataset(*bright_dark(4, 1), size=(16, 16))
+    lines: list[str] = []
+    score = ScriptedScore([0.2, 0.9, None, 0.5])
+    head = tiny_head()
+    summary = fit_head(head, train, val, nn.CrossEntropyLoss(), epochs=4, batch_size=4, lr=1e-2, restore_best=True,
+                       val_score=score, best_epoch_by="val_score", log=lines.append)
+    assert [h["val_score"] for h in summary["history"]] == [0.2, 0.9, None, 0.5]
+    assert summary["best_epoch"] == 1 and summary["best_epoch_by"] == "val_score" and summary["restored_best"]
+    assert summary["best_val_score"] == 0.9
+    assert summary["best_val_loss"] == summary["history"][1]["val_loss"]  # the kept epoch's loss
+    assert mean_loss(head, val) == pytest.approx(summary["best_val_loss"], rel=1e-4)
+    assert score.batches == 4 and "scripted 0.9000" in lines[1]
+
+
+def test_a_validation_score_is_logged_but_the_loss_still_picks_by_default() -> None:
+    train = ImageTensorDataset(*bright_dark(16, 0), size=(16, 16))
+    val = ImageTensorDataset(*bright_dark(8, 1), size=(16, 16))
+    summary = fit_head(tiny_head(), train, val, nn.CrossEntropyLoss(), epochs=3, batch_size=4, lr=5.0,
+                       restore_best=True, val_score=ScriptedScore([0.1, 0.2, 0.3]))
+    losses = [h["val_loss"] for h in summary["history"]]
+    assert summary["best_epoch"] == losses.index(min(losses)) and summary["best_epoch_by"] == "val_loss"
+    assert [h["val_score"] for h in summary["history"]] == [0.1, 0.2, 0.3]
+
+
+def test_selecting_by_a_score_needs_one_and_a_score_needs_the_outputs() -> None:
+    train = ImageTensorDataset(*bright_dark(4, 0), size=(16, 16))
+    with pytest.raises(ValueError, match="needs a val_score"):
+        fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=1, batch_size=4, lr=1e-2, best_epoch_by="val_score")
+    with pytest.raises(ValueError, match="needs a loss_fn"):
+        fit_head(tiny_head(), train, None, None, epochs=1, batch_size=4, lr=1e-2, val_score=ScriptedScore([0.1]))
+    with pytest.raises(ValueError, match="best_epoch_by must be one of"):
+        fit_head(tiny_head(), train, None, nn.CrossEntropyLoss(), epochs=1, batch_size=4, lr=1e-2, best_epoch_by="iou")
