@@ -278,10 +278,12 @@ class NetworkStage(TrainableStage):
             "annotation_problems": len(problems),
             "training": training,
         }
-        kept = "" if training.get("best_epoch") is None else (
-            f"; kept epoch {training['best_epoch'] + 1} (best {training.get('best_epoch_by', 'val_loss')}: "
-            f"val loss {training['best_val_loss']}"
-            + ("" if training.get("best_val_score") is None else f", val score {training['best_val_score']}") + ")")
+        kept = ""
+        if training.get("best_epoch") is not None:
+            score_name = training.get("val_score_name") or "val score"
+            by = score_name if training.get("best_epoch_by") == "val_score" else "val loss"
+            score = "" if training.get("best_val_score") is None else f", {score_name} {training['best_val_score']}"
+            kept = f"; kept epoch {training['best_epoch'] + 1} (best {by}): val loss {training['best_val_loss']}{score}"
         context.log(
             f"{self.name}: trained {self.model_cfg['type']} on {trained_on} "
             f"(val {val_count}); train loss {training['train_loss']}{kept}"

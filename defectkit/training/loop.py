@@ -766,7 +766,7 @@ def fit_head(
         ``epochs`` (trained), ``epochs_requested``, ``max_minutes``, ``steps``, ``train_samples``,
         ``val_samples``, ``train_loss`` (last epoch),
         ``last_val_loss``, ``best_val_loss`` (the best epoch's), ``best_epoch``, ``best_epoch_by``,
-        ``best_val_score`` (with ``val_score``: the best epoch's), ``restored_best``, ``ema_decay``,
+        ``best_val_score`` (with ``val_score``: the best epoch's), ``val_score_name``, ``restored_best``, ``ema_decay``,
         ``history`` (per-epoch losses, ``val_score`` and learning rate) and ``seconds``. ``best_epoch`` and each history entry's
         ``epoch`` count from 0 (they index ``history``); the progress log counts epochs from 1.
 
@@ -867,6 +867,7 @@ def fit_head(
         "best_epoch": module.best_epoch,
         "best_epoch_by": module.best_epoch_by,
         "best_val_score": _round(best.get("val_score")),
+        "val_score_name": None if val_score is None else val_score.name,
         "restored_best": restored,
         "ema_decay": module.ema_decay,
         "history": [{k: _round(v) if isinstance(v, float) else v for k, v in h.items()} for h in history],

@@ -312,7 +312,12 @@ def test_every_epoch_logs_its_validation_iou_and_the_chosen_criterion_picks_the_
     from defectkit.heads.segmenter import BestThresholdIoU
 
     stage = build(STAGES, {**STAGE, "epochs": 2, "best_epoch_by": criterion})
-    summary = stage.fit(data["train"][:4], data["val"], context(data["store"]))
+    lines: list[str] = []
+    fit_context = context(data["store"])
+    fit_context.log = lines.append
+    summary = stage.fit(data["train"][:4], data["val"], fit_context)
+    kept = summary["training"]["best_epoch"] + 1
+    assert f"kept epoch {kept} (best {'val loss' if criterion == 'val_loss' else 'val_iou'})" in lines[-1]
     assert isinstance(training_call["val_score"], BestThresholdIoU) and training_call["best_epoch_by"] == loop_criterion
     history = summary["training"]["history"]
     assert summary["best_epoch_by"] == criterion and all(0.0 <= h["val_score"] <= 1.0 for h in history)

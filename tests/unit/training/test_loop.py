@@ -396,7 +396,7 @@ def test_a_validation_score_picks_the_kept_epoch_when_asked_to() -> None:
                        val_score=score, best_epoch_by="val_score", log=lines.append)
     assert [h["val_score"] for h in summary["history"]] == [0.2, 0.9, None, 0.5]
     assert summary["best_epoch"] == 1 and summary["best_epoch_by"] == "val_score" and summary["restored_best"]
-    assert summary["best_val_score"] == 0.9
+    assert summary["best_val_score"] == 0.9 and summary["val_score_name"] == "scripted"
     assert summary["best_val_loss"] == summary["history"][1]["val_loss"]  # the kept epoch's loss
     assert mean_loss(head, val) == pytest.approx(summary["best_val_loss"], rel=1e-4)
     assert score.batches == 4 and "scripted 0.9000" in lines[1]
