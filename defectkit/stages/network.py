@@ -279,10 +279,10 @@ class NetworkStage(TrainableStage):
             "training": training,
         }
         kept = ""
-        if training.get("best_epoch") is not None:
-            score_name = training.get("val_score_name") or "val score"
-            by = score_name if training.get("best_epoch_by") == "val_score" else "val loss"
-            score = "" if training.get("best_val_score") is None else f", {score_name} {training['best_val_score']}"
+        if training["best_epoch"] is not None:  # fit_head's summary (an ensemble's is its first member's)
+            score_name = training["val_score_name"]
+            by = score_name if training["best_epoch_by"] == "val_score" else "val loss"
+            score = "" if training["best_val_score"] is None else f", {score_name} {training['best_val_score']}"
             kept = f"; kept epoch {training['best_epoch'] + 1} (best {by}): val loss {training['best_val_loss']}{score}"
         context.log(
             f"{self.name}: trained {self.model_cfg['type']} on {trained_on} "
