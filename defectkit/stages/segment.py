@@ -94,6 +94,11 @@ class Segmenter(NetworkStage, Segments, Exportable):
             :func:`defectkit.data.sampling.oversampling_sampler` options (e.g.
             ``dict(threshold=0.5, keep_epoch_length=True)``: images of classes in under half of the
             photos drawn more often, at an unchanged number of steps), or None for a plain shuffle.
+        progressive_resize: ``dict(scale=..., share=...)``: the first ``share`` of the planned epochs
+            train on batches shrunk by ``scale`` (sides rounded to multiples of 32; masks
+            area-averaged), the rest at full size (progressive resizing): a low-resolution epoch
+            costs a fraction of a full one, so a time budget (``max_minutes``) holds more epochs.
+            Validation runs at full size. None: every epoch at full size.
         best_epoch_by: Which validation epoch's weights the stage keeps: ``"val_loss"`` (the lowest
             validation loss) or ``"val_iou"`` (the highest mean over classes of the data-set IoU at
             each class's best threshold, :class:`~defectkit.heads.segmenter.BestThresholdIoU`: what
@@ -142,6 +147,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
         train_crop: Sequence[int] | None = None,
         foreground_share: float = 0.67,
         oversample: dict[str, Any] | None = None,
+        progressive_resize: dict[str, float] | None = None,
         best_epoch_by: str = "val_loss",
         tta_flip: bool = False,
         tta_scales: Sequence[float] = (1.0,),
@@ -176,6 +182,14 @@ class Segmenter(NetworkStage, Segments, Exportable):
         self.oversample_cfg = None if oversample is None else dict(oversample)
         if self.oversample_cfg is not None:
             self.check_options("oversample", oversampling_sampler, self.oversample_cfg, label_sets=[], seed=0)
+        self.progressive_resize = None if progressive_resize is None else dict(progressive_resize)
+        if self.progressive_resize is not None:
+            keys = set(self.progressive_resize)
+            if keys != {"scale", "share"}:
+                raise ConfigError(f"Segmenter progressive_resize takes exactly the keys 'scale' and 'share', got {sorted(keys)}")
+            if not all(isinstance(v, (int, float)) and 0.0 < v < 1.0 for v in self.progressive_resize.values()):
+                raise ConfigError(f"Segmenter progressive_resize scale and share must be numbers in (0, 1), "
+                                  f"got {self.progressive_resize}")
         if best_epoch_by not in BEST_EPOCH_CHOICES:
             raise ConfigError(f"Segmenter best_epoch_by must be one of {list(BEST_EPOCH_CHOICES)}, got {best_epoch_by!r}")
         self.best_epoch_by = str(best_epoch_by)
@@ -250,7 +264,9 @@ class Segmenter(NetworkStage, Segments, Exportable):
         lr_scales = None if self.encoder_lr_ratio == 1.0 else {self.pretrained_prefix(): self.encoder_lr_ratio}
         training = self.train_network(context, train_ds, val_ds, segmentation_loss(self.loss_name, self.dice_weight),
                                       sampler=sampler, lr_scales=lr_scales, val_score=BestThresholdIoU(),
-                                      best_epoch_by=BEST_EPOCH_CHOICES[self.best_epoch_by])
+                                      best_epoch_by=BEST_EPOCH_CHOICES[self.best_epoch_by],
+                                      progressive_resize=None if self.progressive_resize is None else
+                                      (self.progressive_resize["scale"], self.progressive_resize["share"]))
         stacked = np.stack(train_masks)
         return self.finish_fit(
             context, training, problems, f"{len(train_images)} images", len(val_images),
@@ -258,6 +274,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
             encoder_lr_ratio=self.encoder_lr_ratio,
             freeze_pretrained_bn=self.freeze_pretrained_bn,
             oversample=self.oversample_cfg,
+            progressive_resize=self.progressive_resize,
             best_epoch_by=self.best_epoch_by,
             train_crop=None if self.train_crop is None else list(self.train_crop),
             train_images=len(train_images),

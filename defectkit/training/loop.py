@@ -37,6 +37,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -325,6 +326,40 @@ SCHEDULES = ("cosine", "constant")
 """Per-step learning-rate schedules after the warm-up: cosine decay to ``lr * min_lr_ratio``, or constant ``lr``."""
 
 
+def low_resolution_batch(x: torch.Tensor, targets: Any, scale: float) -> tuple[torch.Tensor, Any]:
+    """An image batch (and its masks) shrunk by ``scale``, each side rounded to a multiple of 32 (at least 32).
+
+    Training the first epochs on such batches (progressive resizing) costs a fraction of a
+    full-size epoch's compute. Mask targets of the images' size are shrunk with them: float masks
+    (multi-label, ``B x C x H x W``) by area averaging, so a thin defect stays as a fractional target
+    instead of vanishing between sampled pixels; integer class maps (``B x H x W``) by nearest
+    neighbour. Per-image targets (class indices, scores) stay as they are.
+
+    Raises:
+        ValueError: Targets that are neither masks of the images' size nor one value per image
+            (e.g. detection boxes, which this does not rescale).
+
+    Example:
+        >>> x, y = low_resolution_batch(torch.zeros(2, 3, 96, 128), torch.zeros(2, 4, 96, 128), 0.5)
+        >>> tuple(x.shape), tuple(y.shape)
+        ((2, 3, 64, 64), (2, 4, 64, 64))
+    """
+    height, width = x.shape[-2:]
+    size = tuple(max(32, int(round(side * scale / 32)) * 32) for side in (height, width))
+    small = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    if not isinstance(targets, torch.Tensor) or (targets.ndim > 1 and tuple(targets.shape[-2:]) != (height, width)):
+        raise ValueError("progressive_resize shrinks image batches with their mask targets or per-image labels; "
+                         f"got targets of type {type(targets).__name__}")
+    if targets.ndim == 1:
+        return small, targets
+    if targets.is_floating_point():
+        masks = targets if targets.ndim == 4 else targets[:, None]
+        masks = F.interpolate(masks, size=size, mode="area")
+        return small, masks if targets.ndim == 4 else masks[:, 0]
+    classes = F.interpolate(targets[:, None].float(), size=size, mode="nearest")[:, 0]
+    return small, classes.to(targets.dtype)
+
+
 def _check_choice(name: str, value: str, allowed: Sequence[str]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
@@ -367,6 +402,9 @@ class HeadModule(pl.LightningModule):
             (needs ``loss_fn``: the score reads the head's outputs). None: no score.
         best_epoch_by: ``"val_loss"`` (lowest) or ``"val_score"`` (highest ``val_score``): which
             epoch's weights :attr:`best_state` holds (:data:`BEST_EPOCH_CRITERIA`).
+        progressive_resize: ``(scale, share)``: the first ``share`` of the planned epochs train on
+            image batches shrunk by ``scale`` (see :func:`low_resolution_batch`), the rest at full
+            size; validation always runs at full size. None: every epoch at full size.
 
     Example:
         >>> module = HeadModule(nn.Linear(4, 2), nn.CrossEntropyLoss(), lr=1e-3)
@@ -392,8 +430,20 @@ class HeadModule(pl.LightningModule):
         max_minutes: float | None = None,
         val_score: ValidationScore | None = None,
         best_epoch_by: str = "val_loss",
+        progressive_resize: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
+        if progressive_resize is not None:
+            scale, share = (float(v) for v in progressive_resize)
+            if not (0.0 < scale < 1.0 and 0.0 < share < 1.0):
+                raise ValueError(f"progressive_resize must be (scale, share) with both in (0, 1), got {progressive_resize}")
+            progressive_resize = (scale, share)
+        self.progressive_resize = progressive_resize
+        # Seconds of each finished epoch (validation included) and whether it trained at low resolution.
+        self._epoch_seconds: list[tuple[bool, float]] = []
+        # Once an epoch has trained at full size, none goes back to low resolution, even if the
+        # time budget's plan grows and its share of low-resolution epochs with it.
+        self._full_size_started = False
         self.best_epoch_by = _check_choice("best_epoch_by", best_epoch_by, BEST_EPOCH_CRITERIA)
         if val_score is None and self.best_epoch_by == "val_score":
             raise ValueError('best_epoch_by="val_score" needs a val_score')
@@ -470,6 +520,9 @@ class HeadModule(pl.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, Any], split: str) -> torch.Tensor:
         x, y = batch
+        if split == "train" and self.trains_at_low_resolution(int(self.current_epoch)):
+            assert self.progressive_resize is not None
+            x, y = low_resolution_batch(x, y, self.progressive_resize[0])
         if isinstance(x, torch.Tensor) and x.ndim == 4:
             x = x.contiguous(memory_format=self.memory_format)
         head = self.head if split == "train" else self.evaluated_head()
@@ -515,7 +568,13 @@ class HeadModule(pl.LightningModule):
         }
         if self.val_score is not None:
             epoch["val_score"] = self.val_score.compute() if val_n else None
+        low_res = self.trains_at_low_resolution(int(self.current_epoch))
+        self._full_size_started = not low_res
+        if self.progressive_resize is not None:
+            epoch["low_resolution"] = low_res
         self.history.append(epoch)
+        now = time.perf_counter()
+        self._epoch_seconds.append((low_res, now - self._fit_start - sum(s for _, s in self._epoch_seconds)))
         self._sums["val"] = [0.0, 0]
         if self.max_minutes is not None:
             self._fit_epochs_to_budget()
@@ -529,27 +588,58 @@ class HeadModule(pl.LightningModule):
             val = "" if val_loss is None else f", val loss {val_loss:.4f}"
             if score is not None:
                 val += f", {self.val_score.name} {score:.4f}"  # type: ignore[union-attr]
+            scale = f" at {self.progressive_resize[0]:g}x size" if low_res and self.progressive_resize else ""
             self.log_line(
                 f"{self.description}: epoch {int(self.current_epoch) + 1}/{self.trainer.max_epochs} "
-                f"train loss {epoch['train_loss']:.4f}{val} ({time.perf_counter() - self._epoch_start:.0f} s)"
+                f"train loss{scale} {epoch['train_loss']:.4f}{val} ({time.perf_counter() - self._epoch_start:.0f} s)"
             )
 
+    def low_resolution_epochs(self, planned: int) -> int:
+        """How many of ``planned`` epochs train at low resolution (the first ones; 0 without ``progressive_resize``).
+
+        A plan made after the first full-size epoch changes nothing: the low-resolution phase is over.
+        """
+        return 0 if self.progressive_resize is None else int(self.progressive_resize[1] * planned + 0.5)
+
+    def trains_at_low_resolution(self, epoch: int) -> bool:
+        """Whether training epoch ``epoch`` (0-based) of the current plan trains on shrunk batches."""
+        if self.progressive_resize is None or self._full_size_started:
+            return False
+        return epoch < self.low_resolution_epochs(int(self.trainer.max_epochs or 1))
+
     def _fit_epochs_to_budget(self) -> None:
-        """Plan as many epochs as fit in :attr:`max_minutes` at the mean pace so far, and the schedule to match."""
+        """Plan as many epochs as fit in :attr:`max_minutes` at the pace so far, and the schedule to match.
+
+        The pace is the mean seconds per epoch, kept apart for low-resolution and full-size epochs
+        under ``progressive_resize``. Until a full-size epoch has run, its pace is guessed as the
+        low one divided by ``scale**2`` (the pixels it adds); the plan is redone with the measured
+        pace after every epoch, and an epoch that no longer fits is not started.
+        """
         assert self.max_minutes is not None
         done = int(self.current_epoch) + 1
         elapsed = time.perf_counter() - self._fit_start
-        pace = max(elapsed / done, 1e-6)  # seconds per epoch (a coarse clock can read 0)
-        fitting = done + int((self.max_minutes * 60.0 - elapsed) // pace)
-        planned = max(done, min(self.requested_epochs, fitting))
+        low = [seconds for is_low, seconds in self._epoch_seconds if is_low]
+        full = [seconds for is_low, seconds in self._epoch_seconds if not is_low]
+        scale = self.progressive_resize[0] if self.progressive_resize is not None else 1.0
+        # max(..., 1e-6): a coarse clock can read 0.
+        full_pace = max(sum(full) / len(full) if full else sum(low) / len(low) / scale**2, 1e-6)
+        low_pace = max(sum(low) / len(low) if low else full_pace * scale**2, 1e-6)
+        left = self.max_minutes * 60.0 - elapsed
+        planned = done
+        for candidate in range(max(done, self.requested_epochs), done, -1):
+            cut = 0 if self._full_size_started else self.low_resolution_epochs(candidate)
+            if sum(low_pace if epoch < cut else full_pace for epoch in range(done, candidate)) <= left:
+                planned = candidate
+                break
         if planned == self.trainer.max_epochs:
             return
         self.trainer.fit_loop.max_epochs = planned
         # The step factor reads total_steps, so the cosine decay now ends with the last planned epoch.
         self.total_steps = max(1, planned * int(self.trainer.num_training_batches))
         if self.log_line is not None:
+            pace = f"{full_pace:.0f} s per epoch" if not low else f"{low_pace:.0f} s per low-resolution and {full_pace:.0f} s per full-size epoch"
             self.log_line(f"{self.description}: {planned} of {self.requested_epochs} epochs fit in the "
-                          f"{self.max_minutes:g} min budget at {pace:.0f} s per epoch")
+                          f"{self.max_minutes:g} min budget at {pace}")
 
     def configure_optimizers(self) -> dict[str, Any]:
         # Every parameter goes to the optimizer, frozen or not: Adam(W) skips parameters whose grad is
@@ -706,6 +796,7 @@ def fit_head(
     max_minutes: float | None = None,
     val_score: ValidationScore | None = None,
     best_epoch_by: str = "val_loss",
+    progressive_resize: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Train ``head`` in place with Lightning (on ``device``) and return a JSON-able summary.
 
@@ -761,12 +852,17 @@ def fit_head(
             validation pass and kept in each history entry as ``val_score`` (needs ``loss_fn``).
         best_epoch_by: What picks the best validation epoch: ``"val_loss"`` (the lowest) or
             ``"val_score"`` (the highest ``val_score``).
+        progressive_resize: ``(scale, share)``: the first ``share`` of the planned epochs train on
+            image batches (and their masks) shrunk by ``scale``, sides rounded to multiples of 32
+            (:func:`low_resolution_batch`), at a fraction of the compute; the rest train at full
+            size, and validation always runs at full size. With ``max_minutes`` the plan counts
+            the two kinds of epoch at their own pace. None: every epoch at full size.
 
     Returns:
         ``epochs`` (trained), ``epochs_requested``, ``max_minutes``, ``steps``, ``train_samples``,
         ``val_samples``, ``train_loss`` (last epoch),
         ``last_val_loss``, ``best_val_loss`` (the best epoch's), ``best_epoch``, ``best_epoch_by``,
-        ``best_val_score`` (with ``val_score``: the best epoch's), ``val_score_name``, ``restored_best``, ``ema_decay``,
+        ``best_val_score`` (with ``val_score``: the best epoch's), ``val_score_name``, ``restored_best``, ``ema_decay``, ``progressive_resize``,
         ``history`` (per-epoch losses, ``val_score`` and learning rate) and ``seconds``. ``best_epoch`` and each history entry's
         ``epoch`` count from 0 (they index ``history``); the progress log counts epochs from 1.
 
@@ -796,7 +892,7 @@ def fit_head(
     module = HeadModule(head, loss_fn, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, log=log,
                         description=description, optimizer=optimizer, schedule=schedule, lr_scales=lr_scales,
                         frozen_norms=frozen_norms, ema_decay=ema_decay, max_minutes=max_minutes,
-                        val_score=val_score, best_epoch_by=best_epoch_by)
+                        val_score=val_score, best_epoch_by=best_epoch_by, progressive_resize=progressive_resize)
     # Lightning keeps each submodule's train/eval mode as it finds it, so a part built in eval mode
     # (e.g. a timm feature extractor) would otherwise train with frozen statistics by accident.
     module.train()
@@ -870,6 +966,7 @@ def fit_head(
         "val_score_name": None if val_score is None else val_score.name,
         "restored_best": restored,
         "ema_decay": module.ema_decay,
+        "progressive_resize": None if module.progressive_resize is None else list(module.progressive_resize),
         "history": [{k: _round(v) if isinstance(v, float) else v for k, v in h.items()} for h in history],
         "seconds": round(time.perf_counter() - start, 2),
     }
@@ -880,4 +977,4 @@ def _round(value: float | int | None, digits: int = 6) -> float | None:
 
 
 __all__ = ["BEST_EPOCH_CRITERIA", "OPTIMIZERS", "SCHEDULES", "BoxTensorDataset", "HeadModule", "ImageTensorDataset",
-           "ValidationScore", "collate_boxes", "fit_head", "head_loss", "resize_with_boxes"]
+           "ValidationScore", "collate_boxes", "fit_head", "head_loss", "low_resolution_batch", "resize_with_boxes"]

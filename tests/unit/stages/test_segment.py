@@ -325,3 +325,17 @@ def test_every_epoch_logs_its_validation_iou_and_the_chosen_criterion_picks_the_
     assert summary["training"]["best_epoch"] == values.index(min(values))
     with pytest.raises(ConfigError, match="best_epoch_by must be one of \\['val_loss', 'val_iou'\\], got 'iou'"):
         build(STAGES, {**STAGE, "best_epoch_by": "iou"})
+
+
+def test_progressive_resizing_reaches_the_loop_and_its_first_epochs_train_on_shrunk_batches(data, training_call):
+    from defectkit.errors import ConfigError
+
+    stage = build(STAGES, {**STAGE, "epochs": 2, "progressive_resize": dict(scale=0.5, share=0.5)})
+    summary = stage.fit(data["train"][:4], data["val"], context(data["store"]))
+    assert training_call["progressive_resize"] == (0.5, 0.5)
+    assert summary["progressive_resize"] == dict(scale=0.5, share=0.5)
+    assert [h["low_resolution"] for h in summary["training"]["history"]] == [True, False]
+    with pytest.raises(ConfigError, match="progressive_resize takes exactly the keys 'scale' and 'share', got \\['scale'\\]"):
+        build(STAGES, {**STAGE, "progressive_resize": dict(scale=0.5)})
+    with pytest.raises(ConfigError, match="progressive_resize scale and share must be numbers in \\(0, 1\\)"):
+        build(STAGES, {**STAGE, "progressive_resize": dict(scale=1.0, share=0.5)})

@@ -11,6 +11,7 @@ from torch import nn
 
 from defectkit.data.transforms import Albumentations
 from defectkit.training import EpochAware, ImageTensorDataset, ValidationScore, fit_head
+from defectkit.training.loop import low_resolution_batch
 
 
 def bright_dark(n: int, seed: int, size: int = 24) -> tuple[list[np.ndarray], list[int]]:
@@ -353,13 +354,88 @@ def test_an_epoch_that_outgrows_the_budget_is_the_last(monkeypatch) -> None:
     assert summary["epochs"] == 1 and summary["steps"] == 2
 
 
+class PixelClockedHead(nn.Module):
+    """A tiny classifier whose training batches advance a fake clock by one second per 32x32 pixels per image
+    (inputs seen in :attr:`shapes`), so an epoch's time follows its input size."""
+
+    def __init__(self, clock: dict[str, float], seconds_per_step: float = 0.0) -> None:
+        super().__init__()
+        self.clock = clock
+        self.seconds_per_step = seconds_per_step  # a cost that does not shrink with the input (e.g. loading)
+        self.net = tiny_head()
+        self.shapes: list[tuple[bool, tuple[int, ...]]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append((self.training, tuple(x.shape)))
+        if self.training:
+            self.clock["now"] += self.seconds_per_step + x.shape[-2] * x.shape[-1] / (32 * 32) * len(x) / 4
+        return self.net(x)
+
+
+def test_progressive_resizing_trains_the_first_share_of_epochs_on_shrunk_batches_and_validates_at_full_size() -> None:
+    train = ImageTensorDataset(*bright_dark(8, 0), size=(64, 96))
+    val = ImageTensorDataset(*bright_dark(4, 1), size=(64, 96))
+    head = PixelClockedHead({"now": 0.0})
+    summary = fit_head(head, train, val, nn.CrossEntropyLoss(), epochs=4, batch_size=4, lr=1e-2,
+                       progressive_resize=(0.5, 0.5))
+    train_sizes = [shape[-2:] for training, shape in head.shapes if training]
+    # 2 steps per epoch: epochs 1-2 at half size (96 * 0.5 = 48 rounds to 64 on the grid of 32), 3-4 at full size.
+    assert train_sizes == [(32, 64)] * 4 + [(64, 96)] * 4
+    assert {shape[-2:] for training, shape in head.shapes if not training} == {(64, 96)}
+    assert [h["low_resolution"] for h in summary["history"]] == [True, True, False, False]
+    assert summary["progressive_resize"] == [0.5, 0.5]
+
+
+def test_a_time_budget_counts_low_resolution_and_full_size_epochs_at_their_own_pace(monkeypatch) -> None:
+    clock = fake_clock(monkeypatch)
+    train = ImageTensorDataset(*bright_dark(8, 0), size=(64, 64))
+    lines: list[str] = []
+    # A full-size epoch takes 8 s (2 steps of 4 images at 64x64), a low-resolution one 2 s (32x32).
+    summary = fit_head(PixelClockedHead(clock), train, None, nn.CrossEntropyLoss(), epochs=10, batch_size=4, lr=1e-2,
+                       max_minutes=30 / 60, progressive_resize=(0.5, 0.5), log=lines.append)
+    # 30 s hold three 2 s epochs and three 8 s ones, half of six at low resolution; the schedule ends with them.
+    assert [h["low_resolution"] for h in summary["history"]] == [True] * 3 + [False] * 3
+    assert clock["now"] == 30.0 and summary["history"][-1]["lr"] == pytest.approx(1e-4)
+    assert "6 of 10 epochs fit in the 0.5 min budget at 2 s per low-resolution and 8 s per full-size epoch" in lines[0]
+    assert "epoch 1/6 train loss at 0.5x size" in lines[1]
+
+
+def test_once_an_epoch_trained_at_full_size_a_growing_plan_sends_no_epoch_back_to_low_resolution(monkeypatch) -> None:
+    clock = fake_clock(monkeypatch)
+    train = ImageTensorDataset(*bright_dark(8, 0), size=(64, 64))
+    # With 3 s per step that does not shrink, a low-resolution epoch takes 8 s and a full-size one 14 s,
+    # not the 32 s guessed from the pixels: after the first full-size epoch the plan grows from 5 to 8
+    # epochs, and half of 8 would make epoch 5 a low-resolution one again.
+    summary = fit_head(PixelClockedHead(clock, seconds_per_step=3.0), train, None, nn.CrossEntropyLoss(), epochs=20,
+                       batch_size=4, lr=1e-2, max_minutes=102 / 60, progressive_resize=(0.5, 0.5))
+    assert [h["low_resolution"] for h in summary["history"]] == [True] * 3 + [False] * 5
+    assert clock["now"] == 94.0
+
+
+def test_shrinking_a_batch_area_averages_float_masks_keeps_class_maps_and_labels_and_refuses_boxes() -> None:
+    x = torch.rand(2, 3, 64, 64)
+    thin = torch.zeros(2, 1, 64, 64)
+    thin[:, :, :, 10] = 1.0  # a one-pixel line that nearest-neighbour sampling could drop
+    small, masks = low_resolution_batch(x, thin, 0.5)
+    assert small.shape == (2, 3, 32, 32) and masks.shape == (2, 1, 32, 32)
+    assert float(masks.sum()) == pytest.approx(float(thin.sum()) / 4) and float(masks.max()) == 0.5
+    class_map = torch.randint(0, 3, (2, 64, 64))
+    _, small_map = low_resolution_batch(x, class_map, 0.5)
+    assert small_map.dtype == torch.int64 and torch.equal(small_map, class_map[:, ::2, ::2])
+    labels = torch.tensor([0, 1])
+    assert low_resolution_batch(x, labels, 0.5)[1] is labels
+    with pytest.raises(ValueError, match="progressive_resize shrinks image batches with their mask targets"):
+        low_resolution_batch(x, [{"boxes": torch.zeros(0, 4)}] * 2, 0.5)
+
+
 @pytest.mark.parametrize(
     "option, message",
     [(dict(optimizer="sgd"), r"optimizer must be one of \['adamw', 'adam'\], got 'sgd'"),
      (dict(schedule="step"), r"schedule must be one of \['cosine', 'constant'\]"),
      (dict(gradient_clip_val=0.0), "gradient_clip_val must be > 0"),
      (dict(ema_decay=1.0), r"ema_decay must be in \(0, 1\) or None"),
-     (dict(max_minutes=0), "max_minutes must be > 0 or None")],
+     (dict(max_minutes=0), "max_minutes must be > 0 or None"),
+     (dict(progressive_resize=(1.0, 0.5)), r"progressive_resize must be \(scale, share\) with both in \(0, 1\)")],
 )
 def test_bad_loop_options_say_what_is_allowed(option, message) -> None:
     train = ImageTensorDataset(*bright_dark(4, 0), size=(16, 16))
