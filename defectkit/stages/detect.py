@@ -166,6 +166,10 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         freeze_pretrained_bn: Keep the running statistics of the backbone's batch-norm layers as
             ImageNet left them while the rest trains (their scale and shift still learn). On by
             default: every detector in docs/results.md trained this way (batches of 8 photos).
+        frozen_layers: Parameter-name prefixes (of one network) whose layers keep their pretrained
+            weights and statistics for the whole fit, e.g. ``("backbone.body.conv_stem.",
+            "backbone.body.bn1.", "backbone.body.blocks.0.", "backbone.body.blocks.1.")`` for the
+            Lite0 backbone's stem and first two stages. Empty: all train.
         warmup_steps: Linear learning-rate warm-up steps (new detection heads diverge easily at
             full rate).
         augment: Albumentations config (``dict(type="Albumentations", transforms=[...])``) whose
@@ -234,6 +238,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
         ema_decay: float | None = None,
         max_minutes: float | None = None,
         freeze_pretrained_bn: bool = True,
+        frozen_layers: Sequence[str] = (),
         warmup_steps: int = 20,
         augment: dict[str, Any] | None = DEFAULT_DETECT_AUGMENT,
         min_score: float = 0.3,
@@ -254,6 +259,7 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
             name or "detector", dict(model or dict(type="fcos")), image_size, epochs, max(1, int(batch_size)), lr,
             weight_decay, max_images, seed, pretrained, chunk_size, predict_batch_size=predict_batch_size,
             freeze_pretrained_bn=freeze_pretrained_bn, ema_decay=ema_decay, max_minutes=max_minutes,
+            frozen_layers=frozen_layers,
         )
         self.warmup_steps = max(0, int(warmup_steps))
         self.augment_cfg = None if augment is None else dict(augment)

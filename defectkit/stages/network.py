@@ -26,7 +26,7 @@ from defectkit.heads.backbones import to_input_tensor
 from defectkit.runtime import inference_mode, memory_format
 from defectkit.sample import Record
 from defectkit.stages.base import Exportable, FitContext, TrainableStage
-from defectkit.training import fit_head
+from defectkit.training import fit_head, unmatched_prefixes
 
 CPU_PREDICT_BATCH_SIZE = 2
 """Images per prediction batch on the CPU when a stage's ``predict_batch_size`` is not set.
@@ -72,6 +72,10 @@ class NetworkStage(TrainableStage):
             not): after each epoch the epoch count is cut to what fits at the pace so far and the
             schedule ends with it (:func:`~defectkit.training.fit_head`), so a slower machine trains
             fewer epochs. None: exactly ``epochs``.
+        frozen_layers: Parameter-name prefixes of the network (e.g. ``"encoder.model.blocks.0."``)
+            whose layers keep their pretrained weights and batch-norm statistics for the whole fit:
+            each training step then skips their backward pass (the early, high-resolution layers
+            of an encoder cost the most per parameter). Empty: everything trains.
     """
 
     model_types: Sequence[str] = ()
@@ -101,6 +105,7 @@ class NetworkStage(TrainableStage):
         freeze_pretrained_bn: bool = False,
         ema_decay: float | None = None,
         max_minutes: float | None = None,
+        frozen_layers: Sequence[str] = (),
     ) -> None:
         super().__init__(name)
         kind = type(self).__name__
@@ -138,6 +143,10 @@ class NetworkStage(TrainableStage):
         if max_minutes is not None and not max_minutes > 0:
             raise ConfigError(f"{kind} max_minutes must be > 0 or None, got {max_minutes!r}")
         self.max_minutes = None if max_minutes is None else float(max_minutes)
+        # Its type is checked with every other option's; an empty prefix would freeze the whole network.
+        if any(not prefix for prefix in frozen_layers):
+            raise ConfigError(f"{kind} frozen_layers: an empty prefix would freeze every layer, got {list(frozen_layers)!r}")
+        self.frozen_layers = tuple(frozen_layers)
         self.classes: list[str] = []
         self.model: torch.nn.Module | None = None
         self.summary: dict[str, Any] = {}
@@ -222,13 +231,18 @@ class NetworkStage(TrainableStage):
         assert self.model is not None, "fresh_network() first"
         prefix = self.pretrained_prefix()
         options.setdefault("max_minutes", self.max_minutes)
+        trained = self.model if network is None else network
+        for frozen in unmatched_prefixes(trained, self.frozen_layers):
+            first = next((name for name, _ in trained.named_parameters()), "")
+            raise ConfigError(f"{type(self).__name__} frozen_layers: no parameter of the {self.model_cfg['type']!r} "
+                              f"network is named with the prefix {frozen!r} (names look like {first!r})")
         return fit_head(
             self.model if network is None else network, train, val, loss_fn,
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
             progress=context.progress, description=f"{self.name}: {description}", seed=self.seed if seed is None else int(seed),
             restore_best=val is not None, log=context.log, device=self.device,
             frozen_norms=(prefix,) if self.freeze_pretrained_bn and prefix is not None else (),
-            ema_decay=self.ema_decay, **options,
+            frozen_layers=self.frozen_layers, ema_decay=self.ema_decay, **options,
         )
 
     def check_options(self, option: str, target: Callable[..., Any], options: dict[str, Any], **given: Any) -> None:

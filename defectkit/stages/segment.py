@@ -76,6 +76,10 @@ class Segmenter(NetworkStage, Segments, Exportable):
             its ImageNet features from being overwritten while the new decoder learns); 1: one rate.
         freeze_pretrained_bn: Keep the running statistics of the encoder's batch-norm layers as
             ImageNet left them while the rest trains (their scale and shift still learn).
+        frozen_layers: Parameter-name prefixes of layers that keep their pretrained weights and
+            statistics for the whole fit, e.g. ``("encoder.model.conv_stem.", "encoder.model.bn1.",
+            "encoder.model.blocks.0.", "encoder.model.blocks.1.")``: the Lite0 encoder's stem and
+            first two stages (stride 4), whose backward pass each step then skips. Empty: all train.
         weight_decay: AdamW weight decay.
         ema_decay: Keep an exponential moving average of the weights (decay per training step, e.g.
             0.995); validation scores the average and the stage keeps it. None: no average.
@@ -139,6 +143,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
         lr: float = 1e-3,
         encoder_lr_ratio: float = 1.0,
         freeze_pretrained_bn: bool = False,
+        frozen_layers: Sequence[str] = (),
         weight_decay: float = 1e-4,
         ema_decay: float | None = None,
         max_minutes: float | None = None,
@@ -161,7 +166,7 @@ class Segmenter(NetworkStage, Segments, Exportable):
         super().__init__(
             name or "segmenter", dict(model or dict(type="Unet")), image_size, epochs, batch_size, lr, weight_decay,
             max_images, seed, pretrained, chunk_size, predict_batch_size=predict_batch_size, ema_decay=ema_decay, max_minutes=max_minutes,
-            freeze_pretrained_bn=freeze_pretrained_bn,
+            freeze_pretrained_bn=freeze_pretrained_bn, frozen_layers=frozen_layers,
         )
         self.dice_weight = float(dice_weight)
         self.encoder_lr_ratio = float(encoder_lr_ratio)

@@ -15,7 +15,8 @@ from defectkit.training.loop import (
     fit_head,
     head_loss,
     resize_with_boxes,
+    unmatched_prefixes,
 )
 
 __all__ = ["BEST_EPOCH_CRITERIA", "BoxTensorDataset", "EpochAware", "HeadModule", "ImageTensorDataset", "ValidationScore",
-           "collate_boxes", "fit_head", "head_loss", "resize_with_boxes"]
+           "collate_boxes", "fit_head", "head_loss", "resize_with_boxes", "unmatched_prefixes"]

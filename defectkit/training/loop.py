@@ -29,7 +29,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 # Lightning's import prints nothing, but its Trainer logs "GPU available..." banners; those are
@@ -390,6 +390,9 @@ class HeadModule(pl.LightningModule):
         frozen_norms: Module-name prefixes whose batch-norm layers keep their running statistics:
             they normalise in eval mode while the rest trains (their scale and shift still learn),
             like mmdet's ``norm_eval`` for a pretrained backbone trained in small batches.
+        frozen_layers: Parameter-name prefixes of layers that do not train at all (e.g. a
+            pretrained encoder's stem and first stages, as mmdet's ``frozen_stages``): their batch
+            norms keep their statistics too. :func:`fit_head` turns their gradients off for the fit.
         ema_decay: Keep an exponential moving average of the head's weights and buffers, updated
             after every optimizer step with this decay (warmed up as ``min(decay, (1 + n) / (10 + n))``
             after ``n`` updates, so early, poor weights fade fast); validation scores the average,
@@ -426,6 +429,7 @@ class HeadModule(pl.LightningModule):
         schedule: str = "cosine",
         lr_scales: Mapping[str, float] | None = None,
         frozen_norms: Sequence[str] = (),
+        frozen_layers: Sequence[str] = (),
         ema_decay: float | None = None,
         max_minutes: float | None = None,
         val_score: ValidationScore | None = None,
@@ -479,9 +483,15 @@ class HeadModule(pl.LightningModule):
         for prefix, scale in self.lr_scales.items():
             if not scale > 0:
                 raise ValueError(f"lr_scales[{prefix!r}] must be > 0, got {scale}")
-            if not any(name.startswith(prefix) for name, _ in head.named_parameters()):
-                raise ValueError(f"lr_scales: no parameter name of the head starts with {prefix!r}")
+        for option, prefixes in (("lr_scales", self.lr_scales), ("frozen_layers", frozen_layers)):
+            for prefix in unmatched_prefixes(head, prefixes):
+                raise ValueError(f"{option}: no parameter name of the head starts with {prefix!r}")
+        self.frozen_layers = tuple(str(p) for p in frozen_layers)
+        # A frozen layer's batch norms keep their statistics as well: features that drift with the
+        # batches would change what the trained layers above them learnt from.
         self.frozen_norms = _frozen_batch_norms(head, frozen_norms)
+        self.frozen_norms += [m for name, m in head.named_modules() if self.frozen_layers and f"{name}.".startswith(self.frozen_layers)
+                              and isinstance(m, nn.modules.batchnorm._BatchNorm) and m not in self.frozen_norms]
         self.history: list[dict[str, float | int | None]] = []
         self.memory_format = torch.contiguous_format
         self._sums = {"train": [0.0, 0], "val": [0.0, 0]}
@@ -693,6 +703,17 @@ def _ema_average(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tenso
     return average
 
 
+def unmatched_prefixes(head: nn.Module, prefixes: Iterable[str]) -> list[str]:
+    """The ``prefixes`` that start no parameter name of ``head`` (a misspelt prefix must not select nothing silently).
+
+    Example:
+        >>> unmatched_prefixes(nn.Sequential(nn.Linear(2, 2)), ["0.", "encoder."])
+        ['encoder.']
+    """
+    names = [name for name, _ in head.named_parameters()]
+    return [prefix for prefix in prefixes if not any(name.startswith(prefix) for name in names)]
+
+
 def _frozen_batch_norms(head: nn.Module, prefixes: Sequence[str]) -> list[nn.Module]:
     """The batch-norm layers of ``head`` whose module names start with one of ``prefixes``.
 
@@ -792,6 +813,7 @@ def fit_head(
     gradient_clip_val: float | None = None,
     lr_scales: Mapping[str, float] | None = None,
     frozen_norms: Sequence[str] = (),
+    frozen_layers: Sequence[str] = (),
     ema_decay: float | None = None,
     max_minutes: float | None = None,
     val_score: ValidationScore | None = None,
@@ -838,6 +860,10 @@ def fit_head(
             statistics (e.g. ``("encoder.",)``: the ImageNet statistics of a pretrained encoder,
             which batches of a few images estimate poorly); their scale and shift still learn.
             Every other module trains in train mode, however ``head`` was left before the fit.
+        frozen_layers: Parameter-name prefixes of ``head`` whose parameters do not train for the
+            whole fit (``frozen`` cannot release them), batch-norm statistics included, e.g. the
+            stem and first stages of a pretrained encoder: no gradient flows below the lowest
+            trained layer, so each step skips their backward pass. They train again after the fit.
         ema_decay: Train with an exponential moving average of the weights, updated after every
             step with this decay, warmed up as ``min(decay, (1 + n) / (10 + n))`` after ``n``
             updates (0.995 is reached after about 1,800 steps; until then the average weighs
@@ -891,7 +917,7 @@ def fit_head(
     device = device or torch.device("cpu")
     module = HeadModule(head, loss_fn, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, log=log,
                         description=description, optimizer=optimizer, schedule=schedule, lr_scales=lr_scales,
-                        frozen_norms=frozen_norms, ema_decay=ema_decay, max_minutes=max_minutes,
+                        frozen_norms=frozen_norms, frozen_layers=frozen_layers, ema_decay=ema_decay, max_minutes=max_minutes,
                         val_score=val_score, best_epoch_by=best_epoch_by, progressive_resize=progressive_resize)
     # Lightning keeps each submodule's train/eval mode as it finds it, so a part built in eval mode
     # (e.g. a timm feature extractor) would otherwise train with frozen statistics by accident.
@@ -903,8 +929,11 @@ def fit_head(
     if progress is not None:
         total = int(epochs) * len(train_loader)
         callbacks.append(_ProgressCallback(progress(description, total), total))
+    fixed = tuple(frozen_layers)
     if frozen is not None and freeze_epochs > 0:
-        callbacks.append(_FreezeCallback(frozen, freeze_epochs))
+        warm_up = frozen
+        callbacks.append(_FreezeCallback(lambda name: warm_up(name) and not (fixed and name.startswith(fixed)), freeze_epochs))
+    fixed_params = [param for name, param in head.named_parameters() if fixed and name.startswith(fixed)]
 
     with _quiet_lightning():
         # PL_GLOBAL_SEED would leak the seed into later, unrelated fits in the same process.
@@ -928,8 +957,12 @@ def fit_head(
             gradient_clip_algorithm="norm",
         )
         try:
+            for param in fixed_params:
+                param.requires_grad_(False)
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
         finally:
+            for param in fixed_params:
+                param.requires_grad_(True)
             if previous_seed is None:
                 os.environ.pop("PL_GLOBAL_SEED", None)
             else:
@@ -967,6 +1000,7 @@ def fit_head(
         "restored_best": restored,
         "ema_decay": module.ema_decay,
         "progressive_resize": None if module.progressive_resize is None else list(module.progressive_resize),
+        "frozen_layers": list(module.frozen_layers),
         "history": [{k: _round(v) if isinstance(v, float) else v for k, v in h.items()} for h in history],
         "seconds": round(time.perf_counter() - start, 2),
     }
@@ -977,4 +1011,5 @@ def _round(value: float | int | None, digits: int = 6) -> float | None:
 
 
 __all__ = ["BEST_EPOCH_CRITERIA", "OPTIMIZERS", "SCHEDULES", "BoxTensorDataset", "HeadModule", "ImageTensorDataset",
-           "ValidationScore", "collate_boxes", "fit_head", "head_loss", "low_resolution_batch", "resize_with_boxes"]
+           "ValidationScore", "collate_boxes", "fit_head", "head_loss", "low_resolution_batch", "resize_with_boxes",
+           "unmatched_prefixes"]

@@ -300,6 +300,25 @@ def test_the_backbone_statistics_stay_as_imagenet_left_them_unless_unfrozen(data
     assert summary["freeze_pretrained_bn"] is frozen
 
 
+def test_frozen_backbone_layers_keep_their_weights_through_the_fit(data, monkeypatch) -> None:
+    import defectkit.stages.network as network
+
+    stem = ("backbone.body.conv_stem.", "backbone.body.bn1.", "backbone.body.blocks.0.")
+    before: dict = {}
+    real_fit_head = network.fit_head
+
+    def fit_head_seeing_the_stem(head, train, val, loss_fn, **options):
+        before.update({k: v.clone() for k, v in head.state_dict().items() if k.startswith(stem)})
+        return real_fit_head(head, train, val, loss_fn, **options)
+
+    monkeypatch.setattr(network, "fit_head", fit_head_seeing_the_stem)
+    stage = build(STAGES, dict(STAGE, frozen_layers=stem))
+    summary = stage.fit(data["train"], data["val"], context(data["store"]))
+    after = stage.model.state_dict()
+    assert before and all(torch.equal(after[k], v) for k, v in before.items())
+    assert summary["training"]["frozen_layers"] == list(stem)
+
+
 def test_focal_options_reach_the_head() -> None:
     stage = Detector(**{**{k: v for k, v in STAGE.items() if k != "type"}, "focal": dict(alpha=0.5, gamma=1.0)})
     stage.classes = ["lesion"]

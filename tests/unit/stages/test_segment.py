@@ -339,3 +339,32 @@ def test_progressive_resizing_reaches_the_loop_and_its_first_epochs_train_on_shr
         build(STAGES, {**STAGE, "progressive_resize": dict(scale=0.5)})
     with pytest.raises(ConfigError, match="progressive_resize scale and share must be numbers in \\(0, 1\\)"):
         build(STAGES, {**STAGE, "progressive_resize": dict(scale=1.0, share=0.5)})
+
+
+def test_frozen_layers_keep_the_encoder_stem_as_pretrained_and_a_misspelt_prefix_fails_in_one_line(data, monkeypatch):
+    import defectkit.stages.network as network
+    from defectkit.errors import ConfigError
+
+    stem = ("encoder.model.conv_stem.", "encoder.model.bn1.")
+    seen: dict = {}
+    real_fit_head = network.fit_head
+
+    def fit_head_seeing_the_stem(head, train, val, loss_fn, **options):
+        seen["before"] = {k: v.clone() for k, v in head.state_dict().items() if k.startswith(stem)}
+        seen["options"] = options
+        return real_fit_head(head, train, val, loss_fn, **options)
+
+    monkeypatch.setattr(network, "fit_head", fit_head_seeing_the_stem)
+    stage = build(STAGES, {**STAGE, "pretrained": False, "frozen_layers": stem})
+    summary = stage.fit(data["train"][:4], data["val"], context(data["store"]))
+    assert seen["options"]["frozen_layers"] == stem
+    assert summary["training"]["frozen_layers"] == list(stem)
+    after = stage.model.state_dict()
+    assert seen["before"] and all(torch.equal(after[k], v) for k, v in seen["before"].items())
+    with pytest.raises(ConfigError, match="frozen_layers='encoder.' \\(Segmenter\\): expected a sequence of strings"):
+        build(STAGES, {**STAGE, "frozen_layers": "encoder."})
+    with pytest.raises(ConfigError, match="frozen_layers: an empty prefix would freeze every layer"):
+        build(STAGES, {**STAGE, "frozen_layers": ["encoder.", ""]})
+    misspelt = build(STAGES, {**STAGE, "pretrained": False, "frozen_layers": ("encoder.stem.",)})
+    with pytest.raises(ConfigError, match="frozen_layers: no parameter of the 'Unet' network is named with the prefix 'encoder.stem.'"):
+        misspelt.fit(data["train"][:4], data["val"], context(data["store"]))

@@ -246,6 +246,39 @@ def test_a_frozen_norm_prefix_without_batch_norms_is_refused() -> None:
                  frozen_norms=("encoder.",))
 
 
+
+def test_frozen_layers_keep_weights_and_statistics_for_the_whole_fit_and_train_again_after_it() -> None:
+    train = ImageTensorDataset(*bright_dark(8, 0), size=(16, 16))
+    untrained = bn_head()
+    head = bn_head()
+    summary = fit_head(head, train, train, nn.CrossEntropyLoss(), epochs=2, batch_size=4, lr=1e-2,
+                       frozen_layers=("0.", "1."))
+    for frozen in (0, 1):
+        for name, tensor in head[frozen].state_dict().items():
+            assert torch.equal(tensor, untrained[frozen].state_dict()[name]), f"{frozen}.{name} changed"
+    assert not torch.equal(head[5].weight, untrained[5].weight)
+    assert not torch.equal(head[6].running_mean, untrained[6].running_mean)
+    assert all(p.requires_grad for p in head.parameters())
+    assert summary["frozen_layers"] == ["0.", "1."]
+
+
+def test_a_warm_up_freeze_does_not_release_frozen_layers() -> None:
+    train = ImageTensorDataset(*bright_dark(8, 0), size=(16, 16))
+    untrained = bn_head()
+    head = bn_head()
+    # Everything but the last layer waits one epoch; the stem stays frozen throughout.
+    fit_head(head, train, None, nn.CrossEntropyLoss(), epochs=2, batch_size=4, lr=1e-2,
+             frozen=lambda name: not name.startswith("8."), freeze_epochs=1, frozen_layers=("0.",))
+    assert torch.equal(head[0].weight, untrained[0].weight)
+    assert not torch.equal(head[5].weight, untrained[5].weight)  # released after the warm-up
+
+
+def test_a_frozen_layer_prefix_that_names_no_parameter_is_refused() -> None:
+    train = ImageTensorDataset(*bright_dark(8, 0), size=(16, 16))
+    with pytest.raises(ValueError, match="frozen_layers: no parameter name of the head starts with 'encoder.'"):
+        fit_head(bn_head(), train, None, nn.CrossEntropyLoss(), epochs=1, batch_size=4, lr=1e-2,
+                 frozen_layers=("encoder.",))
+
 def test_with_ema_the_head_ends_with_the_moving_average_of_its_weights_after_each_step() -> None:
     train = ImageTensorDataset(*bright_dark(12, 0), size=(16, 16))
     seen: list[torch.Tensor] = []  # the last layer's weight as each training step starts
