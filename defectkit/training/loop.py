@@ -490,7 +490,7 @@ class HeadModule(pl.LightningModule):
         # A frozen layer's batch norms keep their statistics as well: features that drift with the
         # batches would change what the trained layers above them learnt from.
         self.frozen_norms = _frozen_batch_norms(head, frozen_norms)
-        self.frozen_norms += [m for name, m in head.named_modules() if self.frozen_layers and f"{name}.".startswith(self.frozen_layers)
+        self.frozen_norms += [m for name, m in head.named_modules() if f"{name}.".startswith(self.frozen_layers)
                               and isinstance(m, nn.modules.batchnorm._BatchNorm) and m not in self.frozen_norms]
         self.history: list[dict[str, float | int | None]] = []
         self.memory_format = torch.contiguous_format
@@ -932,8 +932,9 @@ def fit_head(
     fixed = tuple(frozen_layers)
     if frozen is not None and freeze_epochs > 0:
         warm_up = frozen
-        callbacks.append(_FreezeCallback(lambda name: warm_up(name) and not (fixed and name.startswith(fixed)), freeze_epochs))
-    fixed_params = [param for name, param in head.named_parameters() if fixed and name.startswith(fixed)]
+        # str.startswith(()) is False, so without frozen_layers nothing is excluded or fixed.
+        callbacks.append(_FreezeCallback(lambda name: warm_up(name) and not name.startswith(fixed), freeze_epochs))
+    fixed_params = [param for name, param in head.named_parameters() if name.startswith(fixed)]
 
     with _quiet_lightning():
         # PL_GLOBAL_SEED would leak the seed into later, unrelated fits in the same process.
