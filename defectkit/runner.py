@@ -637,7 +637,8 @@ class Runner:
             return None
         truth, _ = ground_truth_masks(record, sample.image.shape[:2], self.classes, scale=sample.scale)
         sx, sy = sample.original_factors()
-        instances = [Instance(i["class"], i["score"], tuple(i["box"]), i["area"], i.get("polygon") or []).scaled(1 / sx, 1 / sy)
+        instances = [Instance(i["class"], i["score"], tuple(i["box"]), i["area"], i.get("polygon") or [],
+                              bool(i.get("confident", True))).scaled(1 / sx, 1 / sy)
                      for i in line.get("instances", [])]
         left = draw_overlay(sample.image, SimpleNamespace(masks=truth, map_classes=self.classes, gate_label="ground truth"))
         right = draw_overlay(sample.image, SimpleNamespace(instances=instances, gate_label="prediction"))

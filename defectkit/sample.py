@@ -3,6 +3,7 @@ a :class:`Sample` carries the decoded image and everything the stages add to it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,13 +86,20 @@ class Detections:
 
 @dataclass
 class Instance:
-    """One predicted defect: a connected region or a box."""
+    """One predicted defect: a connected region or a box.
+
+    ``confident`` is False for a box a detector reports for the metrics (mAP rewards every box it
+    ranks) but scores below the threshold its stage calibrated on validation for reviewers: such
+    boxes stay in ``predictions.jsonl`` and the evaluation, and are left out of overlays and the
+    review app.
+    """
 
     class_name: str
     score: float
     box: tuple[float, float, float, float]
     area: float
     polygon: list[list[float]] = field(default_factory=list)
+    confident: bool = True
 
     def scaled(self, sx: float, sy: float) -> "Instance":
         """This instance in coordinates ``sx`` times wider and ``sy`` times taller (e.g. back to the
@@ -109,6 +117,7 @@ class Instance:
             (x1 * sx, y1 * sy, x2 * sx, y2 * sy),
             self.area * sx * sy,
             [[(x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5] for x, y in self.polygon],
+            self.confident,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +127,7 @@ class Instance:
             "box": [round(float(v), 1) for v in self.box],
             "area": round(float(self.area), 1),
             "polygon": [[round(float(x), 1), round(float(y), 1)] for x, y in self.polygon],
+            "confident": bool(self.confident),
         }
 
 
@@ -126,7 +136,12 @@ MIN_BOX_SIDE = 1.0
 scaling, clipping to the image or merging can leave such slivers of a real box."""
 
 
-def detections_to_instances(detections: Detections, classes: list[str], min_score: float = 0.0) -> list[Instance]:
+def detections_to_instances(
+    detections: Detections,
+    classes: list[str],
+    min_score: float = 0.0,
+    confident_scores: Mapping[str, float] | None = None,
+) -> list[Instance]:
     """A detector's boxes as the instances a sample reports (box only, no polygon).
 
     Every detector path (whole image or sliced) converts here, so instances look the same whoever
@@ -136,6 +151,8 @@ def detections_to_instances(detections: Detections, classes: list[str], min_scor
         detections: Boxes in the sample image's coordinates.
         classes: The detector's class names; ``labels`` index into them.
         min_score: Keep boxes scoring at least this.
+        confident_scores: Per class, the score from which a box is ``confident`` (shown to
+            reviewers); classes not in it, or None, mark every kept box confident.
 
     Returns:
         Instances by decreasing score, ``area`` the box's area; boxes with a side under
@@ -152,6 +169,7 @@ def detections_to_instances(detections: Detections, classes: list[str], min_scor
     labels = np.asarray(detections.labels, dtype=np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
         raise ValueError(f"detection labels {sorted(set(labels.tolist()))} do not all index the classes {classes}")
+    confident_from = dict(confident_scores or {})
     instances = []
     for index in np.argsort(-np.asarray(detections.scores, dtype=np.float64), kind="stable"):
         score = float(detections.scores[index])
@@ -161,7 +179,8 @@ def detections_to_instances(detections: Detections, classes: list[str], min_scor
         if x2 - x1 < MIN_BOX_SIDE or y2 - y1 < MIN_BOX_SIDE:
             continue
         area = (x2 - x1) * (y2 - y1)
-        instances.append(Instance(classes[int(labels[index])], score, (x1, y1, x2, y2), area, []))
+        name = classes[int(labels[index])]
+        instances.append(Instance(name, score, (x1, y1, x2, y2), area, [], score >= confident_from.get(name, 0.0)))
     return instances
 
 

@@ -69,8 +69,9 @@ def class_colour(class_name: str) -> tuple[int, int, int]:
 def draw_overlay(image: np.ndarray, sample_like: Any) -> np.ndarray:
     """Draw a sample's masks, instances and gate decision over a copy of its image.
 
-    Masks are filled translucently in their class colour; each instance's polygon is outlined as a
-    closed polyline (its box only when it has no polygon) and labelled ``"class score"``; a
+    Masks are filled translucently in their class colour; each confident instance's polygon is
+    outlined as a closed polyline (its box only when it has no polygon) and labelled ``"class score"``
+    (a detector's boxes under its calibrated review threshold, ``confident=False``, are not drawn); a
     translucent header band across the top states the gate decision and score. The result has the
     input's height and width, so pixel coordinates stay comparable with the prediction.
 
@@ -106,7 +107,7 @@ def draw_overlay(image: np.ndarray, sample_like: Any) -> np.ndarray:
     _fill_masks(out, getattr(sample_like, "masks", None), map_classes)
 
     labels: list[tuple[str, tuple[int, int], tuple[int, int, int]]] = []
-    for inst in getattr(sample_like, "instances", None) or []:
+    for inst in shown_instances(sample_like):
         name = str(getattr(inst, "class_name", "?"))
         colour = class_colour(name)
         anchor = _draw_instance(out, inst, colour, line_thickness)
@@ -118,6 +119,20 @@ def draw_overlay(image: np.ndarray, sample_like: Any) -> np.ndarray:
 
     _draw_header(out, sample_like, font_scale, text_thickness)
     return out
+
+
+def shown_instances(sample_like: Any) -> list[Any]:
+    """The instances an overlay draws: all but those marked ``confident=False``.
+
+    Example:
+        >>> from defectkit.sample import Instance
+        >>> from types import SimpleNamespace
+        >>> low = Instance("lesion", 0.15, (0, 0, 4, 4), 16.0, confident=False)
+        >>> high = Instance("lesion", 0.6, (8, 8, 12, 12), 16.0)
+        >>> [i.score for i in shown_instances(SimpleNamespace(instances=[high, low]))]
+        [0.6]
+    """
+    return [inst for inst in getattr(sample_like, "instances", None) or [] if getattr(inst, "confident", True)]
 
 
 def write_overlay(path: str | Path, image_rgb: np.ndarray) -> Path:
@@ -299,7 +314,7 @@ def _put_label(
 def _draw_header(out: np.ndarray, sample_like: Any, scale: float, thickness: int) -> None:
     label = getattr(sample_like, "gate_label", None)
     score = getattr(sample_like, "gate_score", None)
-    n_inst = len(getattr(sample_like, "instances", None) or [])
+    n_inst = len(shown_instances(sample_like))
     text = f"gate: {label if label is not None else '-'}  score: {_fmt_score(score)}  instances: {n_inst}"
     (tw, th), baseline = cv2.getTextSize(text, _FONT, scale, thickness)
     if tw > out.shape[1] * 0.95:

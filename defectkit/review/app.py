@@ -41,6 +41,7 @@ from defectkit.io.images import read_image
 from defectkit.review.export import export_review
 from defectkit.review.run_data import (
     Item,
+    confident_instances,
     ground_truth_data_root,
     ground_truth_shapes,
     load_ground_truth,
@@ -185,8 +186,11 @@ class ReviewState:
                 from defectkit.runner import Runner
 
                 self._runner = Runner(self.cfg, str(self.config_path), work_dir=str(self.work_dir))
-            sample = self._runner.predict_files([str(path)])[0]
-            return sample.to_prediction()
+            prediction = self._runner.predict_files([str(path)])[0].to_prediction()
+        # Reviewers see what the overlays show: not a detector's boxes under its review threshold.
+        if "instances" in prediction:
+            prediction["instances"] = confident_instances(prediction)
+        return prediction
 
 
 # ------------------------------------------------------------------------------- middleware

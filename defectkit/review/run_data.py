@@ -46,6 +46,11 @@ def read_prediction_lines(path: Path) -> list[dict[str, Any]]:
     return list(by_path.values())
 
 
+def confident_instances(line: dict[str, Any]) -> list[dict[str, Any]]:
+    """A prediction line's instances not marked ``"confident": false`` (older lines have no mark)."""
+    return [i for i in line.get("instances") or [] if i.get("confident", True) is not False]
+
+
 def image_score(line: dict[str, Any]) -> float | None:
     """The image's score: the gate's, else its best instance's, else None."""
     gate_score = (line.get("gate") or {}).get("score")
@@ -79,14 +84,16 @@ class Item:
 
     @property
     def instances(self) -> list[dict[str, Any]]:
-        return list(self.line.get("instances") or [])
+        """The instances reviewers see and decide on: the line's, less a detector's boxes under its
+        calibrated review threshold (``"confident": false``; kept in the line for the metrics)."""
+        return confident_instances(self.line)
 
 
 def load_items(work_dir: Path) -> list[Item]:
     """The run's images in ``predictions.jsonl`` order."""
     items = []
     for line in read_prediction_lines(work_dir / "predictions.jsonl"):
-        classes = sorted({str(i.get("class")) for i in line.get("instances") or []})
+        classes = sorted({str(i.get("class")) for i in confident_instances(line)})
         items.append(Item(item_id(line["path"]), line["path"], line, image_score(line), classes))
     return items
 

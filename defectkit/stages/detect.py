@@ -176,7 +176,9 @@ class Detector(NetworkStage, Detects, TrainsOnSlices, Exportable):
             geometric transforms move the boxes, or None; default: horizontal flips and mild
             brightness/contrast.
         min_score: Boxes scoring below this are not reported by :meth:`predict` (:meth:`detect`
-            returns everything above the head's ``score_thresh``).
+            returns everything above the head's ``score_thresh``). Keep it low where mAP is the
+            metric: mAP rewards every ranked box. Inside a :class:`~defectkit.stages.tiling.Tiling`
+            stage, reviewers are shown only the boxes from the best-F1 score on validation.
         tta_flip: Also detect on the horizontally flipped image and fuse both passes' boxes
             (weighted box fusion, IOU 0.55: a box found in one pass only keeps half its score);
             twice the prediction cost.

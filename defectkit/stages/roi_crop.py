@@ -195,6 +195,7 @@ def _shifted(instance: Instance, dx: int, dy: int) -> Instance:
         (bx1 + dx, by1 + dy, bx2 + dx, by2 + dy),
         instance.area,
         [[x + dx, y + dy] for x, y in instance.polygon],
+        instance.confident,
     )
 
 

@@ -24,7 +24,10 @@ Inner-stage abilities, declared by subclassing the classes of :mod:`defectkit.st
   The choice and both scores are saved with the stage, restored on load and shown in its
   description (the report); a log line says which was chosen and why. Slicing pays off only when
   the detector learned the scale the windows show (sliced or multi-scale training), so this keeps
-  a detector trained on whole photos from being made worse by its windows.
+  a detector trained on whole photos from being made worse by its windows. The chosen mode's
+  best-F1 score per class on validation is saved with the choice (``confident_scores``): boxes
+  under it stay in the predictions and the metrics (``min_score`` keeps them, as mAP rewards every
+  ranked box) but are marked ``confident=False`` and left out of overlays and the review app.
 * Training and state, when the inner stage has them: ``fit(train, val, context)``,
   ``state_tensors()``, ``load_state_tensors(tensors, extra)``, ``fitted``, ``describe()``. Fitting
   is delegated as is; an inner stage that trains on slices itself (:class:`~defectkit.stages.base.TrainsOnSlices`) defines
@@ -309,10 +312,16 @@ class Tiling(WrappingStage, Detects, Segments):
                 sample.map_classes = self.classes
         return samples
 
+    @property
+    def confident_scores(self) -> dict[str, float]:
+        """Per class, the score from which a box is shown to reviewers: the best-F1 threshold of the
+        chosen mode on validation (empty before the comparison: every box is shown)."""
+        return dict((self.choice or {}).get("confident_scores") or {})
+
     def _set_instances(self, samples: Sequence[Sample], found: Sequence[Detections]) -> None:
-        classes = self.classes
+        classes, confident_scores = self.classes, self.confident_scores
         for sample, detections in zip(samples, found):
-            sample.instances = detections_to_instances(detections, classes, self.score_threshold)
+            sample.instances = detections_to_instances(detections, classes, self.score_threshold, confident_scores)
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: Sequence[Record], val: Sequence[Record], context: FitContext) -> dict[str, Any]:
@@ -335,10 +344,12 @@ class Tiling(WrappingStage, Detects, Segments):
         :attr:`score_threshold`, :class:`DetectionMAP` mAP50 and :class:`DetectionF1` mean F1 in
         original image coordinates), on the same decoded images (earlier stages applied; images an
         earlier gate finished count with no boxes, as in a run). Slicing is kept only when its
-        mAP50 is strictly higher: on a tie the single cheaper pass wins.
+        mAP50 is strictly higher: on a tie the single cheaper pass wins. The chosen mode's best-F1
+        score per class becomes :attr:`confident_scores`.
 
         Returns:
-            ``{"mode", "reason", "val_images", "sliced": {"map50", "mean_f1"}, "whole": {...}}``,
+            ``{"mode", "reason", "val_images", "confident_scores", "sliced": {"map50", "mean_f1",
+            "f1_thresholds"}, "whole": {...}}``,
             or None (slicing kept as configured) when no validation image has box annotations.
         """
         annotated = [r for r in val if r.boxes is not None]
@@ -365,7 +376,11 @@ class Tiling(WrappingStage, Detects, Segments):
         scores = {}
         for mode, (map_metric, f1_metric) in metrics.items():
             values = {**map_metric.compute(), **f1_metric.compute()}
-            scores[mode] = {"map50": float(values.get("map50", 0.0)), "mean_f1": float(values.get("mean_f1", 0.0))}
+            scores[mode] = {
+                "map50": float(values.get("map50", 0.0)),
+                "mean_f1": float(values.get("mean_f1", 0.0)),
+                "f1_thresholds": {c: float(values[f"f1_threshold.{c}"]) for c in classes if f"f1_threshold.{c}" in values},
+            }
         sliced, whole = scores["sliced"]["map50"], scores["whole"]["map50"]
         mode = "sliced" if sliced > whole else "whole"
         if mode == "sliced":
@@ -374,7 +389,13 @@ class Tiling(WrappingStage, Detects, Segments):
             reason = (f"sliced inference does not beat whole images on validation (mAP50 {sliced:.3f} vs {whole:.3f}); "
                       f"falling back to whole-image detection")
         context.log(f"{self.name}: {mode} chosen on {images} validation images: {reason}")
-        return {"mode": mode, "reason": reason, "val_images": images, **scores}
+        # mAP rewards every box a detector ranks, so min_score stays low; a reviewer is shown the boxes
+        # from the score where F1 peaked on validation, about as many per photo as there are defects.
+        confident_scores = scores[mode]["f1_thresholds"]
+        if confident_scores:
+            shown = ", ".join(f"{c} {v:.2f}" for c, v in confident_scores.items())
+            context.log(f"{self.name}: boxes shown to reviewers from score {shown} (best F1 on validation)")
+        return {"mode": mode, "reason": reason, "val_images": images, "confident_scores": confident_scores, **scores}
 
     def load_state_tensors(self, tensors: dict[str, Any], extra: dict[str, Any]) -> None:
         """Restore the inner stage and the saved sliced-vs-whole choice (other settings come from the config)."""
@@ -416,8 +437,13 @@ class Tiling(WrappingStage, Detects, Segments):
             return [f"{self.name}: whole images (slicing switched off in the config)"]
         if self.choice is None or not self.choose_on_val:
             return [f"{self.name}: sliced inference as configured (not compared with whole images on validation)"]
-        return [f"{self.name}: {self.choice['mode']} inference, chosen on {self.choice['val_images']} validation images: "
-                f"{self.choice['reason']}"]
+        notes = [f"{self.name}: {self.choice['mode']} inference, chosen on {self.choice['val_images']} validation images: "
+                 f"{self.choice['reason']}"]
+        if self.confident_scores:
+            shown = ", ".join(f"{c} from {v:.2f}" for c, v in self.confident_scores.items())
+            notes.append(f"{self.name}: overlays and the review app show boxes scoring {shown} (best F1 on validation); "
+                         f"predictions.jsonl and the metrics keep every box from {self.score_threshold:.2f}")
+        return notes
 
     def describe(self) -> dict[str, Any]:
         """Type, name, kind (detector or segmenter), slicing settings and the inner stage's description."""

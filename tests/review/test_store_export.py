@@ -71,6 +71,19 @@ def test_reviewed_means_done_or_every_instance_decided():
     assert not is_reviewed({}, 0)
 
 
+def test_reviewers_get_only_the_boxes_not_marked_under_the_review_threshold(tmp_path: Path):
+    box = {"box": [0, 0, 4, 4], "area": 16.0, "polygon": []}
+    line = {"path": "a.jpg", "status": "ok", "instances": [
+        {"class": "dent", "score": 0.6, "confident": True, **box},
+        {"class": "scratch", "score": 0.15, "confident": False, **box},
+        {"class": "dent", "score": 0.5, **box},  # lines written before the mark existed
+    ]}
+    (tmp_path / "predictions.jsonl").write_text(json.dumps(line) + "\n")
+    (item,) = load_items(tmp_path)
+    assert [i["score"] for i in item.instances] == [0.6, 0.5] and item.classes == ["dent"]
+    assert is_reviewed({"instances": {"0": {"decision": "accept"}, "1": {"decision": "accept"}}}, len(item.instances))
+
+
 def test_export_round_trips_through_the_polygon_json_and_coco_readers(demo_work_dir: Path):
     items = load_items(demo_work_dir)
     ok = [i for i in items if i.status == "ok"]

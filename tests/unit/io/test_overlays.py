@@ -46,6 +46,16 @@ def test_overlay_draws_box_only_for_instances_without_polygon():
     assert out_poly[120, 190].tolist() == [0, 0, 0]
 
 
+def test_boxes_under_the_review_threshold_are_not_drawn_or_counted():
+    image = np.zeros((200, 200, 3), np.uint8)
+    shown = Instance("lesion", 0.6, (40, 60, 120, 140), 6400.0)
+    hidden = Instance("lesion", 0.15, (40, 60, 120, 140), 6400.0, confident=False)
+    out = draw_overlay(image, _sample(instances=[shown, hidden], gate_label="defect", gate_score=0.9))
+    assert np.array_equal(out, draw_overlay(image, _sample(instances=[shown], gate_label="defect", gate_score=0.9)))
+    alone = draw_overlay(image, _sample(instances=[hidden], gate_label="defect", gate_score=0.9))
+    assert np.array_equal(alone, draw_overlay(image, _sample(instances=[], gate_label="defect", gate_score=0.9)))
+
+
 def test_overlay_fills_masks_translucently_in_class_colour():
     image = np.full((64, 64, 3), 100, np.uint8)
     masks = np.zeros((2, 64, 64), bool)

@@ -453,8 +453,9 @@ def test_the_choice_is_saved_reloaded_and_shown_in_the_report(tmp_path):
     assert restored.mode == "sliced"  # nothing chosen before the state is loaded
     restored.load(weights)
     assert restored.mode == "whole" and restored.choice == fitted.stages[0].choice
-    (note,) = restored.report_notes()
+    note, shown = restored.report_notes()
     assert "whole inference, chosen on 4 validation images" in note and "mAP50" in note
+    assert "overlays and the review app show boxes scoring dent from 0.31" in shown
     assert restored.describe()["choice"]["mode"] == "whole"
 
     from defectkit.io.report import write_report
@@ -467,6 +468,32 @@ def test_the_choice_is_saved_reloaded_and_shown_in_the_report(tmp_path):
     forced = Tiling(inner=ScaleBoundDetector(good="whole"), slice_size=32, overlap=0.25, name="detector", choose_on_val=False)
     forced.load(weights)
     assert forced.mode == "sliced"
+
+
+class LowScoreFalseBoxDetector(ScaleBoundDetector):
+    """Finds every bright box (score 0.31 for a 10x10 one) plus a false box scoring 0.2 at the
+    bottom-right corner of every image, as a detector's low-scored guesses do."""
+
+    def detect(self, images: list[np.ndarray]) -> list[Detections]:
+        false = Detections(np.asarray([[86, 54, 96, 64]], np.float32), np.asarray([0.2], np.float32), np.asarray([0]))
+        return [Detections.concatenate([found, false]) for found in super().detect(images)]
+
+
+def test_boxes_under_the_best_f1_score_on_validation_are_kept_but_not_confident(tmp_path):
+    records, images = val_set()
+    log: list[str] = []
+    weights = tmp_path / "weights"
+    fitted = Pipeline([Tiling(inner=LowScoreFalseBoxDetector(good="whole"), slice_size=32, overlap=0.25, name="detector")])
+    fitted.fit([Record("a.png")], records, weights, lambda load: choice_context(tmp_path, images, log), log=log.append)
+    assert fitted.stages[0].confident_scores == {"dent": pytest.approx(0.31)}
+    assert any("boxes shown to reviewers from score dent 0.31" in line for line in log)
+
+    restored = Tiling(inner=LowScoreFalseBoxDetector(good="whole"), slice_size=32, overlap=0.25, name="detector")
+    restored.load(weights)
+    (sample,) = restored.predict(samples_of(images["val0.png"]))
+    # Both boxes are reported (mAP ranks every box); only the one from the threshold up is confident.
+    assert [(i.score, i.confident) for i in sample.instances] == [(pytest.approx(0.31), True), (pytest.approx(0.2), False)]
+    assert [i["confident"] for i in sample.to_prediction()["instances"]] == [True, False]
 
 
 def test_without_annotated_validation_images_slicing_is_kept_unchecked(tmp_path):
