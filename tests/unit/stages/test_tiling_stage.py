@@ -441,12 +441,18 @@ def test_sliced_inference_that_scores_higher_on_validation_is_kept(tmp_path):
     assert any("sliced chosen" in line for line in log)
 
 
-def test_the_choice_is_saved_reloaded_and_shown_in_the_report(tmp_path):
+def fitted_and_saved(detector: ScaleBoundDetector, tmp_path: Path, log: list[str]) -> tuple[Pipeline, Path, dict[str, np.ndarray]]:
+    """A pipeline of one Tiling stage around ``detector``, fitted on :func:`val_set` and saved."""
     records, images = val_set()
-    log: list[str] = []
     weights = tmp_path / "weights"
-    fitted = Pipeline([Tiling(inner=ScaleBoundDetector(good="whole"), slice_size=32, overlap=0.25, name="detector")])
+    fitted = Pipeline([Tiling(inner=detector, slice_size=32, overlap=0.25, name="detector")])
     fitted.fit([Record("a.png")], records, weights, lambda load: choice_context(tmp_path, images, log), log=log.append)
+    return fitted, weights, images
+
+
+def test_the_choice_is_saved_reloaded_and_shown_in_the_report(tmp_path):
+    log: list[str] = []
+    fitted, weights, _ = fitted_and_saved(ScaleBoundDetector(good="whole"), tmp_path, log)
     assert read_manifest(weights, "detector")["extra"]["tiling"]["choice"]["mode"] == "whole"
 
     restored = Tiling(inner=ScaleBoundDetector(good="whole"), slice_size=32, overlap=0.25, name="detector")
@@ -480,11 +486,8 @@ class LowScoreFalseBoxDetector(ScaleBoundDetector):
 
 
 def test_boxes_under_the_best_f1_score_on_validation_are_kept_but_not_confident(tmp_path):
-    records, images = val_set()
     log: list[str] = []
-    weights = tmp_path / "weights"
-    fitted = Pipeline([Tiling(inner=LowScoreFalseBoxDetector(good="whole"), slice_size=32, overlap=0.25, name="detector")])
-    fitted.fit([Record("a.png")], records, weights, lambda load: choice_context(tmp_path, images, log), log=log.append)
+    fitted, weights, images = fitted_and_saved(LowScoreFalseBoxDetector(good="whole"), tmp_path, log)
     assert fitted.stages[0].confident_scores == {"dent": pytest.approx(0.31)}
     assert any("boxes shown to reviewers from score dent 0.31" in line for line in log)
 
