@@ -24,10 +24,11 @@ Inner-stage abilities, declared by subclassing the classes of :mod:`defectkit.st
   The choice and both scores are saved with the stage, restored on load and shown in its
   description (the report); a log line says which was chosen and why. Slicing pays off only when
   the detector learned the scale the windows show (sliced or multi-scale training), so this keeps
-  a detector trained on whole photos from being made worse by its windows. The chosen mode's
-  best-F1 score per class on validation is saved with the choice (``confident_scores``): boxes
-  under it stay in the predictions and the metrics (``min_score`` keeps them, as mAP rewards every
-  ranked box) but are marked ``confident=False`` and left out of overlays and the review app.
+  a detector trained on whole photos from being made worse by its windows. Each mode's best-F1
+  score per class on validation is saved with the choice too; the running mode's
+  (``confident_scores``) is the review threshold: boxes under it stay in the predictions and the
+  metrics (``min_score`` keeps them, as mAP rewards every ranked box) but are marked
+  ``confident=False`` and left out of overlays and the review app.
 * Training and state, when the inner stage has them: ``fit(train, val, context)``,
   ``state_tensors()``, ``load_state_tensors(tensors, extra)``, ``fitted``, ``describe()``. Fitting
   is delegated as is; an inner stage that trains on slices itself (:class:`~defectkit.stages.base.TrainsOnSlices`) defines
@@ -314,9 +315,9 @@ class Tiling(WrappingStage, Detects, Segments):
 
     @property
     def confident_scores(self) -> dict[str, float]:
-        """Per class, the score from which a box is shown to reviewers: the best-F1 threshold of the
-        chosen mode on validation (empty before the comparison: every box is shown)."""
-        return dict((self.choice or {}).get("confident_scores") or {})
+        """Per class, the score from which a box is shown to reviewers: the best-F1 threshold on
+        validation of the mode that runs (:attr:`mode`; empty before the comparison: every box is shown)."""
+        return dict(((self.choice or {}).get(self.mode) or {}).get("f1_thresholds") or {})
 
     def _set_instances(self, samples: Sequence[Sample], found: Sequence[Detections]) -> None:
         classes, confident_scores = self.classes, self.confident_scores
@@ -344,12 +345,12 @@ class Tiling(WrappingStage, Detects, Segments):
         :attr:`score_threshold`, :class:`DetectionMAP` mAP50 and :class:`DetectionF1` mean F1 in
         original image coordinates), on the same decoded images (earlier stages applied; images an
         earlier gate finished count with no boxes, as in a run). Slicing is kept only when its
-        mAP50 is strictly higher: on a tie the single cheaper pass wins. The chosen mode's best-F1
-        score per class becomes :attr:`confident_scores`.
+        mAP50 is strictly higher: on a tie the single cheaper pass wins. Each mode's best-F1 score
+        per class is kept for :attr:`confident_scores`.
 
         Returns:
-            ``{"mode", "reason", "val_images", "confident_scores", "sliced": {"map50", "mean_f1",
-            "f1_thresholds"}, "whole": {...}}``,
+            ``{"mode", "reason", "val_images", "sliced": {"map50", "mean_f1", "f1_thresholds"},
+            "whole": {...}}``,
             or None (slicing kept as configured) when no validation image has box annotations.
         """
         annotated = [r for r in val if r.boxes is not None]
@@ -395,7 +396,7 @@ class Tiling(WrappingStage, Detects, Segments):
         if confident_scores:
             shown = ", ".join(f"{c} {v:.2f}" for c, v in confident_scores.items())
             context.log(f"{self.name}: boxes shown to reviewers from score {shown} (best F1 on validation)")
-        return {"mode": mode, "reason": reason, "val_images": images, "confident_scores": confident_scores, **scores}
+        return {"mode": mode, "reason": reason, "val_images": images, **scores}
 
     def load_state_tensors(self, tensors: dict[str, Any], extra: dict[str, Any]) -> None:
         """Restore the inner stage and the saved sliced-vs-whole choice (other settings come from the config)."""

@@ -474,6 +474,8 @@ def test_the_choice_is_saved_reloaded_and_shown_in_the_report(tmp_path):
     forced = Tiling(inner=ScaleBoundDetector(good="whole"), slice_size=32, overlap=0.25, name="detector", choose_on_val=False)
     forced.load(weights)
     assert forced.mode == "sliced"
+    # ...and shows boxes from the sliced mode's own best-F1 score, not the whole mode's.
+    assert forced.confident_scores == fitted.stages[0].choice["sliced"]["f1_thresholds"]
 
 
 class LowScoreFalseBoxDetector(ScaleBoundDetector):
